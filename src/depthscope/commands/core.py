@@ -1,0 +1,8 @@
+"""``depthscope theory`` and ``depthscope vni``."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    pass

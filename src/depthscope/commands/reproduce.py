@@ -1,0 +1,120 @@
+"""``depthscope reproduce``, ``depthscope report`` and ``depthscope export``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_RUN_DIR = "depthscope-run"
+
+
+def _parse_overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reproduce", help="run experiments into a results store, then write the report",
+                       description="Run the named experiments (all of them when none is named) at a preset, "
+                       "resuming from whatever the run directory already holds, then write report.html.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="experiment names (see --list); default: all")
+    p.add_argument("--preset", default="quick", help="quick (CPU minutes, the default) or paper (the thesis' sizes)")
+    p.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help=f"where the store, figures and report go "
+                   f"(default: ./{DEFAULT_RUN_DIR})")
+    p.add_argument("--force", action="store_true", help="discard stored results of these experiments and rerun")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a preset parameter (JSON value), only with one NAME")
+    p.add_argument("--data-dir", default=None, help="directory holding the MNIST/Fashion-MNIST IDX files")
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
+    p.add_argument("--no-report", action="store_true", help="skip writing the report")
+    p.add_argument("--list", action="store_true", help="list the experiments and their presets, then exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_reproduce)
+
+    r = sub.add_parser("report", help="draw every figure from a run directory's store and write report.html")
+    r.add_argument("run_dir", metavar="RUN_DIR")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_report)
+
+    e = sub.add_parser("export", help="export a run directory's store to CSV or Parquet")
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("output", metavar="OUTPUT", help="file name ending in .csv or .parquet")
+    e.add_argument("--experiment", default=None)
+    e.set_defaults(func=cmd_export)
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    return name
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from ..experiments import registry, run_experiment
+    from ..store import Store
+
+    reg = registry()
+    if args.list:
+        for name, exp in reg.items():
+            print(f"{name:16s} {exp.title}  [{', '.join(exp.presets)}]  ({exp.reproduces})")
+        return 0
+    names = args.names or list(reg)
+    for n in names:
+        if n not in reg:
+            raise ValueError(f"unknown experiment {n!r}; expected one of: {', '.join(reg)}")
+    overrides = _parse_overrides(args.set)
+    if overrides and len(names) != 1:
+        raise ValueError("--set applies to one experiment: name exactly one NAME")
+    device = resolve_device(args.device)
+    with Store(args.run_dir) as store:
+        for n in names:
+            t0 = time.time()
+            counts = run_experiment(n, store, args.preset, overrides=overrides, force=args.force,
+                                    quiet=args.quiet, device=device, data_dir=args.data_dir)
+            if not args.quiet:
+                print(f"{n}: {counts['ran']} ran ({counts['failed']} failed), {counts['skipped']} already stored, "
+                      f"{time.time() - t0:.1f}s", file=sys.stderr)
+    if not args.no_report:
+        from ..report import write_report
+
+        path = write_report(Path(args.run_dir), quiet=args.quiet)
+        print(path)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..report import write_report
+
+    print(write_report(Path(args.run_dir), quiet=args.quiet))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..store import Store
+
+    out = Path(args.output)
+    with Store(args.run_dir, create=False) as store:
+        if out.suffix == ".csv":
+            n = store.export_csv(out, args.experiment)
+        elif out.suffix == ".parquet":
+            n = store.export_parquet(out, args.experiment)
+        else:
+            raise ValueError(f"OUTPUT must end in .csv or .parquet, got {out.name!r}")
+    print(f"{n} rows -> {out}")
+    return 0

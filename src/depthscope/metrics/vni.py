@@ -1,0 +1,102 @@
+"""The Vanishing Node Indicator and its relatives: pure functions of a samples x nodes matrix.
+
+VNI (thesis eq. 3.4/3.5)::
+
+    R_sq = sum_ij rho_ij^2 sigma_i^2 sigma_j^2 / sum_ij sigma_i^2 sigma_j^2 = tr(C C^T) / tr(C)^2
+
+where C is the node covariance of a layer. R_sq lies in [1/N, 1]: 1/N when the
+nodes are uncorrelated with equal variances, 1 when they are all collinear.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _centered(x: torch.Tensor) -> torch.Tensor:
+    if x.ndim != 2:
+        raise ValueError(f"expected a (samples, nodes) matrix, got shape {tuple(x.shape)}")
+    if x.shape[0] < 2:
+        raise ValueError(f"need at least 2 samples to estimate a covariance, got {x.shape[0]}")
+    return x - x.mean(dim=0, keepdim=True)
+
+
+def vni(x: torch.Tensor) -> torch.Tensor:
+    """R_sq = tr(C^2) / tr(C)^2 (eq. 3.5) of the nodes of x (samples S x nodes N).
+
+    Computed through whichever Gram matrix is smaller: with X centred,
+    tr(C^2) / tr(C)^2 = ||X^T X||_F^2 / tr(X^T X)^2 = ||X X^T||_F^2 / tr(X X^T)^2,
+    so the cost is O(S N min(S, N)) and the normalisation (1/S or 1/(S-1)) cancels.
+    Accumulated in float64. Returns NaN when every node is constant (tr C = 0).
+    """
+    xc = _centered(x).to(torch.float64)
+    gram = xc.T @ xc if xc.shape[1] <= xc.shape[0] else xc @ xc.T
+    tr = torch.diagonal(gram).sum()
+    return (gram * gram).sum() / tr**2
+
+
+def vni_from_covariance(c: torch.Tensor) -> torch.Tensor:
+    """R_sq = ||C||_F^2 / tr(C)^2 of a symmetric covariance matrix C (eq. 3.5)."""
+    c = c.to(torch.float64)
+    return (c * c).sum() / torch.diagonal(c).sum() ** 2
+
+
+def rho_squared(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """The N x N matrix of squared correlation coefficients rho_ij^2 (eq. 3.2).
+
+    Constant nodes (variance <= eps) get rho = 0 with every other node and 1 with themselves.
+    """
+    xc = _centered(x).to(torch.float64)
+    c = xc.T @ xc / (xc.shape[0] - 1)
+    var = torch.diagonal(c)
+    alive = var > eps
+    denom = torch.where(alive, var, torch.ones_like(var))
+    rho2 = c**2 / (denom[:, None] * denom[None, :])
+    rho2 = torch.where(alive[:, None] & alive[None, :], rho2, torch.zeros_like(rho2))
+    rho2.fill_diagonal_(1.0)
+    return rho2
+
+
+def effective_nodes(r_sq: torch.Tensor | float, width: int) -> torch.Tensor | float:
+    """The thesis' effective number of nodes N (1 - R_sq) + 1 (section 3.3)."""
+    return width * (1.0 - r_sq) + 1.0
+
+
+def participation_ratio(r_sq: torch.Tensor | float) -> torch.Tensor | float:
+    """1 / R_sq = tr(C)^2 / tr(C^2): the participation ratio of C's spectrum (delve's measure)."""
+    return 1.0 / r_sq
+
+
+class CovarianceAccumulator:
+    """Running float64 node covariance of a layer, fed batch by batch; VNI without storing samples.
+
+    Uses the co-moment update (Chan et al.), so batches of any size merge exactly.
+    Memory O(N^2) per layer; for wide layers prefer :func:`vni` on a bounded sample.
+    """
+
+    def __init__(self, width: int, device: torch.device | str | None = None):
+        self.n = 0
+        self.mean = torch.zeros(width, dtype=torch.float64, device=device)
+        self.m2 = torch.zeros(width, width, dtype=torch.float64, device=device)
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().to(torch.float64)
+        if x.ndim != 2 or x.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"expected (batch, {self.mean.shape[0]}), got {tuple(x.shape)}")
+        nb = x.shape[0]
+        if nb == 0:
+            return
+        mb = x.mean(0)
+        xc = x - mb
+        delta = mb - self.mean
+        tot = self.n + nb
+        self.m2 += xc.T @ xc + torch.outer(delta, delta) * (self.n * nb / tot)
+        self.mean += delta * (nb / tot)
+        self.n = tot
+
+    def covariance(self) -> torch.Tensor:
+        if self.n < 2:
+            raise ValueError(f"need at least 2 samples, have {self.n}")
+        return self.m2 / (self.n - 1)
+
+    def vni(self) -> torch.Tensor:
+        return vni_from_covariance(self.m2)

@@ -1,0 +1,231 @@
+"""The study's networks (thesis eq. 3.1) and their variants.
+
+``arch="feedforward"``  h_l = W_l x_{l-1} + b_l,  x_l = phi(h_l)                  (eq. 3.1)
+``arch="residual"``     x_l = x_{l-1} + alpha * phi(W_l x_{l-1} + b_l)
+``arch="volume"``       x_l = x_{l-1} + phi((M_l * W_l) x_{l-1} + b_l), M_l strictly
+                        triangular (lower at odd l, upper at even l), so the layer
+                        Jacobian I + diag(phi') (M_l * W_l) is triangular with a unit
+                        diagonal and det J = 1 exactly (seed 003 section 2.1, the DVCNN).
+
+Depth counts the width-N hidden layers x_1..x_L; ``depth=0`` is the identity map
+(with the readout, if any, applied to the input). Layer 1 of a feed-forward net
+reads the raw input (fan-in = ``in_features``) as in the thesis; residual and
+volume nets need width-preserving layers, so an input of another size first goes
+through a linear *input projection* (no activation, not counted in depth). An
+optional linear readout to ``out_features`` is not counted either.
+
+Every layer's parameters come from :func:`layer_params`, a pure function of
+(spec, seed, layer index), so a materialised :class:`Net` and the streaming
+:func:`stream_layers` (memory O(width^2 + batch x width), for 10,000-layer nets)
+see identical weights.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from .activations import get_activation
+from .inits import check_init, init_weight
+from .theory import critical_sigma_w2
+
+ARCHS = ("feedforward", "residual", "volume")
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """Everything that defines a random network except its seed."""
+
+    depth: int
+    width: int
+    activation: str = "tanh"
+    init: str = "gaussian"
+    sigma_w2: float | None = None  # None: critical value of the activation
+    sigma_b: float = 0.0  # std of random biases
+    bias_value: float = 0.0  # constant added to every bias (seed 003 uses -2 for sigmoid)
+    arch: str = "feedforward"
+    residual_scale: float = 1.0  # alpha of the residual branch
+    in_features: int | None = None  # None: same as width
+    out_features: int | None = None  # None: no readout
+
+    def __post_init__(self) -> None:
+        for name in ("depth", "width"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"{name} must be an integer, got {v!r}")
+        if self.depth < 0:
+            raise ValueError(f"depth must be >= 0, got {self.depth}")
+        if self.width < 1:
+            raise ValueError(f"width must be >= 1, got {self.width}")
+        get_activation(self.activation)
+        check_init(self.init)
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r}; expected one of: {', '.join(ARCHS)}")
+        if self.sigma_w2 is not None and not (self.sigma_w2 >= 0 and math.isfinite(self.sigma_w2)):
+            raise ValueError(f"sigma_w2 must be a finite number >= 0, got {self.sigma_w2}")
+        if self.sigma_b < 0:
+            raise ValueError(f"sigma_b must be >= 0, got {self.sigma_b}")
+        for name in ("in_features", "out_features"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {v}")
+
+    @property
+    def resolved_sigma_w2(self) -> float:
+        """sigma_w^2 in use: the given one, else the activation's critical value."""
+        if self.sigma_w2 is not None:
+            return float(self.sigma_w2)
+        return critical_sigma_w2(self.activation, self.sigma_b**2)
+
+    @property
+    def n_in(self) -> int:
+        return self.width if self.in_features is None else self.in_features
+
+    @property
+    def has_input_projection(self) -> bool:
+        return self.arch != "feedforward" and self.n_in != self.width
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def with_(self, **changes) -> "NetSpec":
+        return replace(self, **changes)
+
+
+def layer_seed(seed: int, layer: int) -> int:
+    """A 63-bit seed for one layer, derived from (seed, layer) by numpy's SeedSequence.
+
+    Layer 0 is the input projection, -1 the readout (mapped to slot 2**31 - 1).
+    """
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    slot = 2**31 - 1 if layer == -1 else int(layer)
+    return int(np.random.SeedSequence([int(seed), slot]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def _generator(seed: int, layer: int) -> torch.Generator:
+    return torch.Generator().manual_seed(layer_seed(seed, layer))
+
+
+def triangular_mask(width: int, layer: int, dtype=torch.float32) -> torch.Tensor:
+    """Strictly lower-triangular mask at odd layers, strictly upper at even ones."""
+    ones = torch.ones(width, width, dtype=dtype)
+    return torch.tril(ones, -1) if layer % 2 == 1 else torch.triu(ones, 1)
+
+
+def layer_params(spec: NetSpec, seed: int, layer: int, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W_l, b_l) of hidden layer ``layer`` (1-based); layer 0 is the input projection, -1 the readout."""
+    g = _generator(seed, layer)
+    sw2 = spec.resolved_sigma_w2
+    if layer == 0:  # input projection: linear, variance preserving
+        w = init_weight(spec.width, spec.n_in, spec.init, 1.0, generator=g, dtype=dtype)
+        return w, torch.zeros(spec.width, dtype=dtype)
+    if layer == -1:  # readout
+        w = init_weight(spec.out_features, spec.width, "gaussian", 1.0, generator=g, dtype=dtype)
+        return w, torch.zeros(spec.out_features, dtype=dtype)
+    fan_in = spec.n_in if (layer == 1 and spec.arch == "feedforward") else spec.width
+    w = init_weight(spec.width, fan_in, spec.init, sw2, generator=g, dtype=dtype)
+    b = torch.randn(spec.width, generator=g, dtype=dtype) * spec.sigma_b + spec.bias_value
+    if spec.arch == "volume":
+        w = w * triangular_mask(spec.width, layer, dtype)
+    return w, b
+
+
+def apply_layer(spec: NetSpec, layer: int, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One hidden layer on a batch x (batch, fan_in): returns (h_l, x_l)."""
+    phi = get_activation(spec.activation)
+    if mask is not None:
+        w = w * mask
+    h = torch.nn.functional.linear(x, w, b)
+    if spec.arch == "feedforward":
+        return h, phi(h)
+    scale = spec.residual_scale if spec.arch == "residual" else 1.0
+    return h, x + scale * phi(h)
+
+
+class Net(nn.Module):
+    """A materialised network of a :class:`NetSpec`; parameters are ordinary nn.Parameters.
+
+    ``hidden[l-1]`` is the nn.Linear of layer l. Volume nets keep the triangular
+    mask as a buffer and apply it in forward, so training cannot break det J = 1.
+    """
+
+    def __init__(self, spec: NetSpec, seed: int = 0, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.spec = spec
+        self.seed = int(seed)
+        self.phi = get_activation(spec.activation)
+        self.input_projection: nn.Linear | None = None
+        if spec.has_input_projection:
+            self.input_projection = self._linear(*layer_params(spec, seed, 0, dtype), bias=False)
+        self.hidden = nn.ModuleList(
+            self._linear(*layer_params(spec, seed, l, dtype)) for l in range(1, spec.depth + 1)
+        )
+        self.readout: nn.Linear | None = None
+        if spec.out_features is not None:
+            self.readout = self._linear(*layer_params(spec, seed, -1, dtype))
+        if spec.arch == "volume":
+            self.register_buffer("mask_odd", triangular_mask(spec.width, 1, dtype), persistent=False)
+            self.register_buffer("mask_even", triangular_mask(spec.width, 2, dtype), persistent=False)
+
+    @staticmethod
+    def _linear(w: torch.Tensor, b: torch.Tensor, bias: bool = True) -> nn.Linear:
+        lin = nn.Linear(w.shape[1], w.shape[0], bias=bias, dtype=w.dtype)
+        with torch.no_grad():
+            lin.weight.copy_(w)
+            if bias:
+                lin.bias.copy_(b)
+        return lin
+
+    def mask(self, layer: int) -> torch.Tensor | None:
+        if self.spec.arch != "volume":
+            return None
+        return self.mask_odd if layer % 2 == 1 else self.mask_even
+
+    def layers(self, x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """Yield (l, h_l, x_l) for l = 1..L, one layer at a time."""
+        if self.input_projection is not None:
+            x = self.input_projection(x)
+        for l, lin in enumerate(self.hidden, start=1):
+            h, x = apply_layer(self.spec, l, x, lin.weight, lin.bias, self.mask(l))
+            yield l, h, x
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """x_L (the input itself, projected if needed, when depth = 0)."""
+        out = self.input_projection(x) if (self.input_projection is not None) else x
+        for _, _, out in self.layers(x):
+            pass
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.features(x)
+        return self.readout(z) if self.readout is not None else z
+
+
+def build_net(spec: NetSpec, seed: int = 0, dtype: torch.dtype = torch.float32) -> Net:
+    """Materialise the network of ``spec`` with weights drawn from ``seed``."""
+    return Net(spec, seed, dtype)
+
+
+@torch.no_grad()
+def stream_layers(
+    spec: NetSpec, x: torch.Tensor, seed: int = 0, dtype: torch.dtype | None = None
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Yield (l, h_l, x_l) for l = 1..L without ever holding more than one layer's weights.
+
+    Same weights as ``build_net(spec, seed)``; memory O(width^2 + batch x width).
+    """
+    dtype = dtype or x.dtype
+    x = x.to(dtype)
+    if spec.has_input_projection:
+        w, _ = layer_params(spec, seed, 0, dtype)
+        x = x @ w.to(x.device).T
+    for l in range(1, spec.depth + 1):
+        w, b = layer_params(spec, seed, l, dtype)
+        h, x = apply_layer(spec, l, x, w.to(x.device), b.to(x.device))
+        yield l, h, x
