@@ -7,6 +7,7 @@ import torch
 from conftest import compare
 from depthscope.metrics import (
     CovarianceAccumulator,
+    debias_vni,
     effective_nodes,
     participation_ratio,
     rho_squared,
@@ -77,6 +78,13 @@ def test_accumulator_matches_batch_vni(gen):
     compare(acc.covariance(), torch.cov(x.T), rtol=1e-10)
     compare(acc.vni(), vni(x), rtol=1e-10)
     compare(vni_from_covariance(torch.cov(x.T)), vni(x), rtol=1e-10)
+
+
+def test_debias_vni_removes_the_wishart_excess(gen):
+    # Independent nodes: the raw estimate reads ~1/N + 1/S, the debiased one ~1/N.
+    raw = torch.stack([vni(torch.randn(100, 40, generator=gen, dtype=torch.float64)) for _ in range(200)]).mean()
+    assert float(raw) == pytest.approx(1 / 40 + 1 / 100, rel=0.05)
+    assert float(debias_vni(raw, 100)) == pytest.approx(1 / 40, rel=0.05)
 
 
 def test_effective_nodes_and_participation_ratio():
