@@ -1,0 +1,280 @@
+"""Walking-dead gradients (seed 004 / thesis ch. 5): nets with VNI -> 1 cannot fit XOR
+although their gradients neither vanish nor explode.
+
+Task: the four XOR points x in {-1, +1}^2 with target y = -x_1 x_2 (so +1 when the
+signs differ), feed-forward net (thesis eq. 3.1) + linear readout, cost
+1/2 mean (f(x) - y)^2, full-batch SGD. A run *succeeds* when at the end
+max_i |f(x_i) - y_i| < 0.5 (every point on the right side, with margin).
+
+VNI needs a covariance over many inputs; four points give a rank-<=3 covariance,
+so VNI is measured on a *probe set* from the XOR distribution: the four corners
+plus Gaussian noise of std ``probe_noise`` (``probe_per_corner`` samples each).
+
+Each setting trains ``seeds`` nets at once as a stacked ensemble (weights of shape
+(K, out, in), one ``baddbmm`` per layer); net k's parameters are exactly
+``depthscope.nets.layer_params(spec, seed_k, l)``, so the ensemble equals K
+separate :func:`~depthscope.nets.build_net` nets (``tests/test_xor.py`` checks this
+against one-net-at-a-time training).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from statistics import median
+
+import torch
+
+from ..metrics import vni
+from ..nets import NetSpec, layer_params
+from ..store import Value
+from . import _plotting as P
+from .base import Experiment, FigureResult, RunContext, WorkUnit
+
+#: name -> (depth, width, lr); the first is meant to keep VNI low, the others to drive it to 1.
+SETTINGS = {
+    "shallow_wide": (2, 32, 0.05),
+    "deep_narrow": (48, 4, 0.05),
+    "large_lr": (8, 32, 1.0),
+}
+FIT_MARGIN = 0.5
+
+
+def xor_points(dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The four XOR points in {-1, +1}^2 and their targets y = -x1 x2 in {-1, +1}."""
+    try:  # the shared data module, when present, is the single source of the dataset
+        from ..data import xor as _xor  # type: ignore[attr-defined]
+
+        x, y = _xor()
+        x = torch.as_tensor(x, dtype=dtype)
+        y = torch.as_tensor(y, dtype=dtype).reshape(-1)
+        if x.shape == (4, 2) and set(y.tolist()) == {-1.0, 1.0}:
+            return x, y
+    except (ImportError, TypeError, ValueError):
+        pass
+    x = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]], dtype=dtype)
+    return x, -x[:, 0] * x[:, 1]
+
+
+def probe_points(per_corner: int, noise: float, seed: int, dtype=torch.float32) -> torch.Tensor:
+    """The XOR corners plus N(0, noise^2) jitter: (4 * per_corner, 2), for VNI."""
+    x, _ = xor_points(dtype)
+    g = torch.Generator().manual_seed(seed)
+    return x.repeat_interleave(per_corner, 0) + noise * torch.randn(4 * per_corner, 2, generator=g, dtype=dtype)
+
+
+class StackedMLP:
+    """K feed-forward nets of one spec (with readout) as stacked tensors; params are leaf tensors."""
+
+    def __init__(self, spec: NetSpec, seeds: list[int], dtype=torch.float32):
+        if spec.arch != "feedforward" or spec.out_features is None:
+            raise ValueError("StackedMLP needs arch='feedforward' and out_features set")
+        self.spec = spec
+        from ..activations import get_activation
+
+        self.phi = get_activation(spec.activation)
+        self.weights, self.biases = [], []
+        for l in list(range(1, spec.depth + 1)) + [-1]:
+            ps = [layer_params(spec, s, l, dtype) for s in seeds]
+            self.weights.append(torch.stack([p[0] for p in ps]).requires_grad_(True))
+            self.biases.append(torch.stack([p[1] for p in ps]).requires_grad_(True))
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return self.weights + self.biases
+
+    def hidden(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x_1..x_L, each (K, P, N), for input x (P, in) shared by all nets."""
+        a = x.unsqueeze(0).expand(self.weights[0].shape[0], -1, -1)
+        out = []
+        for w, b in zip(self.weights[:-1], self.biases[:-1]):
+            a = self.phi(torch.baddbmm(b.unsqueeze(1), a, w.transpose(1, 2)))
+            out.append(a)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(K, P) outputs."""
+        hs = self.hidden(x)
+        a = hs[-1] if hs else x.unsqueeze(0).expand(self.weights[0].shape[0], -1, -1)
+        return torch.baddbmm(self.biases[-1].unsqueeze(1), a, self.weights[-1].transpose(1, 2)).squeeze(-1)
+
+
+def train_xor(spec: NetSpec, seeds: list[int], lr: float, steps: int, log_every: int,
+              probe: torch.Tensor) -> dict:
+    """Full-batch SGD on XOR for K stacked nets. Returns per-net logs (lists indexed by net)."""
+    x, y = xor_points()
+    net = StackedMLP(spec, seeds)
+    K, L = len(seeds), spec.depth
+    logs = {"step": [], "loss": [], "grad": [], "vni_last": []}
+
+    def vnis() -> torch.Tensor:  # (K, L)
+        with torch.no_grad():
+            hs = net.hidden(probe)
+        return torch.tensor([[float(vni(h[k])) for h in hs] for k in range(K)])
+
+    vni0 = vnis()
+    for step in range(steps + 1):
+        out = net.forward(x)
+        per_net = 0.5 * ((out - y) ** 2).mean(dim=1)  # (K,)
+        grads = torch.autograd.grad(per_net.sum(), net.params)
+        if step % log_every == 0 or step == steps:
+            logs["step"].append(step)
+            logs["loss"].append(per_net.detach().clone())
+            logs["grad"].append(torch.stack([g.flatten(1).norm(dim=1) for g in grads[:L]], dim=1))  # (K, L)
+            with torch.no_grad():
+                logs["vni_last"].append(torch.tensor([float(vni(net.hidden(probe)[-1][k])) for k in range(K)]))
+        if step == steps:
+            break
+        with torch.no_grad():
+            for p, g in zip(net.params, grads):
+                p -= lr * g
+    with torch.no_grad():
+        out = net.forward(x)
+    err = (out - y).abs().max(dim=1).values
+    finite = torch.isfinite(out).all(dim=1)
+    return {"net": net, "vni0": vni0, "vni_end": vnis(), "success": (err < FIT_MARGIN) & finite,
+            "max_err": err, "logs": logs}
+
+
+def _early(values: list[float], steps: list[int], total: int, frac: float = 0.25) -> float:
+    sel = [v for v, s in zip(values, steps) if s <= frac * total]
+    return sum(sel) / len(sel)
+
+
+class XOR(Experiment):
+    name = "xor"
+    title = "Walking-dead gradients: XOR success vs VNI at comparable gradient norms"
+    reproduces = "seed 004 / thesis ch. 5 (walking dead gradients on XOR)"
+    presets = {
+        "quick": {"settings": SETTINGS, "seeds": 20, "steps": 1500, "log_every": 50, "activation": "tanh",
+                  "probe_per_corner": 64, "probe_noise": 0.3},
+        "paper": {"settings": SETTINGS, "seeds": 100, "steps": 10000, "log_every": 100, "activation": "tanh",
+                  "probe_per_corner": 256, "probe_noise": 0.3},
+    }
+
+    def units(self, params: dict) -> list[WorkUnit]:
+        out = []
+        for name, (depth, width, lr) in params["settings"].items():
+            spec = {"setting": name, "depth": depth, "width": width, "lr": lr, "activation": params["activation"],
+                    "steps": params["steps"], "probe_per_corner": params["probe_per_corner"],
+                    "probe_noise": params["probe_noise"]}
+            out += [WorkUnit(spec, s) for s in range(params["seeds"])]
+        return out
+
+    def run(self, ctx: RunContext) -> dict:
+        p = ctx.params
+        units = self.units(p)
+        done = ctx.store.done_keys(self.name)
+        todo = [u for u in units if u.key not in done]
+        counts = {"total": len(units), "skipped": len(units) - len(todo), "ran": 0, "failed": 0}
+        groups = P.group([{"u": u, "setting": u.spec["setting"]} for u in todo], "setting")
+        from ..progress import Progress
+
+        with Progress(len(todo), self.name, quiet=ctx.quiet) as bar, P.threads(1):
+            for (setting,), items in groups.items():
+                us = [it["u"] for it in items]
+                sp = us[0].spec
+                spec = NetSpec(depth=sp["depth"], width=sp["width"], activation=sp["activation"],
+                               in_features=2, out_features=1)
+                probe = probe_points(sp["probe_per_corner"], sp["probe_noise"], seed=12345)
+                t0 = time.time()
+                r = train_xor(spec, [u.seed for u in us], sp["lr"], sp["steps"], p["log_every"], probe)
+                for k, u in enumerate(us):
+                    ctx.store.record(self.name, u.key, spec=u.spec, seed=u.seed, values=self._values(r, k),
+                                     started=t0)
+                    counts["ran"] += 1
+                    bar.update()
+        return counts
+
+    @staticmethod
+    def _values(r: dict, k: int) -> list[Value]:
+        logs = r["logs"]
+        vals = [Value("success", float(r["success"][k])), Value("max_error", float(r["max_err"][k]))]
+        L = r["vni0"].shape[1]
+        for l in range(L):
+            vals.append(Value("vni_init", float(r["vni0"][k, l]), l + 1))
+            vals.append(Value("vni", float(r["vni_end"][k, l]), l + 1))
+        for i, step in enumerate(logs["step"]):
+            vals.append(Value("loss", float(logs["loss"][i][k]), None, step))
+            vals.append(Value("vni_last", float(logs["vni_last"][i][k]), None, step))
+            g = logs["grad"][i][k]
+            vals.append(Value("grad_rms", float(g.pow(2).mean().sqrt()), None, step))
+            for l in range(L):
+                vals.append(Value("grad_norm", float(g[l]), l + 1, step))
+        steps = logs["step"]
+        rms = [float(logs["grad"][i][k].pow(2).mean().sqrt()) for i in range(len(steps))]
+        vals.append(Value("grad_rms_early", _early(rms, steps, steps[-1])))
+        return vals
+
+    def figures(self, store, outdir: Path, params: dict) -> list[FigureResult]:
+        from matplotlib.figure import Figure
+
+        rows = store.rows(self.name)
+        if not rows:
+            return P.missing(self.name, "XOR runs")
+        by = P.group(rows, "quantity")
+        settings = list(dict.fromkeys(r["setting"] for r in rows))
+        succ = {r["key"]: r["value"] > 0.5 for r in by.get(("success",), [])}
+        setting_of = {r["key"]: r["setting"] for r in rows}
+        last_layer_vni = {}
+        for r in by.get(("vni",), []):
+            if r["layer"] == r["depth"]:
+                last_layer_vni[r["key"]] = r["value"]
+
+        fig = Figure(figsize=(16, 3.8))
+        axs = [fig.add_subplot(1, 4, i + 1) for i in range(4)]
+        colors = dict(zip(settings, ["tab:blue", "tab:red", "tab:orange", "tab:green", "tab:purple"]))
+        for q, ax, ylab in (("loss", axs[0], "training loss"), ("vni_last", axs[1], "VNI of last hidden layer"),
+                            ("grad_rms", axs[2], "RMS over layers of ||dC/dW_l||")):
+            for key, rs in P.group(by.get((q,), []), "key").items():
+                rs = sorted(rs, key=lambda r: r["step"])
+                k = key[0]
+                ax.plot([r["step"] for r in rs], [r["value"] for r in rs], color=colors[setting_of[k]],
+                        ls="-" if succ.get(k) else ":", lw=0.7, alpha=0.6)
+            ax.set_xlabel("step")
+            ax.set_ylabel(ylab)
+            ax.set_yscale("log")
+        axs[1].set_yscale("linear")
+        axs[1].set_ylim(0, 1.02)
+        # success rate per setting
+        lines = []
+        rates = {}
+        for i, s in enumerate(settings):
+            ks = [k for k in succ if setting_of[k] == s]
+            n_ok = sum(succ[k] for k in ks)
+            rates[s] = (n_ok, len(ks))
+            vs = [last_layer_vni[k] for k in ks if k in last_layer_vni]
+            axs[3].bar(i, n_ok / max(len(ks), 1), color=colors[s])
+            axs[3].text(i, n_ok / max(len(ks), 1) + 0.02, f"{n_ok}/{len(ks)}\nVNI~{median(vs):.2f}",
+                        ha="center", fontsize=8)
+            lines.append(f"{s}: {n_ok}/{len(ks)} fit, median final VNI(last layer) {median(vs):.2f}")
+        axs[3].set_xticks(range(len(settings)))
+        axs[3].set_xticklabels(settings, fontsize=8)
+        axs[3].set_ylim(0, 1.2)
+        axs[3].set_ylabel("success rate")
+        for s in settings:
+            d, w, lr = next((r["depth"], r["width"], r["lr"]) for r in rows if r["setting"] == s)
+            axs[0].plot([], [], color=colors[s], label=f"{s} (L={d}, N={w}, lr={lr:g})")
+        axs[0].plot([], [], "k:", label="failed run")
+        axs[0].legend(fontsize=7)
+        paths = P.save(fig, outdir, "xor_walking_dead")
+
+        early = {r["key"]: r["value"] for r in by.get(("grad_rms_early",), [])}
+        ok = [v for k, v in early.items() if succ.get(k)]
+        bad = [v for k, v in early.items() if k in succ and not succ[k]]
+        if ok and bad:
+            ratio = median(bad) / median(ok)
+            within = 0.1 <= ratio <= 10
+            gtxt = (f"median early-training gradient RMS of failing nets / succeeding nets = {ratio:.2g} "
+                    f"({len(bad)} vs {len(ok)} nets): " + ("within a factor of 10, i.e. the failures are not "
+                                                          "vanishing/exploding gradients (walking dead)."
+                                                          if within else "NOT within a factor of 10, so gradient "
+                                                          "scale could explain these failures."))
+        else:
+            gtxt = "no failing (or no succeeding) nets, so the gradient comparison is not possible."
+        verdict = "; ".join(lines) + ". " + gtxt + (" Thesis: nets with VNI = 1 cannot learn XOR although "
+                                                    "their gradients neither vanish nor explode.")
+        return [FigureResult("xor_walking_dead", self.title, paths, "depthscope reproduce xor", self.reproduces,
+                             verdict, "Training loss, VNI of the last hidden layer (on a noisy probe set around "
+                             "the four corners), and RMS gradient norm over training, one line per seed "
+                             "(dotted = failed to fit); right: success rate per setting with counts.")]
