@@ -34,8 +34,8 @@ from .base import Experiment, FigureResult, RunContext, WorkUnit
 #: name -> (depth, width, lr); the first is meant to keep VNI low, the others to drive it to 1.
 SETTINGS = {
     "shallow_wide": (2, 32, 0.05),
-    "deep_narrow": (48, 4, 0.05),
-    "large_lr": (8, 32, 1.0),
+    "deep_narrow": (16, 4, 0.05),
+    "large_lr": (8, 32, 0.3),
 }
 FIT_MARGIN = 0.5
 
@@ -136,6 +136,10 @@ def train_xor(spec: NetSpec, seeds: list[int], lr: float, steps: int, log_every:
             "max_err": err, "logs": logs}
 
 
+def _finite(v) -> bool:
+    return v is not None and math.isfinite(v)
+
+
 def _early(values: list[float], steps: list[int], total: int, frac: float = 0.25) -> float:
     sel = [v for v, s in zip(values, steps) if s <= frac * total]
     return sum(sel) / len(sel)
@@ -146,7 +150,7 @@ class XOR(Experiment):
     title = "Walking-dead gradients: XOR success vs VNI at comparable gradient norms"
     reproduces = "seed 004 / thesis ch. 5 (walking dead gradients on XOR)"
     presets = {
-        "quick": {"settings": SETTINGS, "seeds": 20, "steps": 1500, "log_every": 50, "activation": "tanh",
+        "quick": {"settings": SETTINGS, "seeds": 20, "steps": 1000, "log_every": 50, "activation": "tanh",
                   "probe_per_corner": 64, "probe_noise": 0.3},
         "paper": {"settings": SETTINGS, "seeds": 100, "steps": 10000, "log_every": 100, "activation": "tanh",
                   "probe_per_corner": 256, "probe_noise": 0.3},
@@ -218,7 +222,7 @@ class XOR(Experiment):
         setting_of = {r["key"]: r["setting"] for r in rows}
         last_layer_vni = {}
         for r in by.get(("vni",), []):
-            if r["layer"] == r["depth"]:
+            if r["layer"] == r["depth"] and _finite(r["value"]):
                 last_layer_vni[r["key"]] = r["value"]
 
         fig = Figure(figsize=(16, 3.8))
@@ -229,6 +233,7 @@ class XOR(Experiment):
             for key, rs in P.group(by.get((q,), []), "key").items():
                 rs = sorted(rs, key=lambda r: r["step"])
                 k = key[0]
+                rs = [r for r in rs if _finite(r["value"])]
                 ax.plot([r["step"] for r in rs], [r["value"] for r in rs], color=colors[setting_of[k]],
                         ls="-" if succ.get(k) else ":", lw=0.7, alpha=0.6)
             ax.set_xlabel("step")
@@ -243,11 +248,13 @@ class XOR(Experiment):
             ks = [k for k in succ if setting_of[k] == s]
             n_ok = sum(succ[k] for k in ks)
             rates[s] = (n_ok, len(ks))
-            vs = [last_layer_vni[k] for k in ks if k in last_layer_vni]
+            vs = [last_layer_vni[k] for k in ks if k in last_layer_vni] or [math.nan]
             axs[3].bar(i, n_ok / max(len(ks), 1), color=colors[s])
             axs[3].text(i, n_ok / max(len(ks), 1) + 0.02, f"{n_ok}/{len(ks)}\nVNI~{median(vs):.2f}",
                         ha="center", fontsize=8)
-            lines.append(f"{s}: {n_ok}/{len(ks)} fit, median final VNI(last layer) {median(vs):.2f}")
+            fail_v = [last_layer_vni[k] for k in ks if k in last_layer_vni and not succ[k]]
+            lines.append(f"{s}: {n_ok}/{len(ks)} fit, median final VNI(last layer) {median(vs):.2f}"
+                         + (f" (failed runs: {median(fail_v):.2f})" if fail_v else ""))
         axs[3].set_xticks(range(len(settings)))
         axs[3].set_xticklabels(settings, fontsize=8)
         axs[3].set_ylim(0, 1.2)
@@ -259,7 +266,9 @@ class XOR(Experiment):
         axs[0].legend(fontsize=7)
         paths = P.save(fig, outdir, "xor_walking_dead")
 
-        early = {r["key"]: r["value"] for r in by.get(("grad_rms_early",), [])}
+        early_all = {r["key"]: r["value"] for r in by.get(("grad_rms_early",), [])}
+        early = {k: v for k, v in early_all.items() if _finite(v)}
+        n_div = len(early_all) - len(early)
         ok = [v for k, v in early.items() if succ.get(k)]
         bad = [v for k, v in early.items() if k in succ and not succ[k]]
         if ok and bad:
@@ -269,7 +278,8 @@ class XOR(Experiment):
                     f"({len(bad)} vs {len(ok)} nets): " + ("within a factor of 10, i.e. the failures are not "
                                                           "vanishing/exploding gradients (walking dead)."
                                                           if within else "NOT within a factor of 10, so gradient "
-                                                          "scale could explain these failures."))
+                                                          "scale could explain these failures.")
+                    + (f" {n_div} diverged (non-finite) runs excluded." if n_div else ""))
         else:
             gtxt = "no failing (or no succeeding) nets, so the gradient comparison is not possible."
         verdict = "; ".join(lines) + ". " + gtxt + (" Thesis: nets with VNI = 1 cannot learn XOR although "
