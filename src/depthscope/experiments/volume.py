@@ -1,0 +1,167 @@
+"""Seed 003: deep volume-conserving nets (DVCNN), training error vs depth, and the drift effect.
+
+Net: ``NetSpec(arch="volume")`` (strictly triangular masked weights alternating lower/upper,
+x_l = x_{l-1} + phi(h_l)), sigmoid with every bias set to -2 as in seed 003, sigma_w^2 = 1,
+softmax readout, cross-entropy, plain SGD. Data: MNIST (the 10k test images are the only
+offline copy here; seed 003 used MNIST-bg-img, which we do not have). To keep CPU time in
+minutes the 784 pixels go through a fixed random Gaussian projection to ``width`` units
+(the net's input projection, frozen: it is not volume conserving and not trained); seed 003
+used width 784. When no MNIST files are found, Gaussian inputs with random labels stand in
+(recorded in the unit spec as ``data``).
+
+Per unit: training error per epoch, mean phi(h_l) per layer before and after training
+(seed 003 Figs. 2, 3), VNI per layer before/after (never measured in the seeds). ReLU units
+usually overflow: that is recorded as a failed unit with the layer/step where it happened.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from statistics import median
+
+import torch
+
+from ..metrics import vni
+from ..metrics.drift import layer_mean
+from ..nets import NetSpec, build_net
+from ..store import Value
+from . import _plotting as P
+from .base import Experiment, FigureResult, RunContext, UnitFailed, WorkUnit
+
+
+def _data(n: int, data_dir, seed: int):
+    try:
+        from ..data import load_dataset
+
+        x, y = load_dataset("mnist", split="any", data_dir=data_dir, limit=n)
+        return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64), "mnist"
+    except Exception:  # no data module or no files: a labelled stand-in, recorded as such
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(n, 784, generator=g), torch.randint(0, 10, (n,), generator=g), "gaussian-random-labels"
+
+
+class DVCNN(Experiment):
+    name = "dvcnn"
+    title = "Deep volume-conserving nets: training error vs depth, drift, VNI"
+    reproduces = "seed 003 Figs. 1-3"
+    presets = {
+        "quick": {"depths": [10, 100, 300], "activations": ["sigmoid", "relu"], "width": 32, "n_train": 1000,
+                  "epochs": 3, "batch": 50, "lr": 0.5, "bias_value": -2.0, "n_probe": 200},
+        "paper": {"depths": [10, 100, 300, 1000, 2000], "activations": ["sigmoid", "tanh", "relu"], "width": 784,
+                  "n_train": 10000, "epochs": 50, "batch": 100, "lr": 0.05, "bias_value": -2.0, "n_probe": 1000},
+    }
+
+    def units(self, params: dict) -> list[WorkUnit]:
+        keep = ("width", "n_train", "epochs", "batch", "lr", "n_probe")
+        # seed 003 sets the bias to -2 for sigmoid; a ReLU with bias -2 is dead (f = 0) and never drifts
+        return [WorkUnit({"activation": a, "depth": d, "bias_value": params["bias_value"] if a == "sigmoid" else 0.0,
+                          **{k: params[k] for k in keep}}, 0)
+                for a in params["activations"] for d in params["depths"]]
+
+    def run_unit(self, unit: WorkUnit, ctx: RunContext) -> list[Value]:
+        with P.threads(1):
+            return self._run(unit, ctx.data_dir)
+
+    def _run(self, unit: WorkUnit, data_dir) -> list[Value]:
+        sp = unit.spec
+        x, y, src = _data(sp["n_train"], data_dir, unit.seed)
+        spec = NetSpec(depth=sp["depth"], width=sp["width"], activation=sp["activation"], sigma_w2=1.0,
+                       bias_value=sp["bias_value"], arch="volume", in_features=x.shape[1], out_features=10)
+        net = build_net(spec, unit.seed)
+        net.input_projection.weight.requires_grad_(False)
+        probe = x[: sp["n_probe"]]
+        values = [Value("data_is_mnist", float(src == "mnist"))]
+
+        def snapshot(tag: str) -> None:
+            with torch.no_grad():
+                for l, h, xl in net.layers(probe):
+                    f = net.phi(h)
+                    if not torch.isfinite(xl).all():
+                        raise UnitFailed(f"{tag}: non-finite activations at layer {l} "
+                                         f"(max |x| before: overflow)", values)
+                    values.append(Value(f"mean_f_{tag}", layer_mean(f), l))
+                    values.append(Value(f"vni_{tag}", float(vni(xl)), l))
+
+        snapshot("init")
+        opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=sp["lr"])
+        g = torch.Generator().manual_seed(unit.seed)
+        n = x.shape[0]
+        for epoch in range(1, sp["epochs"] + 1):
+            perm = torch.randperm(n, generator=g)
+            for i in range(0, n, sp["batch"]):
+                idx = perm[i:i + sp["batch"]]
+                loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
+                if not torch.isfinite(loss):
+                    raise UnitFailed(f"non-finite loss in epoch {epoch} (numerical blow-up)", values)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                err = float((net(x).argmax(1) != y).float().mean())
+            values.append(Value("train_error", err, None, epoch))
+        snapshot("trained")
+        return values
+
+    def figures(self, store, outdir: Path, params: dict) -> list[FigureResult]:
+        from matplotlib.figure import Figure
+
+        rows = store.rows(self.name, status="done")
+        units = store.units(self.name)
+        if not units:
+            return P.missing(self.name, "DVCNN units")
+        by = P.group(rows, "quantity")
+        fig = Figure(figsize=(15, 3.8))
+        ax1, ax2, ax3 = (fig.add_subplot(1, 3, i) for i in (1, 2, 3))
+        for (act, d), rs in sorted(P.group(by.get(("train_error",), []), "activation", "depth").items()):
+            rs = sorted(rs, key=lambda r: r["step"])
+            ax1.plot([r["step"] for r in rs], [r["value"] for r in rs], "-o", ms=3, label=f"{act}, L = {d}")
+        ax1.set_xlabel("epoch")
+        ax1.set_ylabel("training error")
+        ax1.legend(fontsize=7)
+        ax1.set_title("Training error vs depth (cf. seed 003 Fig. 1)", fontsize=9)
+        sig = [r for r in rows if r["activation"] == "sigmoid"]
+        dd = max((r["depth"] for r in sig), default=None)
+        drift = {}
+        for tag, style in (("init", "--"), ("trained", "-")):
+            sel = [r for r in sig if r["quantity"] == f"mean_f_{tag}" and r["depth"] == dd]
+            if sel:
+                ls, ys = P.per_layer_median(sel)
+                ax2.plot(ls, ys, style, label=f"{tag}")
+                drift[tag] = ys
+            sel = [r for r in sig if r["quantity"] == f"vni_{tag}" and r["depth"] == dd]
+            if sel:
+                ls, ys = P.per_layer_median(sel)
+                ax3.plot(ls, ys, style, label=f"{tag}")
+        ax2.set_xlabel("layer")
+        ax2.set_ylabel("mean of f = sigmoid(h_l) over units and samples")
+        ax2.set_title(f"Drift: sigmoid, bias -2, L = {dd} (cf. seed 003 Fig. 2)", fontsize=9)
+        ax2.legend(fontsize=7)
+        ax3.set_xlabel("layer")
+        ax3.set_ylabel("VNI of x_l")
+        ax3.set_title("VNI of DVCNN layers (not in the seeds)", fontsize=9)
+        ax3.legend(fontsize=7)
+        paths = P.save(fig, outdir, "dvcnn")
+
+        finals = {}
+        for (act, d), rs in P.group(by.get(("train_error",), []), "activation", "depth").items():
+            finals[(act, d)] = max(rs, key=lambda r: r["step"])["value"]
+        fails = [u for u in units if u.status == "failed"]
+        mnist = all(r["value"] > 0.5 for r in by.get(("data_is_mnist",), []))
+        parts = [f"final training error {', '.join(f'{a} L={d}: {e:.2f}' for (a, d), e in sorted(finals.items()))}"]
+        if drift:
+            txt = ", ".join(f"{t} {v[0]:.2f} at layer 1 -> {sum(v[-5:]) / len(v[-5:]):.2f} at the top" for t, v in
+                            drift.items())
+            parts.append(f"sigmoid drift (mean f): {txt}")
+        parts.append(f"{len(fails)} unit(s) failed: " + "; ".join(f"{u.spec['activation']} L={u.spec['depth']}: "
+                                                                   f"{u.reason}" for u in fails)
+                     if fails else "no unit failed")
+        verdict = ("; ".join(parts) + ". Seed 003: DVCNNs of hundreds of layers train without vanishing gradients; "
+                   "the untrained sigmoid net drifts (mean f far above its bias-(-2) value 0.12 in high layers) and "
+                   "less so after training; ReLU DVCNNs blow up numerically."
+                   + ("" if mnist else " NOTE: no MNIST found, Gaussian inputs with random labels were used."))
+        return [FigureResult("dvcnn", self.title, paths, "depthscope reproduce dvcnn", self.reproduces, verdict,
+                             "Left: training error per epoch for each depth/activation. Middle: mean of the "
+                             "non-linearity f per layer before and after training. Right: VNI per layer. "
+                             f"Width {params.get('width')} via a frozen random projection of the 784 MNIST "
+                             "pixels (seed 003: width 784, MNIST-bg-img).")]
