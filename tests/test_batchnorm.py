@@ -1,0 +1,32 @@
+"""Batch norm at init: the no-BN net equals build_net, and BN gradients grow towards the input with depth."""
+import pytest
+import torch
+
+from depthscope.experiments.batchnorm import BNNet, init_gradient_norms
+from depthscope.nets import NetSpec, build_net
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_without_bn_equals_build_net():
+    spec = NetSpec(depth=4, width=8, activation="tanh", out_features=3)
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(BNNet(spec, 2, batchnorm=False)(x), build_net(spec, 2)(x))
+
+
+def test_bn_gradients_explode_with_depth_relu():
+    """Yang et al. 2019: with BN the first layer's gradient exceeds the last one's, more so when deeper."""
+    ratios = {}
+    for bn in (False, True):
+        for d in (8, 32):
+            spec = NetSpec(depth=d, width=64, activation="relu", out_features=4)
+            g = torch.stack([init_gradient_norms(spec, s, bn, 64) for s in range(2)]).median(0).values
+            ratios[(bn, d)] = float(g[0] / g[-1])
+    assert ratios[(True, 32)] > 10 * ratios[(True, 8)]
+    assert ratios[(True, 32)] > 100 * ratios[(False, 32)]
