@@ -33,7 +33,7 @@ def _net_data(act, depth, width, seed, sigma_w2=None, n=6):
 
 @pytest.mark.parametrize("act", ACTS)
 def test_autograd_matches_handwritten_backprop_per_sample(act):
-    net, x, y = _net_data(act, depth=5, width=7, seed=3, n=3)
+    net, x, y = _net_data(act, depth=5, width=7, seed=3, sigma_w2=1.5, n=3)  # explicit: skips the slow critical-sigma_w^2 search
     w, b, a = net_parameters(net)
     gb, gw = gradient_norms(w, b, a, x, y)
     for i in range(x.shape[0]):
@@ -58,7 +58,7 @@ def test_gamma_values_from_seed():
     assert gamma("_scaled_tanh_for_test") >= 0.5
 
 
-GRID = list(itertools.product(ACTS, [1, 3, 12], [4, 16], [None, 1.0, 4.0]))
+GRID = list(itertools.product(ACTS, [1, 3, 12], [4, 16], [0.5, 1.0, 4.0]))
 
 
 @pytest.mark.parametrize("act,depth,width,sigma_w2", GRID,
