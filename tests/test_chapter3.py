@@ -140,7 +140,8 @@ def test_kill_midway_and_rerun_loses_and_repeats_nothing(tmp_path):
     cmd += sum((["--set", f"{k}={json.dumps(v)}"] for k, v in params.items()), [])
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     total = len(params["widths"]) * (1 + params["seeds"])
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     before: dict[str, float] = {}
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
