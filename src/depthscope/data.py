@@ -211,7 +211,7 @@ def missing_message(name: str, split: str, data_dir=None) -> str:
     files = [fn for s in ("train", "test") for fn, _ in spec["files"][s]]
     where = [str(d) for d in search_dirs(name, data_dir)]
     return (f"{spec['title']} ({split} split) not found and could not be downloaded. Put the four files "
-            f"{', '.join(files)} (from {spec['mirrors'][0]}) in a directory and pass it with --data-dir "
+            f"{', '.join(files)} (from {spec['mirrors'][0] if spec['mirrors'] else 'the dataset distribution'}) in a directory and pass it with --data-dir "
             f"or DEPTHSCOPE_DATA (or in {cache_dir() / name}); searched: {', '.join(where)}")
 
 

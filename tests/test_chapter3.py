@@ -1,0 +1,168 @@
+"""Chapter-3 experiments: streaming VNI vs the reference, tiny runs of every experiment, kill-and-resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from depthscope import data
+from depthscope.experiments import get_experiment, run_experiment
+from depthscope.experiments.chapter3 import cluster_order, stream_vni
+from depthscope.metrics import vni
+from depthscope.nets import NetSpec, build_net
+from depthscope.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shared_mnist() -> Path | None:
+    for base in (ROOT, *ROOT.parents[:2]):
+        for cand in (base / ".." / "shared" / "data" / "mnist", base / "shared" / "data" / "mnist"):
+            if (cand / "t10k-images-idx3-ubyte.gz").is_file():
+                return cand.resolve()
+    return None
+
+
+@pytest.fixture
+def mnist_dir(tmp_path, monkeypatch):
+    """The real MNIST test files when present, else small IDX files written here."""
+    monkeypatch.setenv("DEPTHSCOPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("DEPTHSCOPE_DATA", raising=False)
+    real = _shared_mnist()
+    if real is not None:
+        return real
+    d = tmp_path / "mnist"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    data.write_idx(d / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (300, 28, 28), dtype=np.uint8))
+    data.write_idx(d / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, 300, dtype=np.uint8))
+    return d
+
+
+@pytest.mark.parametrize("act,arch", [("tanh", "feedforward"), ("relu", "feedforward"), ("linear", "residual")])
+def test_stream_vni_matches_materialised_net(act, arch):
+    spec = NetSpec(12, 16, act, "gaussian", arch=arch, residual_scale=0.5)
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
+    fast, kept = stream_vni(spec, x, 3, keep={12})
+    net = build_net(spec, 3)
+    with torch.no_grad():
+        slow = {l: float(vni(xl)) for l, _, xl in net.layers(x)}
+        ref = net.features(x)
+    assert set(fast) == set(slow)
+    for l in slow:
+        assert fast[l] == pytest.approx(slow[l], rel=1e-4)
+    scale = float(ref.pow(2).mean().sqrt()) if act == "relu" or arch == "residual" and act == "linear" else 1.0
+    torch.testing.assert_close(kept[12] * scale, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_stream_vni_stops_above_threshold():
+    spec = NetSpec(500, 8, "linear", "gaussian")
+    r, _ = stream_vni(spec, torch.randn(64, 8, generator=torch.Generator().manual_seed(1)), 0, stop_above=0.9)
+    assert max(r) < 500 and r[max(r)] > 0.9 and all(v <= 0.9 for l, v in r.items() if l < max(r))
+
+
+def test_cluster_order_groups_blocks():
+    blocks = torch.block_diag(torch.ones(3, 3), torch.ones(4, 4), torch.ones(2, 2)).double()
+    perm = torch.tensor([4, 0, 7, 2, 5, 1, 8, 3, 6])
+    m = blocks[perm][:, perm]
+    order = cluster_order(m)
+    assert sorted(order.tolist()) == list(range(9))
+    r = m[order][:, order]
+    # reordered: contiguous blocks, so each row's ones form one run
+    for row in r:
+        idx = torch.nonzero(row > 0.5).flatten()
+        assert int(idx.max() - idx.min()) + 1 == len(idx)
+
+
+def test_all_experiments_tiny(tmp_path, mnist_dir):
+    tiny = {
+        "fig3.1": {"widths": [6, 20], "depth": 10, "n": 100},
+        "fig3.2": {"widths": [40], "depths": [5, 10], "seeds": 2, "n_iid": 200, "n_mnist": 200},
+        "fig3.3": {"row_a": {"width": 20, "depths": [2, 10]}, "row_b": {"depth": 5, "widths": [5, 30]},
+                   "n": 200, "pool": 10},
+        "table3.1": {"width": 8, "n": 64, "max_depth": 60, "seeds": 1},
+        "effective-nodes": {"widths": [8, 16], "depth": 30, "n": 100, "seeds": 1},
+    }
+    with Store(tmp_path) as st:
+        for name, over in tiny.items():
+            counts = run_experiment(name, st, "quick", overrides=over, quiet=True, data_dir=str(mnist_dir))
+            assert counts["ran"] == counts["total"] > 0, (name, counts)
+            again = run_experiment(name, st, "quick", overrides=over, quiet=True, data_dir=str(mnist_dir))
+            assert again["ran"] == 0 and again["skipped"] == counts["total"]
+        # Fig 3.2 measured what it says: MNIST rows exist and the note names the test split
+        assert st.rows("fig3.2", "vni", source="mnist", layer=10)
+        assert "MNIST test" in st.get_meta("note:fig3.2:mnist")
+        for name, over in tiny.items():
+            exp = get_experiment(name)
+            figs = exp.figures(st, tmp_path / "figures", exp.params("quick", over))
+            assert figs, name
+            for f in figs:
+                assert f.paths[0].suffix == ".png" and f.paths[0].stat().st_size > 1000
+                assert f.verdict and f.command.startswith("depthscope reproduce") and f.agrees in (True, False)
+    # Table 3.1's residual rows never cross within 60 layers at width 8; the 0.9 crossing is recorded
+    with Store(tmp_path) as st:
+        lin = st.rows("table3.1", "max_depth@0.9", arch="feedforward", init="gaussian", activation="linear")
+        assert lin and 1 <= lin[0]["value"] < 60
+
+
+def test_fig32_without_mnist_skips_those_units_and_retries_later(tmp_path, monkeypatch, mnist_dir):
+    monkeypatch.setattr(data, "DATASETS", {**data.DATASETS, "mnist": {**data.DATASETS["mnist"], "mirrors": ()}})
+    over = {"widths": [20], "depths": [4], "seeds": 1, "n_iid": 50, "n_mnist": 50}
+    with Store(tmp_path) as st:
+        c = run_experiment("fig3.2", st, "quick", overrides=over, quiet=True, data_dir=str(tmp_path / "none"))
+        assert c["no_data"] == 1 and c["ran"] == 2
+        c = run_experiment("fig3.2", st, "quick", overrides=over, quiet=True, data_dir=str(mnist_dir))
+        assert c["ran"] == 1 and c["skipped"] == 2
+
+
+def _units(run_dir: Path) -> dict[str, float]:
+    con = sqlite3.connect(run_dir / "results.sqlite")
+    try:
+        return dict(con.execute("SELECT key, finished FROM units WHERE experiment='effective-nodes'"))
+    finally:
+        con.close()
+
+
+def test_kill_midway_and_rerun_loses_and_repeats_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    params = {"widths": [48, 64], "depth": 1500, "n": 200, "seeds": 4}
+    cmd = [sys.executable, "-m", "depthscope", "reproduce", "effective-nodes", "--run-dir", str(run_dir),
+           "--quiet", "--no-report", "--device", "cpu"]
+    cmd += sum((["--set", f"{k}={json.dumps(v)}"] for k, v in params.items()), [])
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    total = len(params["widths"]) * (1 + params["seeds"])
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    before: dict[str, float] = {}
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if (run_dir / "results.sqlite").exists():
+            try:
+                before = _units(run_dir)
+            except sqlite3.OperationalError:
+                before = {}
+            if len(before) >= 3:
+                break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed; make the units bigger"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _units(run_dir)  # everything committed before the kill
+    assert 3 <= len(before) < total
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    after = _units(run_dir)
+    assert len(after) == total
+    assert all(after[k] == t for k, t in before.items())  # not recomputed
+    with Store(run_dir) as st:
+        assert len({(r["key"], r["layer"]) for r in st.rows("effective-nodes", "vni")}) == len(
+            st.rows("effective-nodes", "vni"))  # no duplicated measurements
