@@ -6,6 +6,15 @@ import torch
 
 from depthscope.train import RunSpec, epoch_order, train_reference
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny nets: intra-op threads only add contention on a loaded 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 
 def _blobs(n=300, d=20, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -46,15 +46,11 @@ import torch.nn.functional as F
 
 from .metrics import vni as vni_metric
 from .metrics.gradients import sigma_w2_mu1_per_layer
+from .ensemble import ADAM_BETAS, ADAM_EPS, MOMENTUM, RMSPROP_ALPHA, RMSPROP_EPS, Ensemble
 from .nets import NetSpec, build_net
 from .store import Value
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
-MOMENTUM = 0.9
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
-RMSPROP_ALPHA = 0.99
-RMSPROP_EPS = 1e-8
 
 
 @dataclass(frozen=True)
@@ -242,24 +238,169 @@ def train_reference(spec: RunSpec, x: torch.Tensor, y: torch.Tensor, probe: torc
                      step_loss if trace_steps else None)
 
 
+def members_per_ensemble(spec: RunSpec, in_features: int, device: str | torch.device = "cpu",
+                         memory_bytes: int | None = None) -> int:
+    """How many runs of ``spec``'s shape :func:`train_group` stacks into one ensemble.
+
+    Two limits. Memory: weights, gradients, optimizer state and one scratch copy per
+    member, plus the stored activations of one minibatch, within ``memory_bytes``
+    (default: 4 GiB on CPU, 60% of the free memory on a GPU). Speed: on CPU, stacking
+    only pays while one member's layer is a small matmul (it amortises the per-op
+    overhead over K members); at width >= :data:`CPU_STACK_MAX_WIDTH` one member's
+    matmuls already run near the machine's peak and stacking K of them only adds
+    memory traffic, so members are trained one after another (K = 1).
+    """
+    device = torch.device(device)
+    L, N, B = spec.depth, spec.width, spec.batch_size
+    nparam = N * in_features + (L - 1) * N * N + L * N + (N + 1) * spec.classes
+    nstate = {"sgd": 0, "momentum": 1, "adam": 2, "rmsprop": 1}[spec.optimizer]
+    per_member = 4 * (nparam * (3 + nstate) + B * (in_features + 2 * L * N))
+    if memory_bytes is None:
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            memory_bytes = int(0.6 * free)
+        else:
+            memory_bytes = 4 << 30
+    k = max(1, memory_bytes // per_member)
+    if device.type == "cpu" and N >= CPU_STACK_MAX_WIDTH:
+        k = 1
+    return int(k)
+
+
+#: On CPU, nets at least this wide are trained one member at a time (see members_per_ensemble).
+CPU_STACK_MAX_WIDTH = 256
+
+
 def train_group(specs: list[RunSpec], x: torch.Tensor, y: torch.Tensor, probe: torch.Tensor,
                 device: str | torch.device = "cpu",
                 on_result: Callable[[RunResult], None] | None = None,
-                trace_steps: bool = False) -> list[RunResult]:
+                trace_steps: bool = False, max_members: int | None = None) -> list[RunResult]:
     """Train runs with equal :meth:`RunSpec.group_key` together; results in the order of ``specs``.
 
-    ``on_result(result)`` is called as each member finishes.
+    Members are stacked into :class:`depthscope.ensemble.Ensemble` s of at most
+    ``max_members`` (default :func:`members_per_ensemble`); each keeps its own init,
+    seed, data order and learning rate, and leaves the stack (costing nothing more)
+    when it succeeds, diverges or runs out of epochs. ``on_result(result)`` is called
+    as each member finishes. ``seconds`` of a result is the wall time of its ensemble
+    up to its finish, divided by the ensemble's initial size.
     """
-    # Interface placeholder: one at a time through the reference (the stacked engine replaces this).
     if not specs:
         return []
     keys = {s.group_key() for s in specs}
     if len(keys) != 1:
         raise ValueError(f"train_group needs runs with one group_key, got {len(keys)}: {sorted(keys)}")
-    out = []
-    for s in specs:
-        r = train_reference(s, x, y, probe, device, trace_steps=trace_steps)
-        if on_result is not None:
-            on_result(r)
-        out.append(r)
-    return out
+    check_data(x, y, probe, specs[0].classes)
+    k = max_members or members_per_ensemble(specs[0], x.shape[1], device)
+    device = torch.device(device)
+    x, y, probe = x.to(device, torch.float32), y.to(device), probe.to(device, torch.float32)
+    results: list[RunResult | None] = [None] * len(specs)
+    for c in range(0, len(specs), k):
+        chunk = list(range(c, min(c + k, len(specs))))
+
+        def done(i: int, r: RunResult, _chunk=chunk) -> None:
+            results[_chunk[i]] = r
+            if on_result is not None:
+                on_result(r)
+
+        _train_ensemble([specs[i] for i in chunk], x, y, probe, device, done, trace_steps)
+    return results  # type: ignore[return-value]
+
+
+def _train_ensemble(specs: list[RunSpec], x, y, probe, device, done, trace_steps: bool) -> None:
+    t0 = time.perf_counter()
+    s0 = specs[0]
+    K0, L, B, E = len(specs), s0.depth, s0.batch_size, s0.max_epochs
+    n = x.shape[0]
+    ens = Ensemble([(s.net_spec(x.shape[1]), s.seed) for s in specs], s0.optimizer, [s.lr for s in specs], device)
+    active = list(range(K0))  # spec index of each ensemble position
+    accs = [[] for _ in specs]
+    losses = [[] for _ in specs]
+    traces: list[list[tuple[int, int, float]]] = [[] for _ in specs]
+    step_loss = [[] for _ in specs]
+    gnorm = [[float("nan")] * L for _ in specs]
+
+    def record(step: int) -> None:
+        v = ens.probe_metrics(probe, sigma_mu1=False)[0].cpu()
+        for k, i in enumerate(active):
+            traces[i].extend((step, l, float(v[k, l - 1])) for l in range(1, L + 1))
+
+    def finish(positions: list[int], step: int, epoch: int, success: bool, diverged: bool, reasons) -> None:
+        v, smu = ens.probe_metrics(probe)
+        v, smu = v.cpu(), smu.cpu()
+        el = (time.perf_counter() - t0) / K0
+        for k, why in zip(positions, reasons):
+            i = active[k]
+            done(i, RunResult(specs[i], success, epoch if success else None, diverged, why, accs[i], losses[i],
+                              v[k].tolist(), traces[i], smu[k].tolist(), gnorm[i], step, el,
+                              step_loss[i] if trace_steps else None))
+
+    def compact(keep: list[int]) -> None:
+        nonlocal active
+        ens.keep(keep)
+        active = [active[k] for k in keep]
+
+    step = 0
+    record(0)
+    for epoch in range(1, E + 1):
+        if not active:
+            break
+        orders = torch.stack([epoch_order(specs[i].seed, epoch, n) for i in active]).to(device)
+        correct = torch.zeros(len(active), dtype=torch.long, device=device)
+        loss_sum = torch.zeros(len(active), dtype=torch.float64, device=device)
+        gsum = torch.zeros(len(active), L, dtype=torch.float64, device=device)
+        nupd = 0
+        for start in range(0, n, B):
+            idx = orders[:, start:start + B]
+            xb, yb = x[idx], y[idx]
+            loss, corr, gn = ens.step(xb, yb)
+            lc = loss.cpu()
+            bad = ~torch.isfinite(lc)
+            if bad.any():
+                badk = bad.nonzero().flatten().tolist()
+                for k in badk:
+                    if nupd:
+                        gnorm[active[k]] = (gsum[k] / nupd).tolist()
+                finish(badk, step, epoch, False, True,
+                       [f"non-finite loss ({float(lc[k])}) at step {step + 1} (epoch {epoch})" for k in badk])
+                keep = (~bad).nonzero().flatten().tolist()
+                kt = torch.tensor(keep, dtype=torch.long, device=device)
+                compact(keep)
+                orders, correct, loss_sum, gsum = (t.index_select(0, kt) for t in (orders, correct, loss_sum, gsum))
+                loss, corr, gn, lc = loss.index_select(0, kt), corr.index_select(0, kt), gn.index_select(0, kt), lc[~bad]
+                if not active:
+                    break
+            ens.update()
+            step += 1
+            nupd += 1
+            correct += corr
+            loss_sum += loss.to(torch.float64) * idx.shape[1]
+            gsum += gn
+            if trace_steps:
+                for k, i in enumerate(active):
+                    step_loss[i].append(float(lc[k]))
+            if step <= s0.vni_dense_steps:
+                record(step)
+        if not active:
+            break
+        acc = (correct.to(torch.float64) / n).cpu()
+        ls = (loss_sum / n).cpu()
+        g = (gsum / max(nupd, 1)).cpu()
+        for k, i in enumerate(active):
+            accs[i].append(float(acc[k]))
+            losses[i].append(float(ls[k]))
+            if nupd:
+                gnorm[i] = g[k].tolist()
+        if step > s0.vni_dense_steps:
+            record(step)
+        won = [k for k in range(len(active)) if float(acc[k]) >= specs[active[k]].target_accuracy]
+        if won:
+            finish(won, step, epoch, True, False, [None] * len(won))
+        lost = []
+        if epoch == E:
+            lost = [k for k in range(len(active)) if k not in won]
+            finish(lost, step, epoch, False, False,
+                   [f"training accuracy {float(acc[k]):.4f} below target {specs[active[k]].target_accuracy} "
+                    f"after {E} epochs" for k in lost])
+        keep = [k for k in range(len(active)) if k not in won and k not in lost]
+        if len(keep) < len(active):
+            compact(keep)
