@@ -1,8 +1,174 @@
-"""``depthscope theory`` and ``depthscope vni``."""
+"""``depthscope theory`` and ``depthscope vni``: predicted and measured VNI per layer."""
 from __future__ import annotations
 
 import argparse
+import math
+import sys
+
+import numpy as np
+
+from ..cli import nonneg_float, nonneg_int, positive_int, print_json
+
+
+def _add_net_args(p: argparse.ArgumentParser) -> None:
+    from ..activations import activation_names
+    from ..inits import INITS
+
+    p.add_argument("--depth", type=nonneg_int, required=True, help="number of hidden layers L (>= 0)")
+    p.add_argument("--width", type=positive_int, required=True, help="nodes per hidden layer N (>= 1)")
+    p.add_argument("--activation", default="tanh", help=f"one of: {', '.join(activation_names())}")
+    p.add_argument("--init", default="gaussian", help=f"one of: {', '.join(INITS)}")
+    p.add_argument("--sigma-w2", type=nonneg_float, default=None,
+                   help="weight variance scale sigma_w^2 (default: the activation's critical value)")
+    p.add_argument("--sigma-b", type=nonneg_float, default=0.0, help="std of the biases (default 0)")
+    p.add_argument("--input-variance", type=nonneg_float, default=0.1,
+                   help="per-feature variance of the inputs sigma_x^2 (default 0.1, as in the thesis)")
+    p.add_argument("--layer", type=positive_int, default=None, help="report only this layer (1..L)")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    pass
+    t = sub.add_parser("theory", help="mean-field predictions: q*, chi, mu1, mu2, s1, VNI per layer, m1, m2",
+                       description="Predictions of the thesis' theory for a random net (no sampling).")
+    _add_net_args(t)
+    t.add_argument("--form", choices=("finite", "asymptotic"), default="finite",
+                   help="VNI formula: finite-depth sum over each layer's own q_l (default) or eq. 3.7 at q*")
+    t.set_defaults(func=cmd_theory)
+
+    v = sub.add_parser("vni", help="measured VNI and effective nodes per layer beside the prediction",
+                       description="Measure the VNI (eq. 3.4) of every layer of random nets over several seeds.")
+    _add_net_args(v)
+    v.add_argument("--arch", default="feedforward", help="feedforward, residual or volume")
+    v.add_argument("--inputs", default="gaussian", help="gaussian, mnist or fashion-mnist")
+    v.add_argument("--samples", type=positive_int, default=1000, help="input samples per net (default 1000)")
+    v.add_argument("--seeds", type=positive_int, default=20, help="nets (seeds 0..S-1) to average (default 20)")
+    v.add_argument("--data-dir", default=None, help="directory with the MNIST/Fashion-MNIST IDX files")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
+    v.set_defaults(func=cmd_vni)
+
+
+def _validate(args) -> None:
+    from ..activations import get_activation
+    from ..inits import check_init
+
+    get_activation(args.activation)
+    check_init(args.init)
+    if args.layer is not None and args.layer > args.depth:
+        raise ValueError(f"--layer must lie in 1..{args.depth} (the depth), got {args.layer}")
+
+
+def _pick(arr, layer):
+    return arr if layer is None else arr[layer - 1: layer]
+
+
+def _layers(depth: int, layer: int | None) -> list[int]:
+    return list(range(1, depth + 1)) if layer is None else [layer]
+
+
+def cmd_theory(args) -> int:
+    from ..theory import predict
+
+    _validate(args)
+    r = predict(args.depth, args.width, args.activation, args.init, args.sigma_w2, args.sigma_b,
+                args.input_variance)
+    vni = r.vni_finite if args.form == "finite" else r.vni_asymptotic
+    layers = _layers(args.depth, args.layer)
+    doc = {
+        "depth": r.depth, "width": r.width, "activation": r.activation, "init": r.init,
+        "sigma_w2": r.sigma_w2, "sigma_b": args.sigma_b, "input_variance": r.input_variance,
+        "form": args.form, "q_star": r.q_star, "chi": r.chi, "mu1": r.mu1, "mu2": r.mu2, "s1": r.s1,
+        "layers": layers,
+        "q": _pick(r.q, args.layer), "mu1_layer": _pick(r.mu1_layers, args.layer),
+        "mu2_layer": _pick(r.mu2_layers, args.layer), "vni": _pick(vni, args.layer),
+        "vni_asymptotic": _pick(r.vni_asymptotic, args.layer), "vni_finite": _pick(r.vni_finite, args.layer),
+        "effective_nodes": _pick(r.effective_nodes, args.layer),
+        "m1": _pick(r.m1, args.layer), "m2": _pick(r.m2, args.layer),
+    }
+    if args.json:
+        print_json(doc)
+        return 0
+    print(f"{r.activation}, {r.init} init, depth {r.depth}, width {r.width}, sigma_w^2 = {r.sigma_w2:g}, "
+          f"sigma_b = {args.sigma_b:g}, input variance {r.input_variance:g}")
+    print(f"q* = {r.q_star:.6g}   chi = sigma_w^2 mu1(q*) = {r.chi:.6g}   mu1(q*) = {r.mu1:.6g}   "
+          f"mu2(q*) = {r.mu2:.6g}   s1 = {r.s1:g}")
+    print(f"VNI form: {args.form} ({'sum over each layer q_l' if args.form == 'finite' else 'eq. 3.7 at q*'}); "
+          "values above 1 mean the first-order theory has left its range (N >> L)")
+    print(f"{'layer':>6} {'q_l':>10} {'VNI':>10} {'eff.nodes':>10} {'m1':>10} {'m2':>10}")
+    for i, l in enumerate(layers):
+        print(f"{l:6d} {doc['q'][i]:10.4g} {doc['vni'][i]:10.4g} {doc['effective_nodes'][i]:10.4g} "
+              f"{doc['m1'][i]:10.4g} {doc['m2'][i]:10.4g}")
+    return 0
+
+
+def measure_vni(spec, inputs: str, samples: int, seeds: int, input_variance: float,
+                data_dir: str | None = None, quiet: bool = True, layers: list[int] | None = None):
+    """VNI of every layer (or only ``layers``; others NaN) for nets of seeds 0..seeds-1: (seeds, depth), float64.
+
+    Gaussian inputs are drawn fresh per seed (seed 10^6 + s); dataset inputs are
+    the first ``samples`` images (the same for every seed).
+    """
+    import torch
+
+    from ..metrics import vni_per_layer
+    from ..progress import Progress
+
+    fixed = None
+    if inputs != "gaussian":
+        from ..data import load_dataset
+
+        x, _ = load_dataset(inputs, split="any", data_dir=data_dir, limit=samples)
+        fixed = x
+    out = np.empty((seeds, spec.depth))
+    with Progress(seeds, "vni", quiet=quiet) as bar:
+        for s in range(seeds):
+            if fixed is None:
+                g = torch.Generator().manual_seed(1_000_000 + s)
+                x = torch.randn(samples, spec.n_in, generator=g) * math.sqrt(input_variance)
+            else:
+                x = fixed
+            out[s] = vni_per_layer(spec, x, s, layers=layers).numpy()
+            bar.update()
+    return out
+
+
+def cmd_vni(args) -> int:
+    from ..nets import NetSpec
+    from ..theory import predict
+
+    _validate(args)
+    if args.inputs not in ("gaussian", "mnist", "fashion-mnist"):
+        raise ValueError(f"--inputs must be gaussian, mnist or fashion-mnist, got {args.inputs!r}")
+    if args.samples < 2:
+        raise ValueError(f"--samples must be >= 2 to estimate a covariance, got {args.samples}")
+    in_features = None if args.inputs == "gaussian" else 784
+    spec = NetSpec(depth=args.depth, width=args.width, activation=args.activation, init=args.init,
+                   sigma_w2=args.sigma_w2, sigma_b=args.sigma_b, arch=args.arch, in_features=in_features)
+    vals = measure_vni(spec, args.inputs, args.samples, args.seeds, args.input_variance, args.data_dir,
+                       quiet=args.quiet or args.json, layers=None if args.layer is None else [args.layer])
+    # Dataset inputs are not i.i.d.; the prediction still uses --input-variance as a stand-in for sigma_x^2.
+    r = predict(args.depth, args.width, args.activation, args.init, spec.resolved_sigma_w2, args.sigma_b,
+                args.input_variance)
+    mean, std = vals.mean(0), vals.std(0, ddof=1) if args.seeds > 1 else np.zeros(args.depth)
+    eff = args.width * (1 - vals) + 1
+    layers = _layers(args.depth, args.layer)
+    doc = {
+        "depth": args.depth, "width": args.width, "activation": args.activation, "init": args.init,
+        "arch": args.arch, "sigma_w2": spec.resolved_sigma_w2, "sigma_b": args.sigma_b, "inputs": args.inputs,
+        "input_variance": args.input_variance, "samples": args.samples, "seeds": args.seeds, "layers": layers,
+        "vni_mean": _pick(mean, args.layer), "vni_std": _pick(std, args.layer),
+        "effective_nodes_mean": _pick(eff.mean(0), args.layer),
+        "effective_nodes_std": _pick(eff.std(0, ddof=1) if args.seeds > 1 else np.zeros(args.depth), args.layer),
+        "participation_ratio_mean": _pick((1.0 / vals).mean(0), args.layer),
+        "vni_theory": _pick(r.vni_finite, args.layer),
+        "vni_theory_asymptotic": _pick(r.vni_asymptotic, args.layer),
+    }
+    if args.json:
+        print_json(doc)
+        return 0
+    print(f"{args.activation}, {args.init} init, {args.arch}, depth {args.depth}, width {args.width}, "
+          f"{args.inputs} inputs, {args.samples} samples, {args.seeds} seeds")
+    print(f"{'layer':>6} {'VNI mean':>10} {'± std':>9} {'theory':>10} {'eff.nodes':>10} {'1/VNI':>9}")
+    for i, l in enumerate(layers):
+        print(f"{l:6d} {doc['vni_mean'][i]:10.4g} {doc['vni_std'][i]:9.3g} {doc['vni_theory'][i]:10.4g} "
+              f"{doc['effective_nodes_mean'][i]:10.4g} {doc['participation_ratio_mean'][i]:9.4g}")
+    return 0

@@ -1,4 +1,7 @@
 """Pure metric functions: tensors in, numbers out. Each docstring names the equation it computes."""
+from .gradients import VariancePropagation, shared_variance, sigma_w2, sigma_w2_mu1_per_layer, variance_propagation
+from .jacobian import JacobianResult, input_output_jacobian, jacobian_vni, jjt_moments, layer_jacobian
+from .layers import effective_nodes_per_layer, vni_per_layer
 from .vni import (
     CovarianceAccumulator,
     effective_nodes,
@@ -10,9 +13,21 @@ from .vni import (
 
 __all__ = [
     "CovarianceAccumulator",
+    "JacobianResult",
+    "VariancePropagation",
     "effective_nodes",
+    "effective_nodes_per_layer",
+    "input_output_jacobian",
+    "jacobian_vni",
+    "jjt_moments",
+    "layer_jacobian",
     "participation_ratio",
     "rho_squared",
+    "shared_variance",
+    "sigma_w2",
+    "sigma_w2_mu1_per_layer",
+    "variance_propagation",
     "vni",
     "vni_from_covariance",
+    "vni_per_layer",
 ]
