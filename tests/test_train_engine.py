@@ -1,0 +1,122 @@
+"""The stacked engine (train_group / Ensemble) against one-net-at-a-time torch.optim training."""
+import math
+
+import pytest
+import torch
+
+from depthscope.ensemble import batched_vni
+from depthscope.metrics import vni
+from depthscope.train import OPTIMIZERS, RunSpec, train_group, train_reference
+
+LRS = {"sgd": (0.05, 0.2), "momentum": (0.01, 0.05), "adam": (1e-3, 1e-2), "rmsprop": (1e-3, 5e-3)}
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny nets: intra-op threads only add contention on a loaded 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
+def _blobs(n=200, d=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long() + 4 * (x[:, 2] > 0).long()
+    return x - x.mean(0), y
+
+
+def _compare(fast, slow, tol=1e-5):
+    assert fast.spec == slow.spec
+    assert fast.steps == slow.steps
+    assert (fast.success, fast.epoch_of_success, fast.diverged) == (slow.success, slow.epoch_of_success, slow.diverged)
+    assert fast.step_loss == pytest.approx(slow.step_loss, abs=tol, rel=tol)
+    assert fast.train_loss == pytest.approx(slow.train_loss, abs=tol, rel=tol)
+    assert fast.train_accuracy == pytest.approx(slow.train_accuracy, abs=1e-12)
+    assert [t[:2] for t in fast.vni_trace] == [t[:2] for t in slow.vni_trace]
+    assert [t[2] for t in fast.vni_trace] == pytest.approx([t[2] for t in slow.vni_trace], rel=1e-4, nan_ok=True)
+    assert fast.vni_final == pytest.approx(slow.vni_final, rel=1e-4, nan_ok=True)
+    assert fast.sigma_w2_mu1 == pytest.approx(slow.sigma_w2_mu1, rel=1e-4, nan_ok=True)
+    assert fast.grad_norms == pytest.approx(slow.grad_norms, rel=1e-4, nan_ok=True)
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_each_member_follows_its_own_torch_optim_trajectory(optimizer, activation):
+    """20 steps (4 epochs x 5 batches) of 4 members with different lr, seed and init, vs torch.optim alone."""
+    x, y = _blobs()
+    lo, hi = LRS[optimizer]
+    specs = [RunSpec(4, 16, activation, init, optimizer, lr, seed, batch_size=40, max_epochs=4,
+                     target_accuracy=1.0, vni_dense_steps=3)
+             for init, lr, seed in [("gaussian", lo, 0), ("orthogonal", hi, 1), ("uniform", hi, 2), ("orthogonal", lo, 3)]]
+    fast = train_group(specs, x, y, x[:64], trace_steps=True)
+    for f, s in zip(fast, specs):
+        slow = train_reference(s, x, y, x[:64], trace_steps=True)
+        assert len(slow.step_loss) == 20
+        _compare(f, slow)
+
+
+def test_members_leave_on_success_and_on_running_out_of_epochs():
+    """One member succeeds early and leaves the stack, the other runs out of epochs; both match torch.optim."""
+    x, y = _blobs()
+    specs = [RunSpec(3, 16, "tanh", "orthogonal", "momentum", lr, seed, batch_size=40, max_epochs=5,
+                     target_accuracy=0.45, vni_dense_steps=2) for seed, lr in [(0, 0.1), (1, 1e-4)]]
+    seen = []
+    fast = train_group(specs, x, y, x[:50], on_result=lambda r: seen.append(r.spec.seed), trace_steps=True)
+    assert seen == [0, 1]
+    for f, s in zip(fast, specs):
+        _compare(f, train_reference(s, x, y, x[:50], trace_steps=True))
+    assert fast[0].success and fast[0].epoch_of_success < 5 and fast[0].steps < fast[1].steps
+    assert not fast[1].success and not fast[1].diverged and "below target" in fast[1].reason
+
+
+def test_divergence_inside_an_ensemble():
+    x, y = _blobs()
+    specs = [RunSpec(3, 16, "relu", "gaussian", "sgd", lr, s, batch_size=50, max_epochs=3, target_accuracy=1.0)
+             for s, lr in enumerate([1e-2, 1e6, 1e-3])]
+    fast = train_group(specs, x * 100, y, x[:50] * 100, trace_steps=True)
+    assert fast[1].diverged and "non-finite loss" in fast[1].reason
+    assert not fast[0].diverged and not fast[2].diverged
+    for f, s in zip(fast, specs):
+        _compare(f, train_reference(s, x * 100, y, x[:50] * 100, trace_steps=True), tol=1e-4)
+
+
+def test_unknown_activation_uses_autograd_backward():
+    from depthscope.activations import register_activation
+    try:
+        register_activation("softsign_test", torch.nn.functional.softsign)
+    except ValueError:
+        pass
+    x, y = _blobs()
+    specs = [RunSpec(3, 16, "softsign_test", "gaussian", "momentum", lr, s, batch_size=50, max_epochs=2,
+                     sigma_w2=1.5, target_accuracy=1.0) for s, lr in enumerate([1e-2, 3e-2])]
+    for f, s in zip(train_group(specs, x, y, x[:40], trace_steps=True), specs):
+        _compare(f, train_reference(s, x, y, x[:40], trace_steps=True))
+
+
+def test_chunked_ensembles_equal_one_ensemble():
+    x, y = _blobs()
+    specs = [RunSpec(3, 16, "tanh", "gaussian", "rmsprop", 1e-3 * (s + 1), s, batch_size=50, max_epochs=2,
+                     target_accuracy=1.0) for s in range(3)]
+    a = train_group(specs, x, y, x[:40], trace_steps=True)
+    b = train_group(specs, x, y, x[:40], trace_steps=True, max_members=1)
+    for f, s in zip(a, b):
+        _compare(f, s, tol=1e-6)
+
+
+def test_batched_vni_matches_vni():
+    g = torch.Generator().manual_seed(0)
+    for shape in [(3, 50, 8), (2, 6, 20)]:
+        x = torch.randn(*shape, generator=g) @ torch.randn(shape[2], shape[2], generator=g)
+        got = batched_vni(x)
+        for k in range(shape[0]):
+            assert float(got[k]) == pytest.approx(float(vni(x[k])), rel=1e-6)
+
+
+def test_group_key_mismatch_is_an_error():
+    x, y = _blobs()
+    a = RunSpec(3, 16, "tanh", "gaussian", "sgd", 1e-2, 0)
+    with pytest.raises(ValueError, match="group_key"):
+        train_group([a, RunSpec(4, 16, "tanh", "gaussian", "sgd", 1e-2, 0)], x, y, x[:10])
+    assert math.isfinite(a.lr)
