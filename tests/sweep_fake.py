@@ -25,7 +25,7 @@ class FakeResult:
         s = self.spec
         vals = [Value("success", float(self.success)), Value("diverged", float(self.diverged))]
         for layer in range(1, s.depth + 1):
-            vals.append(Value("vni", min(1.0, s.lr * layer), layer=layer))
+            vals.append(Value("vni_final", min(1.0, s.lr * layer), layer=layer))
             vals.append(Value("sigma_w2_mu1", 1.0, layer=layer))
         return vals
 

@@ -114,7 +114,7 @@ def test_only_failed_runs_still_draws(tmp_path):
     with Store(tmp_path) as store:
         spec = {"depth": 2, "width": 4, "activation": "tanh", "init": "gaussian", "optimizer": "sgd", "lr": 0.1,
                 "max_epochs": 3}
-        store.record("fig5", "k", spec=spec, seed=0, values=[Value("success", 0.0), Value("vni", 0.99, layer=2),
+        store.record("fig5", "k", spec=spec, seed=0, values=[Value("success", 0.0), Value("vni_final", 0.99, layer=2),
                                                              Value("sigma_w2_mu1", 1.1, layer=1)])
         with pytest.warns(UserWarning, match="no successful runs"):
             figs = exp.figures(store, tmp_path, params)

@@ -48,7 +48,7 @@ FIG_OF_OPTIMIZER = {"sgd": "fig5.1", "momentum": "fig5.2", "adam": "fig5.3", "rm
 
 # names of the engine's measurements (RunResult.to_values())
 Q_SUCCESS = "success"
-Q_VNI = "vni"  # final VNI per layer
+Q_VNI = "vni_final"  # final VNI per layer
 Q_SIGMA = "sigma_w2_mu1"  # final sigma_w^2 mu_1 per layer
 
 _PAPER_LRS = {"sgd": "1e-4:1e-2:9", "momentum": "1e-4:1e-2:9", "adam": "1e-6:1e-4:9", "rmsprop": "1e-6:1e-4:9"}
