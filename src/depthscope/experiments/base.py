@@ -60,6 +60,7 @@ class FigureResult:
     reproduces: str  # e.g. "thesis Fig. 3.2"
     verdict: str  # one line: what we saw vs what the source claims
     caption: str = ""
+    agrees: bool | None = None  # does the data agree with the source's claim? None: not judged
 
 
 @dataclass

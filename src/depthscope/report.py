@@ -1,0 +1,204 @@
+"""The HTML report of a run directory: every experiment's figures, drawn from the store, in one file.
+
+:func:`write_report` asks each experiment that has units in the store to draw
+its figures (PNG + SVG under ``RUN_DIR/figures``) from the store alone, then
+writes ``RUN_DIR/report.html``: self-contained (PNGs embedded as base64, no
+external scripts, styles or fonts), one section per figure with its title, the
+thesis figure it reproduces, the command that regenerates it, a one-line
+verdict (what we saw vs what the thesis claims) and its caption, preceded by a
+summary table and a plain list of where our numbers agree with the source and
+where they do not. A figure that fails to draw becomes a visible note, never a
+crash.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import os
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .experiments import FigureResult, registry
+from .progress import Progress
+from .store import Store
+
+REPORT_NAME = "report.html"
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
+     padding:0 1em;color:#222;line-height:1.45}
+h1{margin-bottom:.2em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:1em 0;font-size:.92em} td,th{border:1px solid #ccc;padding:.3em .6em;
+     text-align:left;vertical-align:top}
+th{background:#f3f3f3} code{background:#f5f5f5;padding:.1em .3em;border-radius:3px;font-size:.9em}
+figure{margin:1.5em 0;padding:1em;border:1px solid #ddd;border-radius:6px}
+figure img{max-width:100%;height:auto;display:block;margin:0 auto}
+figcaption{margin-top:.6em;font-size:.92em}
+.verdict{font-weight:600;margin:.4em 0} .agree{color:#1b6e20} .differ{color:#b00020} .unjudged{color:#555}
+.note{background:#fff4e5;border:1px solid #f0b35a;padding:.6em;border-radius:4px}
+.muted{color:#666;font-size:.9em}
+"""
+
+
+@dataclass
+class _Section:
+    experiment: str
+    title: str
+    reproduces: str
+    preset: str | None
+    n_done: int
+    n_failed: int
+    versions: list[str]
+    figures: list[FigureResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _img_tag(fig: FigureResult) -> tuple[str, str | None]:
+    """(html for the figure's image, or a note when it cannot be embedded)."""
+    pngs = [Path(p) for p in fig.paths if str(p).lower().endswith(".png")]
+    if not pngs:
+        return "", f"figure {fig.name}: no PNG file was produced"
+    png = pngs[0]
+    try:
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+    except OSError as e:
+        return "", f"figure {fig.name}: cannot read {png} ({e})"
+    alt = html.escape(fig.title, quote=True)
+    return f'<img src="data:image/png;base64,{data}" alt="{alt}" data-figure="{html.escape(fig.name)}">', None
+
+
+def _rel(path, run_dir: Path) -> str:
+    try:
+        return Path(os.path.relpath(Path(path).resolve(), run_dir.resolve())).as_posix()
+    except ValueError:  # another drive
+        return str(path)
+
+
+def save_figure(fig, outdir: Path, name: str) -> list[Path]:
+    """Save a matplotlib Figure as OUTDIR/NAME.png (150 dpi) and NAME.svg; returns [png, svg]."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    paths = [outdir / f"{name}.png", outdir / f"{name}.svg"]
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    return paths
+
+
+def _verdict_class(agrees: bool | None) -> tuple[str, str]:
+    if agrees is True:
+        return "agree", "agrees"
+    if agrees is False:
+        return "differ", "differs"
+    return "unjudged", "not judged"
+
+
+def _collect(store: Store, outdir: Path, quiet: bool) -> tuple[list[_Section], list[str]]:
+    reg = registry()
+    stored = store.experiments()
+    orphans = [f"experiment {n!r} has stored results but no module defines it (skipped)"
+               for n in stored if n not in reg]
+    names = [n for n in reg if n in stored]
+    sections = []
+    with Progress(len(names), "report", quiet=quiet) as bar:
+        for name in names:
+            exp = reg[name]
+            units = store.units(name)
+            meta = store.get_meta(f"params:{name}") or {}
+            params = meta.get("params")
+            preset = meta.get("preset")
+            if params is None:
+                preset = "quick" if "quick" in exp.presets else next(iter(exp.presets), None)
+                params = dict(exp.presets.get(preset, {})) if preset else {}
+            sec = _Section(name, exp.title, exp.reproduces, preset,
+                           sum(u.status == "done" for u in units), sum(u.status == "failed" for u in units),
+                           sorted({u.code_version for u in units}))
+            try:
+                sec.figures = list(exp.figures(store, outdir, params) or [])
+            except Exception as e:  # a broken figure must not take the report down
+                last = traceback.format_exception_only(type(e), e)[-1].strip()
+                sec.notes.append(f"drawing the figures of {name} failed: {last}")
+            if not sec.figures and not sec.notes:
+                sec.notes.append(f"{name} drew no figure from the stored data")
+            sections.append(sec)
+            bar.update()
+    return sections, orphans
+
+
+def _render(run_dir: Path, sections: list[_Section], orphans: list[str]) -> str:
+    esc = html.escape
+    now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           '<meta name="viewport" content="width=device-width, initial-scale=1">',
+           f"<title>depthscope report: {esc(run_dir.name)}</title><style>{_CSS}</style></head><body>",
+           "<h1>depthscope report</h1>",
+           f'<p class="muted">Run directory <code>{esc(str(run_dir))}</code>, written {now}. Every number '
+           "below is read from the run's results store (<code>results.sqlite</code>); each figure names the "
+           "command that regenerates it.</p>"]
+
+    # Summary table.
+    out.append("<h2>Summary</h2><table><tr><th>experiment</th><th>reproduces</th><th>preset</th>"
+               "<th>units done</th><th>failed</th><th>figures</th><th>code version</th></tr>")
+    for s in sections:
+        out.append(f"<tr><td><a href=\"#{esc(s.experiment)}\">{esc(s.experiment)}</a><br>"
+                   f"<span class=muted>{esc(s.title)}</span></td><td>{esc(s.reproduces)}</td>"
+                   f"<td>{esc(str(s.preset))}</td><td>{s.n_done}</td><td>{s.n_failed}</td>"
+                   f"<td>{len(s.figures)}</td><td>{esc(', '.join(s.versions))}</td></tr>")
+    out.append("</table>")
+
+    # Agreement list.
+    figs = [f for s in sections for f in s.figures]
+    out.append("<h2>Where we agree with the thesis, and where we do not</h2>")
+    for label, want in (("Agrees", True), ("Differs", False), ("Not judged", None)):
+        chosen = [f for f in figs if f.agrees is want]
+        if not chosen:
+            continue
+        cls, _ = _verdict_class(want)
+        out.append(f'<h3 class="{cls}">{label} ({len(chosen)})</h3><ul>')
+        for f in chosen:
+            out.append(f'<li><a href="#fig-{esc(f.name)}">{esc(f.name)}</a> ({esc(f.reproduces)}): '
+                       f"{esc(f.verdict)}</li>")
+        out.append("</ul>")
+    if not figs:
+        out.append('<p class="note">No figure could be drawn from this store.</p>')
+
+    notes = orphans + [n for s in sections for n in s.notes]
+    if notes:
+        out.append("<h2>Notes</h2><ul>" + "".join(f'<li class="note">{esc(n)}</li>' for n in notes) + "</ul>")
+
+    # One section per experiment.
+    for s in sections:
+        out.append(f'<h2 id="{esc(s.experiment)}">{esc(s.experiment)}: {esc(s.title)}</h2>')
+        out.append(f'<p class="muted">Reproduces {esc(s.reproduces)}; preset {esc(str(s.preset))}; '
+                   f"{s.n_done} units done, {s.n_failed} failed.</p>")
+        for n in s.notes:
+            out.append(f'<p class="note">{esc(n)}</p>')
+        for f in s.figures:
+            img, problem = _img_tag(f)
+            cls, word = _verdict_class(f.agrees)
+            out.append(f'<figure id="fig-{esc(f.name)}">')
+            out.append(img if img else f'<p class="note">{esc(problem or "")}</p>')
+            others = [_rel(p, run_dir) for p in f.paths if not str(p).lower().endswith(".png")]
+            links = " ".join(f'<a href="{esc(n)}">{esc(n)}</a>' for n in others)
+            out.append(f"<figcaption><b>{esc(f.name)}: {esc(f.title)}</b> (reproduces {esc(f.reproduces)})"
+                       f'<p class="verdict {cls}">[{word}] {esc(f.verdict)}</p>'
+                       f"<p>{esc(f.caption)}</p>"
+                       f"<p>Regenerate: <code>{esc(f.command)}</code>"
+                       + (f"<br>Vector version: {links}" if links else "") + "</p></figcaption></figure>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write_report(run_dir: Path, quiet: bool = False) -> Path:
+    """Draw every stored experiment's figures into RUN_DIR/figures and write RUN_DIR/report.html; returns its path."""
+    run_dir = Path(run_dir)
+    outdir = run_dir / "figures"
+    outdir.mkdir(parents=True, exist_ok=True)
+    with Store(run_dir, create=False) as store:
+        sections, orphans = _collect(store, outdir, quiet)
+    path = run_dir / REPORT_NAME
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(_render(run_dir, sections, orphans), encoding="utf-8")
+    tmp.replace(path)
+    return path

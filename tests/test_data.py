@@ -1,0 +1,324 @@
+"""Batch sources, the IDX reader and the checksummed downloader (against a local http.server only)."""
+from __future__ import annotations
+
+import copy
+import functools
+import gzip
+import hashlib
+import http.server
+import struct
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from depthscope import data
+from depthscope.data import DataError, DataNotFound
+
+
+
+def _shared_mnist() -> Path:
+    """../shared/data/mnist beside the repo root (or beside a parent, for git worktrees)."""
+    root = Path(__file__).resolve().parents[1]
+    for base in (root, *root.parents[:2]):
+        for cand in (base / ".." / "shared" / "data" / "mnist", base / "shared" / "data" / "mnist"):
+            if (cand / "t10k-images-idx3-ubyte.gz").is_file():
+                return cand.resolve()
+    return root / ".." / "shared" / "data" / "mnist"
+
+
+SHARED_MNIST = _shared_mnist()
+MNIST_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path, monkeypatch):
+    """No test sees the user's cache, data dir or proxies."""
+    monkeypatch.setenv("DEPTHSCOPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("DEPTHSCOPE_DATA", raising=False)
+    for v in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setitem(data.DATASETS, "fashion-mnist", copy.deepcopy(data.DATASETS["fashion-mnist"]))
+    data.DATASETS["fashion-mnist"]["system_dirs"] = (str(tmp_path / "no-system-dir"),)
+
+
+def idx_bytes_reference(arr: np.ndarray) -> bytes:
+    """The IDX encoding written out by hand with struct (independent of data.write_idx)."""
+    code = {np.uint8: 0x08, np.int32: 0x0C, np.float32: 0x0D}[arr.dtype.type]
+    fmt = {0x08: "B", 0x0C: "i", 0x0D: "f"}[code]
+    head = bytes([0, 0, code, arr.ndim]) + b"".join(struct.pack(">I", d) for d in arr.shape)
+    return head + b"".join(struct.pack(">" + fmt, v) for v in arr.ravel().tolist())
+
+
+def write_fake_split(directory: Path, prefix: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+    directory.mkdir(parents=True, exist_ok=True)
+    data.write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", images)
+    data.write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return images, labels
+
+
+# ----------------------------------------------------------------------------- IDX reader
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.float32])
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_read_idx_matches_hand_encoding(tmp_path, dtype, suffix):
+    arr = (np.arange(2 * 3 * 4) * 7 % 251).astype(dtype).reshape(2, 3, 4)
+    raw = idx_bytes_reference(arr)
+    p = tmp_path / f"a.idx{suffix}"
+    p.write_bytes(gzip.compress(raw) if suffix else raw)
+    got = data.read_idx(p)
+    assert got.dtype == np.dtype(dtype) and got.shape == arr.shape
+    np.testing.assert_array_equal(got, arr)
+    q = data.write_idx(tmp_path / f"b.idx{suffix}", arr)
+    assert (gzip.decompress(q.read_bytes()) if suffix else q.read_bytes()) == raw
+
+
+def test_truncated_idx_is_an_error(tmp_path):
+    raw = idx_bytes_reference(np.zeros((5, 28, 28), np.uint8))
+    p = tmp_path / "t.idx"
+    p.write_bytes(raw[:-10])
+    with pytest.raises(DataError, match="truncated"):
+        data.read_idx(p)
+    p.write_bytes(raw + b"xx")
+    with pytest.raises(DataError, match="trailing"):
+        data.read_idx(p)
+    p.write_bytes(raw[:9])
+    with pytest.raises(DataError, match="truncated IDX header"):
+        data.read_idx(p)
+
+
+def test_bad_magic_and_type_code(tmp_path):
+    p = tmp_path / "m.idx"
+    p.write_bytes(b"\x01\x02\x08\x01" + bytes(8))
+    with pytest.raises(DataError, match="bad magic"):
+        data.read_idx(p)
+    p.write_bytes(b"\x00\x00\x07\x01" + struct.pack(">I", 1) + b"\x00")
+    with pytest.raises(DataError, match="unknown IDX type code 0x07"):
+        data.read_idx(p)
+
+
+def test_truncated_and_corrupt_gzip_are_errors(tmp_path):
+    gz = gzip.compress(idx_bytes_reference(np.arange(4000, dtype=np.int32)))
+    p = tmp_path / "g.idx.gz"
+    p.write_bytes(gz[: len(gz) // 2])
+    with pytest.raises(DataError, match="corrupt or truncated gzip"):
+        data.read_idx(p)
+    bad = bytearray(gz)
+    bad[-6] ^= 0xFF  # flip a CRC byte
+    p.write_bytes(bytes(bad))
+    with pytest.raises(DataError, match="corrupt or truncated gzip"):
+        data.read_idx(p)
+
+
+# ----------------------------------------------------------------------------- loading
+def test_load_scales_to_unit_interval_then_centres(tmp_path):
+    images, labels = write_fake_split(tmp_path, "train", 50)
+    x, y = data.load_dataset("mnist", "train", tmp_path, download=False)
+    assert x.dtype == torch.float32 and x.shape == (50, 784)
+    assert y.dtype == torch.int64 and torch.equal(y, torch.from_numpy(labels.astype(np.int64)))
+    scaled = images.reshape(50, 784).astype(np.float64) / 255.0
+    np.testing.assert_allclose(x.numpy(), scaled - scaled.mean(0), atol=1e-6)
+    assert x.mean(0).abs().max() < 1e-6
+
+
+def test_limit_keeps_first_samples_and_centres_them(tmp_path):
+    images, _ = write_fake_split(tmp_path, "t10k", 30)
+    x, y = data.load_dataset("mnist", "test", tmp_path, limit=10, download=False)
+    assert x.shape == (10, 784) and y.shape == (10,)
+    scaled = images[:10].reshape(10, 784) / 255.0
+    np.testing.assert_allclose(x.numpy(), scaled - scaled.mean(0), atol=1e-6)
+    with pytest.raises(ValueError, match="limit"):
+        data.load_dataset("mnist", "test", tmp_path, limit=0, download=False)
+
+
+def test_split_any_prefers_train_and_falls_back_to_test_with_a_note(tmp_path):
+    write_fake_split(tmp_path, "t10k", 12)
+    x, _, info = data.load_dataset_info("mnist", "any", tmp_path, download=False)
+    assert info.split == "test" and x.shape[0] == 12 and "used the test split" in info.note
+    write_fake_split(tmp_path, "train", 20)
+    x, _, info = data.load_dataset_info("mnist", "any", tmp_path, download=False)
+    assert info.split == "train" and x.shape[0] == 20 and info.note == ""
+
+
+def test_search_order_data_dir_then_env_then_cache(tmp_path, monkeypatch):
+    write_fake_split(tmp_path / "a", "t10k", 3)
+    write_fake_split(tmp_path / "b" / "mnist", "t10k", 4)  # dataset-named sub-directory
+    write_fake_split(tmp_path / "cache" / "mnist", "t10k", 5)
+    monkeypatch.setenv("DEPTHSCOPE_DATA", str(tmp_path / "b"))
+    assert data.load_dataset("mnist", "test", tmp_path / "a", download=False)[0].shape[0] == 3
+    assert data.load_dataset("mnist", "test", download=False)[0].shape[0] == 4
+    monkeypatch.delenv("DEPTHSCOPE_DATA")
+    assert data.load_dataset("mnist", "test", download=False)[0].shape[0] == 5
+
+
+def test_uncompressed_files_are_found(tmp_path):
+    images = np.full((2, 28, 28), 255, np.uint8)
+    data.write_idx(tmp_path / "t10k-images-idx3-ubyte", images)
+    data.write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([3, 4], np.uint8))
+    x, y = data.load_dataset("mnist", "test", tmp_path, download=False)
+    assert x.shape == (2, 784) and y.tolist() == [3, 4] and float(x.abs().max()) == 0.0
+
+
+def test_fashion_mnist_found_in_system_dir(tmp_path):
+    sysdir = tmp_path / "usr-share"
+    write_fake_split(sysdir, "t10k", 7)
+    data.DATASETS["fashion-mnist"]["system_dirs"] = (str(sysdir),)
+    x, _, info = data.load_dataset_info("fashion-mnist", "any", download=False)
+    assert x.shape == (7, 784) and info.images.parent == sysdir
+
+
+def test_label_count_mismatch_and_range_are_errors(tmp_path):
+    data.write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", np.zeros((3, 28, 28), np.uint8))
+    data.write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(4, np.uint8))
+    with pytest.raises(DataError, match="3 images but"):
+        data.load_dataset("mnist", "test", tmp_path, download=False)
+    data.write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.array([0, 1, 12], np.uint8))
+    with pytest.raises(DataError, match="label 12 out of range"):
+        data.load_dataset("mnist", "test", tmp_path, download=False)
+
+
+def test_missing_offline_names_the_four_files(tmp_path):
+    with pytest.raises(DataNotFound) as e:
+        data.load_dataset("mnist", "train", tmp_path / "empty", download=False)
+    msg = str(e.value)
+    assert all(f in msg for f in MNIST_FILES) and "--data-dir" in msg and "DEPTHSCOPE_DATA" in msg
+    assert "\n" not in msg
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
+        data.load_dataset("cifar")
+    with pytest.raises(ValueError, match="unknown split 'val'"):
+        data.load_dataset("mnist", "val")
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="../shared/data/mnist not present")
+def test_real_mnist_test_set():
+    for fn, md5 in data.DATASETS["mnist"]["files"]["test"]:
+        assert data.md5sum(SHARED_MNIST / fn) == md5
+    x, y, info = data.load_dataset_info("mnist", "any", SHARED_MNIST, download=False)
+    assert info.split == "test" and x.shape == (10000, 784)
+    assert torch.bincount(y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    raw = data.read_idx(SHARED_MNIST / "t10k-images-idx3-ubyte.gz")
+    assert raw.shape == (10000, 28, 28) and raw.max() == 255
+    assert x.mean(0).abs().max() < 1e-5
+    # per-pixel variance of [0, 1]-scaled MNIST averages about 0.067
+    assert 0.05 < float(x.var(0).mean()) < 0.08
+
+
+# ----------------------------------------------------------------------------- downloading
+@pytest.fixture
+def http_dir(tmp_path):
+    """A local HTTP server on 127.0.0.1 serving tmp_path/'www'; yields (root, base_url)."""
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _fake_mnist_spec(files: dict[str, Path], mirrors: list[str]) -> dict:
+    md5 = {fn: hashlib.md5(p.read_bytes()).hexdigest() for fn, p in files.items()}
+    spec = copy.deepcopy(data.DATASETS["mnist"])
+    spec["files"] = {s: tuple((fn, md5.get(fn, "0" * 32)) for fn, _ in pairs) for s, pairs in spec["files"].items()}
+    spec["mirrors"] = tuple(mirrors)
+    return spec
+
+
+def test_download_verifies_md5_and_lands_atomically_in_cache(tmp_path, http_dir, monkeypatch):
+    root, url = http_dir
+    good = tmp_path / "good"
+    write_fake_split(good, "t10k", 9)
+    (root / "bad").mkdir()
+    (root / "good").mkdir()
+    for fn in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (root / "good" / fn).write_bytes((good / fn).read_bytes())
+        (root / "bad" / fn).write_bytes(b"not the file")  # right name, wrong MD5
+    spec = _fake_mnist_spec({fn: good / fn for fn in MNIST_FILES[2:]}, [f"{url}/bad/", f"{url}/good/"])
+    monkeypatch.setitem(data.DATASETS, "mnist", spec)
+    x, y, info = data.load_dataset_info("mnist", "test", tmp_path / "empty")
+    assert info.downloaded and x.shape == (9, 784)
+    cache = tmp_path / "cache" / "mnist"
+    assert sorted(p.name for p in cache.iterdir()) == sorted(MNIST_FILES[2:])  # no .part left behind
+    assert info.images.parent == cache
+    # second load: found on disk, no download
+    spec["mirrors"] = ()
+    _, _, info2 = data.load_dataset_info("mnist", "test")
+    assert not info2.downloaded
+
+
+def test_download_md5_mismatch_everywhere_is_an_error(tmp_path, http_dir, monkeypatch):
+    root, url = http_dir
+    (root / "t10k-images-idx3-ubyte.gz").write_bytes(b"corrupt")
+    spec = _fake_mnist_spec({}, [f"{url}/"])
+    monkeypatch.setitem(data.DATASETS, "mnist", spec)
+    with pytest.raises(DataNotFound, match="MD5"):
+        data.download_split("mnist", "test")
+    assert not any((tmp_path / "cache" / "mnist").iterdir())  # the bad copy was deleted
+    with pytest.raises(DataNotFound) as e:  # through load_dataset: the one "put the files here" message
+        data.load_dataset("mnist", "test")
+    assert all(f in str(e.value) for f in MNIST_FILES)
+
+
+def test_unreachable_mirror_gives_the_offline_message(tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spec = copy.deepcopy(data.DATASETS["mnist"])
+    spec["mirrors"] = (f"http://127.0.0.1:{port}/",)
+    monkeypatch.setitem(data.DATASETS, "mnist", spec)
+    with pytest.raises(DataNotFound) as e:
+        data.load_dataset("mnist", "any")
+    assert all(f in str(e.value) for f in MNIST_FILES)
+
+
+# ----------------------------------------------------------------------------- synthetic sources
+def test_gaussian_is_seeded_and_has_the_asked_variance():
+    a = data.gaussian(4000, 50, 0.1, seed=3)
+    assert a.dtype == torch.float32 and a.shape == (4000, 50)
+    assert torch.equal(a, data.gaussian(4000, 50, 0.1, seed=3))
+    assert not torch.equal(a, data.gaussian(4000, 50, 0.1, seed=4))
+    assert abs(float(a.var()) - 0.1) < 0.003 and abs(float(a.mean())) < 0.003
+    with pytest.raises(ValueError, match="variance"):
+        data.gaussian(3, 3, -1.0, seed=0)
+
+
+def test_xor_points_and_targets():
+    x, y = data.xor()
+    assert x.tolist() == [[-1, -1], [-1, 1], [1, -1], [1, 1]] and y.tolist() == [0, 1, 1, 0]
+    assert torch.equal(y, (x[:, 0] * x[:, 1] < 0).long())
+    xn, yn = data.xor(8, noise=0.1, seed=1)
+    assert xn.shape == (8, 2) and yn.tolist() == [0, 1, 1, 0] * 2
+    assert 0 < float((xn - x.repeat(2, 1)).abs().max()) < 1
+
+
+def test_batch_source_uniform_entry_point(tmp_path):
+    write_fake_split(tmp_path, "t10k", 40)
+    b = data.batch_source("mnist", 16, seed=2, data_dir=tmp_path, download=False)
+    assert b.x.shape == (16, 784) and b.y.shape == (16,) and "test" in b.note
+    assert float(b.x.mean(0).abs().max()) < 1e-6
+    assert torch.equal(b.x, data.batch_source("mnist", 16, seed=2, data_dir=tmp_path, download=False).x)
+    g = data.batch_source("gaussian", 10, dim=5, variance=0.1, seed=0)
+    assert g.x.shape == (10, 5) and g.y is None
+    assert data.batch_source("xor").x.shape == (4, 2)
+    seen = torch.cat([xb for xb, _ in b.minibatches(5, seed=0)])
+    assert seen.shape == b.x.shape
+    with pytest.raises(ValueError, match="unknown batch source 'cifar'"):
+        data.batch_source("cifar", 3)
+    with pytest.raises(ValueError, match="has 40"):
+        data.batch_source("mnist", 41, data_dir=tmp_path, download=False)
