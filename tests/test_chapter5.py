@@ -21,7 +21,8 @@ from depthscope.sweep import execute, expand
 TINY = {"depths": [2, 8], "width": 4, "lrs": {"sgd": [0.01, 0.2], "adam": [0.001, 2.0]},
         "optimizers": ["sgd", "adam"], "activations": ["tanh", "relu"], "inits": ["gaussian", "orthogonal"],
         "seeds": 2, "dataset": "synthetic", "split": "any", "n_train": 100, "epochs": 3, "batch_size": 50,
-        "target_accuracy": 0.9, "group_size": 8, "probe_size": 50, "backend": "inline", "workers": 1}
+        "target_accuracy": 0.9, "group_size": 8, "probe_size": 50, "vni_dense_steps": 0, "backend": "inline",
+        "workers": 1}
 
 
 @pytest.fixture()

@@ -60,19 +60,19 @@ class Chapter5(Experiment):
     reproduces = "thesis Fig. 5.1-5.7 and Table 5.1"
     presets = {
         "quick": {
-            "depths": [10, 40, 100], "width": 64, "lrs": {"sgd": "1e-3:1e-1:3", "momentum": "1e-3:1e-1:3",
-                                                          "adam": "1e-5:1e-3:3", "rmsprop": "1e-5:1e-3:3"},
+            "depths": [10, 30, 90], "width": 64, "lrs": {"sgd": "1e-2:3e-1:3", "momentum": "3e-3:1e-1:3",
+                                                         "adam": "1e-4:1e-2:3", "rmsprop": "1e-4:1e-2:3"},
             "optimizers": ["sgd", "momentum", "adam", "rmsprop"], "activations": ["tanh", "relu"],
             "inits": ["gaussian", "orthogonal"], "seeds": 2, "dataset": "mnist", "split": "any", "n_train": 1000,
-            "epochs": 5, "batch_size": 100, "target_accuracy": 0.9, "group_size": 64, "probe_size": 500,
-            "backend": "local", "workers": 0,
+            "epochs": 8, "batch_size": 100, "target_accuracy": 0.8, "group_size": 64, "probe_size": 500,
+            "vni_dense_steps": 0, "backend": "local", "workers": 0,
         },
         "paper": {
             "depths": "25:500:11", "width": 500, "lrs": dict(_PAPER_LRS),
             "optimizers": ["sgd", "momentum", "adam", "rmsprop"], "activations": ["tanh", "relu"],
             "inits": ["gaussian", "orthogonal"], "seeds": 20, "dataset": "mnist", "split": "train",
             "n_train": None, "epochs": 100, "batch_size": 100, "target_accuracy": 0.9, "group_size": 32,
-            "probe_size": 1000, "backend": "local", "workers": 0,
+            "probe_size": 1000, "vni_dense_steps": 0, "backend": "local", "workers": 0,
         },
     }
 
@@ -91,7 +91,7 @@ class Chapter5(Experiment):
                 dataset=params["dataset"], split=params["split"], n_train=params["n_train"],
                 epochs=params["epochs"], batch_size=params["batch_size"],
                 target_accuracy=params["target_accuracy"], group_size=params["group_size"],
-                probe_size=params["probe_size"]))
+                probe_size=params["probe_size"], vni_dense_steps=params["vni_dense_steps"]))
         return out
 
     def units(self, params: dict) -> list[WorkUnit]:
