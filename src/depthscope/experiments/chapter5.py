@@ -196,7 +196,7 @@ def success_figure(runs, opt, params, outdir, cmd, protocol) -> FigureResult:
     combos = [(a, i) for a in params["activations"] for i in params["inits"]]
     ncol = 2 if len(combos) > 1 else 1
     nrow = math.ceil(len(combos) / ncol)
-    fig = Figure(figsize=(4.2 * ncol, 3.6 * nrow))
+    fig = Figure(figsize=(4.2 * ncol, 3.6 * nrow), layout="constrained")
     axes = fig.subplots(nrow, ncol, squeeze=False)
     im = None
     for ax, (act, init) in zip(axes.flat, combos):
@@ -369,6 +369,9 @@ def vni_histogram_figure(runs, outdir, cmd, protocol) -> FigureResult | None:
                  f"{'' if failed.mean() > succ.mean() else ' and not above the successful runs'}: not reproduced")
     else:
         claim = "only one class of runs: the comparison is not possible"
+    if failed.size:
+        claim += (f"; {100 * np.mean(failed > 0.9):.0f}% of failed runs end with VNI > 0.9 (the rest stopped "
+                  f"short of the target with the VNI still low)")
     verdict = "; ".join(parts) + f". {claim}."
     caption = (f"Histogram of the final VNI of the last hidden layer (eq. 3.5, on the probe batch) of failed "
                f"(blue) and successful (orange) runs. {protocol}.")

@@ -99,7 +99,7 @@ class Fig34(_TrainingSweep):
     title = "Output-layer VNI during training, three learning rates"
     reproduces = "thesis Fig. 3.4"
     presets = {
-        "quick": {"depth": 30, "width": 64, "lrs": [1e-4, 1e-3, 1e-2], "seeds": 4, "epochs": 5,
+        "quick": {"depth": 50, "width": 64, "lrs": [1e-3, 1e-2, 1e-1], "seeds": 4, "epochs": 10,
                   "dataset": "mnist", "split": "any", "n_train": 1000, "batch_size": 100, "target_accuracy": 1.0,
                   "group_size": 16, "probe_size": 500, "vni_dense_steps": 0, "backend": "inline", "workers": 1},
         "paper": {"depth": 100, "width": 500, "lrs": [1e-4, 1e-3, 1e-2], "seeds": 20, "epochs": 100,
@@ -152,7 +152,7 @@ class Fig35(_TrainingSweep):
     title = "Hidden-layer VNI over the first updates"
     reproduces = "thesis Fig. 3.5"
     presets = {
-        "quick": {"depth": 30, "width": 64, "lrs": [1e-3, 1e-2], "seeds": 4, "epochs": 1,
+        "quick": {"depth": 50, "width": 64, "lrs": [1e-2, 1e-1], "seeds": 4, "epochs": 1,
                   "dataset": "mnist", "split": "any", "n_train": 1000, "batch_size": 100, "target_accuracy": 1.0,
                   "group_size": 16, "probe_size": 500, "vni_dense_steps": 10, "backend": "inline", "workers": 1},
         "paper": {"depth": 100, "width": 500, "lrs": [1e-3, 1e-2], "seeds": 50, "epochs": 1,
@@ -262,10 +262,10 @@ class Fig36(Experiment):
     title = "Layer-wise mean rho^2 during training with Gaussian inputs and output gradients"
     reproduces = "thesis Fig. 3.6"
     presets = {
-        "quick": {"depth": 30, "width": 64, "seeds": 4, "steps": 100, "every": 10, "lr": 1e-2, "batch": 1000,
-                  "variance": 0.1, "reduction": "mean"},
+        "quick": {"depth": 30, "width": 64, "seeds": 4, "steps": 40, "every": 5, "lr": 1e-2, "batch": 1000,
+                  "variance": 0.1, "reduction": "sum"},
         "paper": {"depth": 100, "width": 500, "seeds": 50, "steps": 200, "every": 10, "lr": 1e-2, "batch": 1000,
-                  "variance": 0.1, "reduction": "mean"},
+                  "variance": 0.1, "reduction": "sum"},
     }
 
     def _spec(self, p: dict) -> dict:
