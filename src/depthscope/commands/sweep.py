@@ -1,0 +1,98 @@
+"""``depthscope sweep``: train a grid of networks into a results store (resumable)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+#: flag -> SweepSpec key, for the grid flags (values parsed by SweepSpec itself)
+_GRID_FLAGS = {
+    "depths": "comma list or LO:HI:COUNT log-uniform (rounded), e.g. 25,50 or 25:500:11",
+    "widths": "comma list, e.g. 64,128",
+    "lrs": "comma list or LO:HI:COUNT log-uniform, e.g. 1e-4:1e-2:5",
+    "optimizers": "comma list of sgd, momentum, adam, rmsprop",
+    "activations": "comma list, e.g. tanh,relu",
+    "inits": "comma list of gaussian, uniform, orthogonal",
+    "seeds": "a count n (seeds 0..n-1) or a comma list",
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..cli import positive_int
+
+    p = sub.add_parser(
+        "sweep", help="train a grid of networks (depth x lr x optimizer x ...) into a results store",
+        description="Expand a grid (defaults < CONFIG.toml < flags) into training runs, train runs of the same "
+        "shape together as batched ensembles, and write each run to RUN_DIR/results.sqlite as it finishes. "
+        "Rerunning the same command resumes: finished runs are never repeated.")
+    p.add_argument("config", nargs="?", metavar="CONFIG.toml", help="sweep config (keys: see docs/sweeps.md)")
+    for name, helptext in _GRID_FLAGS.items():
+        p.add_argument(f"--{name}", default=None, help=helptext)
+    p.add_argument("--name", default=None, help="experiment name in the store (default: sweep)")
+    p.add_argument("--dataset", default=None, help="mnist, fashion-mnist or synthetic")
+    p.add_argument("--split", default=None, help="train, test or any (the first that exists)")
+    p.add_argument("--n-train", type=positive_int, default=None, help="training images used (default 2000)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="max epochs (success must come within)")
+    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--target-accuracy", type=float, default=None, help="success threshold on train accuracy")
+    p.add_argument("--group-size", type=positive_int, default=None, help="max nets per batched ensemble (K)")
+    p.add_argument("--run-dir", default="depthscope-sweep", help="where the store goes (default ./depthscope-sweep)")
+    p.add_argument("--backend", default="local", choices=["local", "inline", "ray"],
+                   help="local worker processes (default), inline (this process, for debugging) or ray")
+    p.add_argument("--address", default=None, help="Ray cluster address (ray backend; default: start a local Ray)")
+    p.add_argument("--workers", type=int, default=0, help="worker processes / Ray CPUs (0: one per core; 1 on GPU)")
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
+    p.add_argument("--data-dir", default=None, help="directory holding the MNIST/Fashion-MNIST IDX files")
+    p.add_argument("--trainer", default=None, metavar="MODULE:FUNCTION",
+                   help="a train_group-compatible function (default depthscope.train:train_group)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved grid and group counts, train nothing")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sweep)
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    out: dict = {}
+    for name in _GRID_FLAGS:
+        v = getattr(args, name)
+        if v is not None:
+            out[name] = v
+    for flag, key in (("name", "name"), ("dataset", "dataset"), ("split", "split"), ("n_train", "n_train"),
+                      ("epochs", "epochs"), ("batch_size", "batch_size"), ("target_accuracy", "target_accuracy"),
+                      ("group_size", "group_size")):
+        v = getattr(args, flag)
+        if v is not None:
+            out[key] = v
+    return out
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from ..cli import print_json
+    from ..store import Store
+    from ..sweep import DEFAULT_TRAINER, SweepSpec, expand, make_groups, run_sweep
+
+    over = _overrides(args)
+    sweep = SweepSpec.from_toml(args.config, over) if args.config else SweepSpec.from_dict(over)
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if args.dry_run:
+        runs = expand(sweep)
+        doc = {"sweep": sweep.to_dict(), "runs": len(runs), "groups": len(make_groups(runs, sweep.group_size))}
+        if args.json:
+            print_json(doc)
+        else:
+            print(f"{doc['runs']} runs in {doc['groups']} ensembles; grid: {doc['sweep']}")
+        return 0
+    with Store(args.run_dir) as store:
+        summary = run_sweep(sweep, store, backend=args.backend, workers=args.workers or None, device=args.device,
+                            trainer=args.trainer or DEFAULT_TRAINER, data_dir=args.data_dir, address=args.address,
+                            quiet=args.quiet)
+    doc = summary.to_dict()
+    doc["run_dir"] = args.run_dir
+    if args.json:
+        print_json(doc)
+    else:
+        print(f"{summary.experiment}: {summary.ran} runs trained ({summary.success} reached "
+              f"{sweep.target_accuracy:.0%}, {summary.failed} diverged/crashed), {summary.skipped} already stored, "
+              f"{summary.seconds:.1f}s on {summary.device} ({summary.backend}, {summary.workers} workers) "
+              f"-> {args.run_dir}", file=sys.stderr)
+    return 0

@@ -1,0 +1,379 @@
+"""Thesis chapter 5: how often does training fail, and why (Fig. 5.1-5.7, Table 5.1).
+
+Every (optimizer, activation, init, depth, learning rate, seed) is one training
+run on MNIST, trained with the sweep engine (batched ensembles, resumable) into
+experiment ``fig5``. Success = training accuracy >= target within ``epochs``
+epochs. The figures read only the store:
+
+* Fig. 5.1-5.4: success probability over depth x learning rate, one figure per
+  optimizer, one panel per activation x init (black = 0, as in the thesis);
+* Table 5.1: failure / success counts beside the thesis' counts;
+* Fig. 5.5 / 5.6: box plots of sigma_w^2 mu_1 per layer position for successful
+  and failed runs (gradients bounded when near 1);
+* Fig. 5.7: histograms of the output layer's final VNI for failed and successful
+  runs, with min / mean / std as the thesis reports them.
+
+The ``paper`` preset is the thesis' protocol (section 5.1): width 500, depth 25-500
+and learning rate log-uniform (11 x 9 points; Adam/RMSProp two decades lower, as
+the thesis' Fig. 5.3/5.4 axes), 20 seeds, batch 100, 100 epochs, 90 %: 31,680 runs.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..store import Store
+from ..sweep import DataSpec, SweepSpec, execute, expand, stored_spec
+from .base import Experiment, FigureResult, RunContext, WorkUnit
+
+#: thesis Table 5.1: (optimizer, activation, init) -> (failures, successes)
+THESIS_TABLE_5_1 = {
+    ("sgd", "tanh", "gaussian"): (712, 1268), ("sgd", "relu", "gaussian"): (1775, 205),
+    ("sgd", "tanh", "orthogonal"): (62, 1918), ("sgd", "relu", "orthogonal"): (882, 1098),
+    ("momentum", "tanh", "gaussian"): (982, 998), ("momentum", "relu", "gaussian"): (1140, 840),
+    ("momentum", "tanh", "orthogonal"): (546, 1434), ("momentum", "relu", "orthogonal"): (1044, 936),
+    ("adam", "tanh", "gaussian"): (609, 1371), ("adam", "relu", "gaussian"): (723, 1257),
+    ("adam", "tanh", "orthogonal"): (354, 1626), ("adam", "relu", "orthogonal"): (1465, 515),
+    ("rmsprop", "tanh", "gaussian"): (763, 1217), ("rmsprop", "relu", "gaussian"): (827, 1153),
+    ("rmsprop", "tanh", "orthogonal"): (453, 1527), ("rmsprop", "relu", "orthogonal"): (764, 1216),
+}
+#: thesis section 5.2: output VNI of trained nets, (min, max, mean, std)
+THESIS_VNI_FAILED = (0.9029, 1.0, 0.9949, 0.0481)
+THESIS_VNI_SUCCESS = (0.1224, 0.9865, 0.3207, 0.1690)
+OPTIMIZER_TITLES = {"sgd": "SGD", "momentum": "SGD + momentum 0.9", "adam": "Adam", "rmsprop": "RMSProp"}
+FIG_OF_OPTIMIZER = {"sgd": "fig5.1", "momentum": "fig5.2", "adam": "fig5.3", "rmsprop": "fig5.4"}
+
+# names of the engine's measurements (RunResult.to_values())
+Q_SUCCESS = "success"
+Q_VNI = "vni_final"  # final VNI per layer
+Q_SIGMA = "sigma_w2_mu1"  # final sigma_w^2 mu_1 per layer
+
+_PAPER_LRS = {"sgd": "1e-4:1e-2:9", "momentum": "1e-4:1e-2:9", "adam": "1e-6:1e-4:9", "rmsprop": "1e-6:1e-4:9"}
+
+
+class Chapter5(Experiment):
+    name = "fig5"
+    title = "Failed training: success probability over depth x learning rate, and why runs fail"
+    reproduces = "thesis Fig. 5.1-5.7 and Table 5.1"
+    presets = {
+        "quick": {
+            "depths": [10, 30, 90], "width": 64, "lrs": {"sgd": "1e-2:3e-1:3", "momentum": "3e-3:1e-1:3",
+                                                         "adam": "1e-4:1e-2:3", "rmsprop": "1e-4:1e-2:3"},
+            "optimizers": ["sgd", "momentum", "adam", "rmsprop"], "activations": ["tanh", "relu"],
+            "inits": ["gaussian", "orthogonal"], "seeds": 2, "dataset": "mnist", "split": "any", "n_train": 1000,
+            "epochs": 8, "batch_size": 100, "target_accuracy": 0.8, "group_size": 64, "probe_size": 500,
+            "vni_dense_steps": 0, "backend": "local", "workers": 0,
+        },
+        "paper": {
+            "depths": "25:500:11", "width": 500, "lrs": dict(_PAPER_LRS),
+            "optimizers": ["sgd", "momentum", "adam", "rmsprop"], "activations": ["tanh", "relu"],
+            "inits": ["gaussian", "orthogonal"], "seeds": 20, "dataset": "mnist", "split": "train",
+            "n_train": None, "epochs": 100, "batch_size": 100, "target_accuracy": 0.9, "group_size": 32,
+            "probe_size": 1000, "vni_dense_steps": 0, "backend": "local", "workers": 0,
+        },
+    }
+
+    # -- the runs --------------------------------------------------------------
+    def sweeps(self, params: dict) -> list[SweepSpec]:
+        """One SweepSpec per optimizer (each has its own learning-rate axis)."""
+        lrs = params["lrs"]
+        out = []
+        for opt in params["optimizers"]:
+            if isinstance(lrs, dict) and opt not in lrs:
+                raise ValueError(f"lrs has no entry for optimizer {opt!r}; it has: {', '.join(lrs)}")
+            opt_lrs = lrs[opt] if isinstance(lrs, dict) else lrs
+            out.append(SweepSpec(
+                name=self.name, depths=params["depths"], widths=[params["width"]], lrs=opt_lrs, optimizers=[opt],
+                activations=params["activations"], inits=params["inits"], seeds=params["seeds"],
+                dataset=params["dataset"], split=params["split"], n_train=params["n_train"],
+                epochs=params["epochs"], batch_size=params["batch_size"],
+                target_accuracy=params["target_accuracy"], group_size=params["group_size"],
+                probe_size=params["probe_size"], vni_dense_steps=params["vni_dense_steps"]))
+        return out
+
+    def units(self, params: dict) -> list[WorkUnit]:
+        out = []
+        for sw in self.sweeps(params):
+            for r in expand(sw):
+                spec, seed = stored_spec(r, sw.data)
+                out.append(WorkUnit(spec, seed))
+        return out
+
+    def run(self, ctx: RunContext) -> dict:
+        p = ctx.params
+        counts = {"total": 0, "skipped": 0, "ran": 0, "failed": 0}
+        for sw in self.sweeps(p):
+            s = execute(expand(sw), ctx.store, self.name, sw.data, backend=p["backend"], workers=p["workers"] or None,
+                        device=ctx.device, group_size=sw.group_size, data_dir=ctx.data_dir, quiet=ctx.quiet)
+            for k in counts:
+                counts[k] += getattr(s, k)
+        return counts
+
+    # -- figures -------------------------------------------------------------
+    def figures(self, store: Store, outdir: Path, params: dict) -> list[FigureResult]:
+        runs = collect_runs(store, self.name, width=params["width"], max_epochs=params["epochs"])
+        if not runs:
+            warnings.warn(f"{self.name}: no runs in the store for width {params['width']}; skipping its figures",
+                          stacklevel=2)
+            return []
+        outdir = Path(outdir)
+        outdir.mkdir(parents=True, exist_ok=True)
+        cmd = "depthscope reproduce fig5 --preset " + ("paper" if params["width"] == 500 else "quick")
+        protocol = protocol_text(params)
+        figs = []
+        for opt in params["optimizers"]:
+            sub = [r for r in runs if r["optimizer"] == opt]
+            if sub:
+                figs.append(success_figure(sub, opt, params, outdir, cmd, protocol))
+        figs.append(table_figure(runs, params, outdir, cmd, protocol))
+        figs.extend(sigma_figures(runs, outdir, cmd, protocol))
+        figs.append(vni_histogram_figure(runs, outdir, cmd, protocol))
+        return [f for f in figs if f is not None]
+
+
+def protocol_text(params: dict) -> str:
+    n = "all" if params["n_train"] is None else str(params["n_train"])
+    return (f"{params['dataset']} ({n} training images, split '{params['split']}'), width {params['width']}, "
+            f"depths {params['depths']}, {params['seeds']} seeds, batch {params['batch_size']}, "
+            f"success = train accuracy >= {params['target_accuracy']:.0%} within {params['epochs']} epochs")
+
+
+def collect_runs(store: Store, experiment: str, **where) -> list[dict]:
+    """One dict per stored run: its spec fields, seed, status, success (0/1), the output layer's final
+    VNI and the per-layer sigma_w^2 mu_1 (arrays indexed by layer - 1)."""
+    units = {u.key: u for u in store.units(experiment)}
+    runs: dict[str, dict] = {}
+    for key, u in units.items():
+        if all(u.spec.get(k) == v for k, v in where.items()):
+            runs[key] = dict(u.spec, seed=u.seed, status=u.status, reason=u.reason, success=0.0,
+                             vni=np.full(u.spec["depth"], np.nan), sigma=np.full(u.spec["depth"], np.nan))
+    for q in (Q_SUCCESS, Q_VNI, Q_SIGMA):
+        for row in store.rows(experiment, q):
+            r = runs.get(row["key"])
+            if r is None:
+                continue
+            if q == Q_SUCCESS:
+                r["success"] = float(row["value"] >= 0.5 and r["status"] == "done")
+            elif row["layer"] is not None and row["step"] is None and 1 <= row["layer"] <= r["depth"]:
+                (r["vni"] if q == Q_VNI else r["sigma"])[row["layer"] - 1] = row["value"]
+    for r in runs.values():
+        r["vni_out"] = float(r["vni"][-1])
+    return list(runs.values())
+
+
+def _save(fig, outdir: Path, name: str) -> list[Path]:
+    paths = [outdir / f"{name}.png", outdir / f"{name}.svg"]
+    fig.savefig(paths[0], dpi=120, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    return paths
+
+
+def success_grid(runs: list[dict], depths: list[int], lrs: list[float]) -> np.ndarray:
+    """P(success) on a depth x lr grid (NaN where no run)."""
+    grid = np.full((len(depths), len(lrs)), np.nan)
+    for i, d in enumerate(depths):
+        for j, lr in enumerate(lrs):
+            s = [r["success"] for r in runs if r["depth"] == d and math.isclose(r["lr"], lr, rel_tol=1e-9)]
+            if s:
+                grid[i, j] = float(np.mean(s))
+    return grid
+
+
+def trend(runs: list[dict], field: str) -> tuple[list, list[float]]:
+    """Values of ``field`` (sorted) and the success rate at each."""
+    vals = sorted({r[field] for r in runs})
+    return vals, [float(np.mean([r["success"] for r in runs if r[field] == v])) for v in vals]
+
+
+def success_figure(runs, opt, params, outdir, cmd, protocol) -> FigureResult:
+    from matplotlib.figure import Figure
+
+    depths = sorted({r["depth"] for r in runs})
+    lrs = sorted({r["lr"] for r in runs})
+    combos = [(a, i) for a in params["activations"] for i in params["inits"]]
+    ncol = 2 if len(combos) > 1 else 1
+    nrow = math.ceil(len(combos) / ncol)
+    fig = Figure(figsize=(4.2 * ncol, 3.6 * nrow), layout="constrained")
+    axes = fig.subplots(nrow, ncol, squeeze=False)
+    im = None
+    for ax, (act, init) in zip(axes.flat, combos):
+        sub = [r for r in runs if r["activation"] == act and r["init"] == init]
+        grid = success_grid(sub, depths, lrs)
+        im = ax.imshow(grid, origin="lower", cmap="gray", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(len(lrs)), [f"{math.log10(v):.2g}" for v in lrs], fontsize=7)
+        ax.set_yticks(range(len(depths)), [str(d) for d in depths], fontsize=7)
+        ax.set_xlabel("log10 learning rate")
+        ax.set_ylabel("depth L")
+        ax.set_title(f"{act}, {init} init", fontsize=9)
+    for ax in list(axes.flat)[len(combos):]:
+        ax.set_visible(False)
+    if im is not None:
+        fig.colorbar(im, ax=axes.ravel().tolist(), label="P(success)")
+    fig.suptitle(f"Probability of successful training ({OPTIMIZER_TITLES[opt]})")
+    name = FIG_OF_OPTIMIZER[opt]
+    paths = _save(fig, outdir, name)
+    ds, ps_d = trend(runs, "depth")
+    ls, ps_l = trend(runs, "lr")
+    falls_d = ps_d[-1] < ps_d[0]
+    falls_l = ps_l[-1] < max(ps_l)
+    verdict = (f"{OPTIMIZER_TITLES[opt]}: P(success) {ps_d[0]:.2f} at depth {ds[0]} vs {ps_d[-1]:.2f} at depth "
+               f"{ds[-1]} ({'falls' if falls_d else 'does not fall'} with depth, as the thesis' does"
+               f"{'' if falls_d else ' - not reproduced'}); {ps_l[-1]:.2f} at the largest lr {ls[-1]:.2g} vs "
+               f"{max(ps_l):.2f} at the best lr ({'large lr fails more, as in the thesis' if falls_l else 'not reproduced'}).")
+    caption = (f"Success probability (fraction of seeds reaching the target) per depth x learning rate; black = 0. "
+               f"{protocol}. Thesis: MNIST, width 500, depth 25-500, 20 seeds, 100 epochs, 90%.")
+    return FigureResult(name, f"Probability of success, {OPTIMIZER_TITLES[opt]}", paths, cmd,
+                        f"thesis Fig. {name[3:]}", verdict, caption)
+
+
+def table_counts(runs: list[dict]) -> dict[tuple, tuple[int, int]]:
+    out: dict[tuple, list[int]] = {}
+    for r in runs:
+        c = out.setdefault((r["optimizer"], r["activation"], r["init"]), [0, 0])
+        c[1 if r["success"] else 0] += 1
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def table_figure(runs, params, outdir, cmd, protocol) -> FigureResult:
+    from matplotlib.figure import Figure
+
+    counts = table_counts(runs)
+    keys = [(o, a, i) for o in params["optimizers"] for i in params["inits"] for a in params["activations"]
+            if (o, a, i) in counts]
+    header = ["optimizer", "activation", "init", "failed", "success", "fail %", "thesis failed", "thesis success",
+              "thesis fail %"]
+    rows = []
+    for k in keys:
+        f, s = counts[k]
+        tf, ts = THESIS_TABLE_5_1.get(k, (0, 0))
+        rows.append([OPTIMIZER_TITLES[k[0]], k[1], k[2], f, s, f"{100 * f / max(f + s, 1):.0f}",
+                     tf, ts, f"{100 * tf / max(tf + ts, 1):.0f}"])
+    csv_path = outdir / "table5.1.csv"
+    csv_path.write_text("\n".join(",".join(str(c) for c in row) for row in [header] + rows) + "\n")
+    fig = Figure(figsize=(10, 0.35 * len(rows) + 1))
+    ax = fig.subplots()
+    ax.axis("off")
+    tab = ax.table(cellText=rows, colLabels=header, loc="center")
+    tab.auto_set_font_size(False)
+    tab.set_fontsize(7)
+    fig.suptitle("Table 5.1: failed and successful runs (ours vs thesis)")
+    paths = _save(fig, outdir, "table5.1") + [csv_path]
+    # tanh + orthogonal fails least under SGD?
+    sgd = {k: v for k, v in counts.items() if k[0] == "sgd"}
+    if sgd:
+        rate = {k: v[0] / max(sum(v), 1) for k, v in sgd.items()}
+        best = min(rate, key=rate.get)
+        least = [k for k, v in rate.items() if math.isclose(v, rate[best])]
+        ok = ("sgd", "tanh", "orthogonal") in least
+        verdict = (f"Under SGD the lowest failure rate is {', '.join(f'{k[1]}+{k[2]}' for k in least)} "
+                   f"({100 * rate[best]:.0f}% failed; " + ", ".join(f"{k[1]}+{k[2]} {100 * v:.0f}%"
+                                                                       for k, v in sorted(rate.items())) +
+                   f"); thesis: tanh+orthogonal fails least (3%). {'Reproduced' if ok else 'Not reproduced'}.")
+    else:
+        verdict = "No SGD runs in the store: the thesis' tanh+orthogonal claim is not checked."
+    n = sum(sum(v) for v in counts.values())
+    nf = sum(v[0] for v in counts.values())
+    caption = (f"{n} runs ({nf} failed, {n - nf} successful); thesis: 31,680 runs (13,101 failed). A diverged "
+               f"run counts as failed. {protocol}.")
+    return FigureResult("table5.1", "Failed / successful runs per optimizer, activation, init", paths, cmd,
+                        "thesis Table 5.1", verdict, caption)
+
+
+def _layer_bins(max_depth: int, max_boxes: int = 20) -> np.ndarray:
+    if max_depth <= max_boxes:
+        return np.arange(1, max_depth + 2)
+    return np.unique(np.linspace(1, max_depth + 1, max_boxes + 1).round().astype(int))
+
+
+def sigma_figures(runs, outdir, cmd, protocol) -> list[FigureResult]:
+    from matplotlib.figure import Figure
+
+    max_depth = max(r["depth"] for r in runs)
+    edges = _layer_bins(max_depth)
+    out = []
+    for name, label, ok in (("fig5.5", "successful", 1.0), ("fig5.6", "failed", 0.0)):
+        sub = [r for r in runs if r["success"] == ok]
+        if not sub:
+            warnings.warn(f"fig5: no {label} runs in the store; skipping {name}", stacklevel=2)
+            continue
+        boxes, labels = [], []
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            vals = np.concatenate([r["sigma"][lo - 1:min(hi - 1, r["depth"])] for r in sub])
+            vals = vals[np.isfinite(vals)]
+            if vals.size:
+                boxes.append(vals)
+                labels.append(str(lo) if hi - lo == 1 else f"{lo}-{hi - 1}")
+        if not boxes:
+            warnings.warn(f"fig5: no sigma_w2_mu1 rows for {label} runs; skipping {name}", stacklevel=2)
+            continue
+        allv = np.concatenate(boxes)
+        fig = Figure(figsize=(max(6, 0.45 * len(boxes)), 3.6))
+        ax = fig.subplots()
+        ax.boxplot(boxes, whis=(5, 95), showfliers=False)
+        ax.set_xticks(range(1, len(boxes) + 1), labels, rotation=60, fontsize=7)
+        ax.axhline(1.0, color="tab:red", lw=0.8, ls="--")
+        ax.set_xlabel("layer")
+        ax.set_ylabel(r"$\sigma_w^2 \mu_1$")
+        ax.set_title(f"{label} runs ({len(sub)})")
+        paths = _save(fig, outdir, name)
+        q1, med, q3 = np.percentile(allv, [25, 50, 75])
+        near = float(np.mean((allv > 0.5) & (allv < 2.0)))
+        verdict = (f"{label} runs: sigma_w^2 mu_1 median {med:.3f} (IQR {q1:.3f}-{q3:.3f}), {100 * near:.0f}% of "
+                   f"layer values in (0.5, 2); thesis: near 1 for both successful and failed runs. "
+                   f"{'Reproduced' if 0.5 < med < 2 else 'Not reproduced'}.")
+        caption = (f"Box: quartiles, whiskers: 5th-95th percentile of sigma_w^2 mu_1 (final weights) per layer "
+                   f"{'bin' if len(edges) - 1 < max_depth else ''}, {len(sub)} {label} runs. {protocol}.")
+        out.append(FigureResult(name, f"sigma_w^2 mu_1 per layer, {label} runs", paths, cmd,
+                                f"thesis Fig. {name[3:]}", verdict, caption))
+    return out
+
+
+def vni_stats(v: np.ndarray) -> tuple[float, float, float, float]:
+    """(min, max, mean, std) as the thesis reports them (population std)."""
+    return float(v.min()), float(v.max()), float(v.mean()), float(v.std())
+
+
+def vni_histogram_figure(runs, outdir, cmd, protocol) -> FigureResult | None:
+    from matplotlib.figure import Figure
+
+    failed = np.array([r["vni_out"] for r in runs if not r["success"]])
+    succ = np.array([r["vni_out"] for r in runs if r["success"]])
+    failed, succ = failed[np.isfinite(failed)], succ[np.isfinite(succ)]
+    if failed.size == 0 and succ.size == 0:
+        warnings.warn("fig5: no final VNI rows in the store; skipping fig5.7", stacklevel=2)
+        return None
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.subplots()
+    bins = np.linspace(0, 1, 41)
+    parts = []
+    for v, label, color, thesis in ((failed, "failed", "tab:blue", THESIS_VNI_FAILED),
+                                    (succ, "successful", "tab:orange", THESIS_VNI_SUCCESS)):
+        if v.size:
+            mn, mx, mean, std = vni_stats(v)
+            ax.hist(v, bins=bins, alpha=0.6, color=color, label=f"{label} ({v.size})")
+            parts.append(f"{label}: {mn:.4f}-{mx:.4f}, mean {mean:.4f}, std {std:.4f} (thesis {thesis[0]}-"
+                         f"{thesis[1]}, mean {thesis[2]}, std {thesis[3]})")
+        else:
+            parts.append(f"{label}: none")
+    ax.set_xlabel(r"VNI $R_{sq}$ of the output layer (after training)")
+    ax.set_ylabel("runs")
+    ax.legend()
+    paths = _save(fig, outdir, "fig5.7")
+    if failed.size and succ.size:
+        ok = failed.mean() > succ.mean() and failed.mean() > 0.9
+        claim = ("failed runs end with VNI near 1 and above the successful ones: reproduced" if ok else
+                 f"failed runs' VNI (mean {failed.mean():.2f}) is {'not near 1' if failed.mean() <= 0.9 else 'near 1'}"
+                 f"{'' if failed.mean() > succ.mean() else ' and not above the successful runs'}: not reproduced")
+    else:
+        claim = "only one class of runs: the comparison is not possible"
+    if failed.size:
+        claim += (f"; {100 * np.mean(failed > 0.9):.0f}% of failed runs end with VNI > 0.9 (the rest stopped "
+                  f"short of the target with the VNI still low)")
+    verdict = "; ".join(parts) + f". {claim}."
+    caption = (f"Histogram of the final VNI of the last hidden layer (eq. 3.5, on the probe batch) of failed "
+               f"(blue) and successful (orange) runs. {protocol}.")
+    return FigureResult("fig5.7", "VNI of failed vs successful runs", paths, cmd, "thesis Fig. 5.7", verdict,
+                        caption)

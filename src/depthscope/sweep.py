@@ -1,0 +1,705 @@
+"""Sweeps: a grid of training runs, grouped into ensembles, run on a backend, written to the store.
+
+A :class:`SweepSpec` (defaults, then a TOML file, then flags; every value
+type-checked, an unknown key answered with the list of valid keys) expands into
+one :class:`depthscope.train.RunSpec` per grid point and seed
+(:func:`expand`). Runs that share ``RunSpec.group_key()`` are trained together as
+one batched ensemble of at most ``group_size`` members (:func:`make_groups`).
+
+Each finished run becomes one unit of the results store (``Store.record``,
+``RunResult.to_values()``): status ``done`` when it trained to the end (whether
+it reached the target accuracy or not is the ``success`` measurement), status
+``failed`` with its reason when it diverged or its group crashed. A unit is
+written the moment its run finishes, so a killed sweep resumes (rerun the same
+command) without losing or repeating a finished run.
+
+Backends (:func:`execute`):
+
+``inline``  in this process, one group after another (for debugging).
+``local``   worker processes (``spawn``); each worker writes its runs into the
+            store itself (SQLite WAL), so killing a worker loses only the runs it
+            had not finished; the driver restarts the pool and goes on. Workers
+            exit when the driver dies.
+``ray``     each group a Ray task (``--address`` of a cluster, else a local Ray);
+            a task returns its runs and the driver writes them as tasks finish.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import importlib
+import math
+import multiprocessing as mp
+import os
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from .store import Store, Value, unit_key
+
+BACKENDS = ("local", "inline", "ray")
+DATASETS = ("mnist", "fashion-mnist", "synthetic")
+DEFAULT_TRAINER = "depthscope.train:train_group"
+
+
+# ---------------------------------------------------------------------------
+# The grid spec
+# ---------------------------------------------------------------------------
+def parse_range(text: str, *, integer: bool = False) -> list[float] | list[int]:
+    """``"LO:HI:COUNT"`` -> COUNT values log-uniformly spaced from LO to HI (ends included).
+
+    With ``integer`` the values are rounded and duplicates dropped (``"25:500:11"``
+    gives the thesis' depth axis). A plain comma list ``"25,50,100"`` is also accepted.
+    """
+    text = str(text).strip()
+    if ":" not in text:
+        items = [t for t in text.split(",") if t.strip()]
+        if not items:
+            raise ValueError(f"expected a comma list or LO:HI:COUNT, got {text!r}")
+        try:
+            return [int(t) for t in items] if integer else [float(t) for t in items]
+        except ValueError:
+            kind = "integers" if integer else "numbers"
+            raise ValueError(f"expected a comma list of {kind} or LO:HI:COUNT, got {text!r}") from None
+    parts = text.split(":")
+    if len(parts) != 3:
+        raise ValueError(f"expected LO:HI:COUNT (log-uniform), got {text!r}")
+    try:
+        lo, hi, n = float(parts[0]), float(parts[1]), int(parts[2])
+    except ValueError:
+        raise ValueError(f"expected LO:HI:COUNT with numbers LO, HI and an integer COUNT, got {text!r}") from None
+    if not (lo > 0 and hi >= lo and n >= 1 and math.isfinite(hi)):
+        raise ValueError(f"LO:HI:COUNT needs 0 < LO <= HI and COUNT >= 1, got {text!r}")
+    if n == 1:
+        vals = [lo]
+    else:
+        vals = [math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * i / (n - 1)) for i in range(n)]
+    if integer:
+        out: list[int] = []
+        for v in vals:
+            r = int(round(v))
+            if r not in out:
+                out.append(r)
+        return out
+    return [float(f"{v:.6g}") for v in vals]
+
+
+def _as_list(name: str, value: Any, kind: type, *, range_ok: bool) -> list:
+    """Coerce a TOML/flag value into a list of ``kind``; ranges allowed for numeric axes."""
+    if isinstance(value, str):
+        if range_ok:
+            return parse_range(value, integer=kind is int)
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    elif isinstance(value, Mapping) and range_ok:
+        unknown = set(value) - {"min", "max", "count"}
+        if unknown or not {"min", "max", "count"} <= set(value):
+            raise ValueError(f"{name}: a range table needs exactly min, max, count; got keys {sorted(value)}")
+        return parse_range(f"{value['min']}:{value['max']}:{value['count']}", integer=kind is int)
+    elif not isinstance(value, (list, tuple)):
+        value = [value]
+    out = []
+    for v in value:
+        if kind is int:
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"{name} must hold integers, got {v!r}")
+        elif kind is float:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"{name} must hold numbers, got {v!r}")
+            v = float(v)
+        elif not isinstance(v, str):
+            raise ValueError(f"{name} must hold strings, got {v!r}")
+        out.append(v)
+    if not out:
+        raise ValueError(f"{name} must not be empty")
+    return out
+
+
+@dataclass
+class SweepSpec:
+    """A grid of training runs: every combination of the list fields, for every seed.
+
+    ``lrs`` (and ``depths``) accept a list or a log-uniform range ``"LO:HI:COUNT"``;
+    ``seeds`` accepts a list or a count n (seeds 0..n-1). ``n_train`` None means the
+    whole split. ``target_accuracy``/``epochs`` define success (train accuracy >=
+    target within ``epochs`` epochs, thesis ch. 5). ``group_size`` is the largest
+    ensemble trained at once.
+    """
+
+    name: str = "sweep"
+    depths: list = field(default_factory=lambda: [25, 50])
+    widths: list = field(default_factory=lambda: [64])
+    lrs: list = field(default_factory=lambda: [1e-3])
+    optimizers: list = field(default_factory=lambda: ["sgd"])
+    activations: list = field(default_factory=lambda: ["tanh"])
+    inits: list = field(default_factory=lambda: ["gaussian"])
+    seeds: list = field(default_factory=lambda: [0])
+    dataset: str = "mnist"
+    split: str = "any"
+    n_train: int | None = 2000
+    epochs: int = 10
+    batch_size: int = 100
+    target_accuracy: float = 0.9
+    group_size: int = 32
+    probe_size: int = 500
+    vni_dense_steps: int = 10
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def validate(self) -> None:
+        """Coerce and check every field; raise ValueError naming the bad value and what is allowed."""
+        from .activations import activation_names, get_activation
+        from .inits import check_init
+        from .train import OPTIMIZERS
+
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"name must be a non-empty string, got {self.name!r}")
+        self.depths = _as_list("depths", self.depths, int, range_ok=True)
+        self.widths = _as_list("widths", self.widths, int, range_ok=True)
+        self.lrs = _as_list("lrs", self.lrs, float, range_ok=True)
+        self.optimizers = _as_list("optimizers", self.optimizers, str, range_ok=False)
+        self.activations = _as_list("activations", self.activations, str, range_ok=False)
+        self.inits = _as_list("inits", self.inits, str, range_ok=False)
+        if isinstance(self.seeds, int) and not isinstance(self.seeds, bool):
+            if self.seeds < 1:
+                raise ValueError(f"seeds as a count must be >= 1, got {self.seeds}")
+            self.seeds = list(range(self.seeds))
+        elif isinstance(self.seeds, str) and self.seeds.strip().isdigit():
+            self.seeds = list(range(int(self.seeds)))
+        else:
+            self.seeds = _as_list("seeds", self.seeds, int, range_ok=False)
+        for d in self.depths:
+            if d < 1:
+                raise ValueError(f"depths must be >= 1, got {d}")
+        for w in self.widths:
+            if w < 1:
+                raise ValueError(f"widths must be >= 1, got {w}")
+        for lr in self.lrs:
+            if not (lr > 0 and math.isfinite(lr)):
+                raise ValueError(f"lrs must be finite numbers > 0, got {lr}")
+        for o in self.optimizers:
+            if o not in OPTIMIZERS:
+                raise ValueError(f"unknown optimizer {o!r}; expected one of: {', '.join(OPTIMIZERS)}")
+        for a in self.activations:
+            try:
+                get_activation(a)
+            except (KeyError, ValueError):
+                raise ValueError(f"unknown activation {a!r}; expected one of: {', '.join(activation_names())}") from None
+        for i in self.inits:
+            check_init(i)
+        for s in self.seeds:
+            if s < 0:
+                raise ValueError(f"seeds must be >= 0, got {s}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; expected one of: {', '.join(DATASETS)}")
+        if self.split not in ("train", "test", "any"):
+            raise ValueError(f"split must be train, test or any, got {self.split!r}")
+        for name in ("epochs", "batch_size", "group_size", "probe_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if isinstance(self.vni_dense_steps, bool) or not isinstance(self.vni_dense_steps, int) \
+                or self.vni_dense_steps < 0:
+            raise ValueError(f"vni_dense_steps must be an integer >= 0, got {self.vni_dense_steps!r}")
+        if self.n_train is not None and (isinstance(self.n_train, bool) or not isinstance(self.n_train, int)
+                                         or self.n_train < 2):
+            raise ValueError(f"n_train must be an integer >= 2 or omitted (whole split), got {self.n_train!r}")
+        if isinstance(self.target_accuracy, bool) or not isinstance(self.target_accuracy, (int, float)) \
+                or not 0 < self.target_accuracy <= 1:
+            raise ValueError(f"target_accuracy must be in (0, 1], got {self.target_accuracy!r}")
+        self.target_accuracy = float(self.target_accuracy)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], base: "SweepSpec | None" = None) -> "SweepSpec":
+        """A spec from plain values over ``base`` (or the defaults); unknown keys are an error."""
+        valid = cls.keys()
+        for k in d:
+            if k not in valid:
+                raise ValueError(f"unknown sweep key {k!r}; valid keys: {', '.join(valid)}")
+        merged = dataclasses.asdict(base) if base is not None else {}
+        merged.update(d)
+        return cls(**merged)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> "SweepSpec":
+        """Read a TOML file (keys at top level or under ``[sweep]``), then apply ``overrides``."""
+        import tomllib
+
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"no sweep config at {p}")
+        try:
+            with open(p, "rb") as f:
+                doc = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{p}: not valid TOML: {e}") from None
+        if "sweep" in doc and isinstance(doc["sweep"], dict):
+            extra = set(doc) - {"sweep"}
+            if extra:
+                raise ValueError(f"{p}: keys outside [sweep]: {sorted(extra)}; put them inside the [sweep] table")
+            doc = doc["sweep"]
+        doc = dict(doc)
+        doc.update(overrides or {})
+        return cls.from_dict(doc)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def data(self) -> "DataSpec":
+        return DataSpec(self.dataset, self.split, self.n_train, self.probe_size)
+
+    def n_runs(self) -> int:
+        return (len(self.depths) * len(self.widths) * len(self.lrs) * len(self.optimizers)
+                * len(self.activations) * len(self.inits) * len(self.seeds))
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which training data a sweep uses: ``n_train`` images (None: all) of ``dataset``/``split``;
+    the VNI probe is the first ``probe_size`` of them."""
+
+    dataset: str = "mnist"
+    split: str = "any"
+    n_train: int | None = 2000
+    probe_size: int = 500
+
+
+def expand(sweep: SweepSpec) -> list:
+    """Every RunSpec of the grid, in a fixed order (seed innermost)."""
+    from .train import RunSpec
+
+    out = []
+    for opt in sweep.optimizers:
+        for act in sweep.activations:
+            for init in sweep.inits:
+                for depth in sweep.depths:
+                    for width in sweep.widths:
+                        for lr in sweep.lrs:
+                            for seed in sweep.seeds:
+                                out.append(RunSpec(depth=depth, width=width, activation=act, init=init,
+                                                   optimizer=opt, lr=lr, seed=seed,
+                                                   batch_size=sweep.batch_size, max_epochs=sweep.epochs,
+                                                   target_accuracy=sweep.target_accuracy,
+                                                   vni_dense_steps=sweep.vni_dense_steps))
+    return out
+
+
+def stored_spec(run, data: DataSpec) -> tuple[dict, int]:
+    """(spec dict, seed) under which a run is stored: the RunSpec's fields without the seed, plus the data."""
+    d = dict(run.to_dict())
+    seed = int(d.pop("seed"))
+    d.update(dataset=data.dataset, split=data.split, n_train=data.n_train, probe_size=data.probe_size)
+    return d, seed
+
+
+def run_key(run, data: DataSpec) -> str:
+    spec, seed = stored_spec(run, data)
+    return unit_key(spec, seed)
+
+
+def make_groups(runs: Sequence, group_size: int) -> list[list]:
+    """Runs with equal ``group_key()`` in ensembles of at most ``group_size``, costliest first.
+
+    Cost is depth x width^2 x epochs per member (the matmul work); starting with
+    the costliest groups keeps the workers busy to the end (longest-first scheduling).
+    """
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    by_key: dict[tuple, list] = {}
+    for r in runs:
+        by_key.setdefault(r.group_key(), []).append(r)
+    groups = []
+    for members in by_key.values():
+        for i in range(0, len(members), group_size):
+            groups.append(members[i:i + group_size])
+
+    def cost(g: list) -> float:
+        r = g[0]
+        return len(g) * r.depth * r.width * r.width * r.max_epochs
+
+    return sorted(groups, key=cost, reverse=True)
+
+
+# ---------------------------------------------------------------------------
+# Data, trainer, device
+# ---------------------------------------------------------------------------
+def synthetic_dataset(n: int, dim: int = 784, classes: int = 10, seed: int = 0):
+    """A learnable stand-in for MNIST (tests, no files needed): Gaussian blobs around
+    ``classes`` random centres in [0, 1]^dim, centred. Returns (x float32 (n, dim), y int64)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.rand(classes, dim, generator=g)
+    y = torch.arange(n) % classes
+    y = y[torch.randperm(n, generator=g)]
+    x = centres[y] + 0.3 * torch.randn(n, dim, generator=g)
+    x = x - x.mean(dim=0, keepdim=True)
+    return x.float(), y.long()
+
+
+def load_data(data: DataSpec, data_dir: str | None = None):
+    """(x, y, probe) tensors for ``data``: n_train samples and the first probe_size of them as the probe."""
+    import torch
+
+    if data.dataset == "synthetic":
+        x, y = synthetic_dataset(data.n_train or 2000)
+    else:
+        try:
+            from .data import load_dataset
+        except ImportError:
+            raise ValueError("loading MNIST needs depthscope.data, which this installation lacks; "
+                             "use dataset = \"synthetic\"") from None
+        x, y = load_dataset(data.dataset, split=data.split, data_dir=data_dir, limit=data.n_train)
+    x = torch.as_tensor(x, dtype=torch.float32)
+    y = torch.as_tensor(y, dtype=torch.int64)
+    if data.n_train is not None and len(x) < data.n_train:
+        raise ValueError(f"n_train={data.n_train} but {data.dataset}/{data.split} has only {len(x)} samples")
+    probe = x[: min(data.probe_size, len(x))]
+    return x, y, probe
+
+
+def resolve_trainer(path: str | Callable) -> Callable:
+    """``"module:function"`` -> the function (a trainer with train_group's signature)."""
+    if callable(path):
+        return path
+    if not isinstance(path, str) or ":" not in path:
+        raise ValueError(f"trainer must be 'module:function', got {path!r}")
+    mod, fn = path.split(":", 1)
+    try:
+        obj = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot load trainer {path!r}: {e}") from None
+    if not callable(obj):
+        raise ValueError(f"trainer {path!r} is not callable")
+    return obj
+
+
+def resolve_device(name: str = "auto") -> str:
+    """``auto`` -> cuda when torch sees a GPU, else cpu; ``cpu``/``cuda``/``cuda:N`` checked."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name} was asked for but torch sees no CUDA device; use --device cpu")
+        return name
+    raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+
+
+# ---------------------------------------------------------------------------
+# Running one group (used by every backend)
+# ---------------------------------------------------------------------------
+def result_record(result, data: DataSpec) -> dict:
+    """What the store keeps of one RunResult: key, spec, seed, values, status, reason."""
+    spec, seed = stored_spec(result.spec, data)
+    diverged = bool(getattr(result, "diverged", False))
+    status = "failed" if diverged else "done"
+    reason = getattr(result, "reason", None) if diverged else None
+    if diverged and not reason:
+        reason = "diverged"
+    seconds = float(getattr(result, "seconds", 0.0) or 0.0)
+    return {"key": unit_key(spec, seed), "spec": spec, "seed": seed, "values": list(result.to_values()),
+            "status": status, "reason": reason, "started": time.time() - seconds,
+            "success": bool(getattr(result, "success", False))}
+
+
+def crash_records(runs: Iterable, data: DataSpec, reason: str) -> list[dict]:
+    out = []
+    for r in runs:
+        spec, seed = stored_spec(r, data)
+        out.append({"key": unit_key(spec, seed), "spec": spec, "seed": seed,
+                    "values": [Value("success", 0.0)], "status": "failed", "reason": reason,
+                    "started": time.time(), "success": False})
+    return out
+
+
+def write_record(store: Store, experiment: str, rec: dict) -> bool:
+    """Record a run unless the store already has it (then nothing is repeated); True if written."""
+    if store.is_done(experiment, rec["key"]):
+        return False
+    store.record(experiment, rec["key"], spec=rec["spec"], seed=rec["seed"], values=rec["values"],
+                 status=rec["status"], reason=rec["reason"], started=rec["started"])
+    return True
+
+
+def train_one_group(runs: list, x, y, probe, device: str, trainer: Callable, data: DataSpec,
+                    emit: Callable[[dict], None]) -> None:
+    """Train ``runs`` as one ensemble, calling ``emit(record)`` as each run finishes.
+
+    An exception from the trainer records the group's unfinished runs as failed
+    with the exception as reason (a crash never stops the sweep).
+    """
+    emitted: set[str] = set()
+
+    def on_result(res) -> None:
+        rec = result_record(res, data)
+        if rec["key"] not in emitted:
+            emitted.add(rec["key"])
+            emit(rec)
+
+    try:
+        results = trainer(list(runs), x, y, probe, device=device, on_result=on_result)
+        for res in results or []:
+            on_result(res)
+    except Exception as e:  # noqa: BLE001 - recorded, not swallowed
+        reason = f"crash: {type(e).__name__}: {e}".splitlines()[0][:500]
+        left = [r for r in runs if run_key(r, data) not in emitted]
+        for rec in crash_records(left, data, reason):
+            emit(rec)
+
+
+# -- local worker processes ---------------------------------------------------
+_WORKER_DATA: dict = {}
+
+
+def _watch_parent(ppid: int) -> None:
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != ppid:  # the driver died: stop, so a resumed driver never races us
+            os._exit(3)
+
+
+def _worker_init(threads: int, ppid: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    threading.Thread(target=_watch_parent, args=(ppid,), daemon=True).start()
+
+
+def _local_task(run_dir: str, experiment: str, runs: list, data: DataSpec, data_dir: str | None,
+                device: str, trainer_path: str) -> dict:
+    """One group in a worker process: skip runs already stored, train the rest, write each as it ends."""
+    key = (data, data_dir)
+    if key not in _WORKER_DATA:
+        _WORKER_DATA.clear()
+        _WORKER_DATA[key] = load_data(data, data_dir)
+    x, y, probe = _WORKER_DATA[key]
+    trainer = resolve_trainer(trainer_path)
+    counts = {"written": 0, "success": 0, "failed": 0}
+    with Store(run_dir) as store:
+        done = store.done_keys(experiment)
+        todo = [r for r in runs if run_key(r, data) not in done]
+
+        def emit(rec: dict) -> None:
+            if write_record(store, experiment, rec):
+                counts["written"] += 1
+                counts["success"] += rec["success"]
+                counts["failed"] += rec["status"] == "failed"
+
+        if todo:
+            train_one_group(todo, x, y, probe, device, trainer, data, emit)
+    return counts
+
+
+def _ray_task(runs: list, xyp, device: str, trainer_path: str, data: DataSpec) -> list[dict]:
+    x, y, probe = xyp
+    out: list[dict] = []
+    train_one_group(runs, x, y, probe, device, resolve_trainer(trainer_path), data, out.append)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The driver
+# ---------------------------------------------------------------------------
+@dataclass
+class SweepSummary:
+    experiment: str
+    backend: str
+    device: str
+    workers: int
+    total: int
+    skipped: int
+    ran: int = 0
+    success: int = 0
+    failed: int = 0
+    groups: int = 0
+    restarts: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def default_workers(device: str) -> int:
+    """One worker per core on CPU (each with one torch thread); one on a GPU."""
+    if device.startswith("cuda"):
+        return 1
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def execute(
+    runs: Sequence,
+    store: Store,
+    experiment: str,
+    data: DataSpec,
+    *,
+    backend: str = "local",
+    workers: int | None = None,
+    device: str = "auto",
+    group_size: int = 32,
+    trainer: str | Callable = DEFAULT_TRAINER,
+    data_dir: str | None = None,
+    address: str | None = None,
+    quiet: bool = False,
+    max_restarts: int = 3,
+) -> SweepSummary:
+    """Train every run of ``runs`` not yet in ``store`` under ``experiment``; returns counts.
+
+    ``trainer`` is train_group or anything with its signature (a callable works
+    only with the inline backend; the others need ``"module:function"``).
+    """
+    from .progress import Progress
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of: {', '.join(BACKENDS)}")
+    if backend != "inline" and not isinstance(trainer, str):
+        raise ValueError("the local and ray backends need the trainer as 'module:function'")
+    device = resolve_device(device)
+    if workers is None or workers == 0:
+        workers = default_workers(device)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if backend == "inline":
+        workers = 1
+    t0 = time.time()
+    done = store.done_keys(experiment)
+    keys = [run_key(r, data) for r in runs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("the sweep lists the same run twice; check for repeated values in its axes")
+    todo = [r for r, k in zip(runs, keys) if k not in done]
+    summary = SweepSummary(experiment, backend, device, workers, total=len(runs), skipped=len(runs) - len(todo))
+    if not todo:
+        summary.seconds = time.time() - t0
+        return summary
+    groups = make_groups(todo, group_size)
+    summary.groups = len(groups)
+    with Progress(len(todo), experiment, quiet=quiet) as bar:
+        def count(rec: dict) -> None:
+            summary.ran += 1
+            summary.success += rec["success"]
+            summary.failed += rec["status"] == "failed"
+            bar.update()
+
+        if backend == "inline":
+            x, y, probe = load_data(data, data_dir)
+            fn = resolve_trainer(trainer)
+            for g in groups:
+                train_one_group(g, x, y, probe, device, fn, data,
+                                lambda rec: write_record(store, experiment, rec) and count(rec))
+        elif backend == "local":
+            _run_local(groups, store, experiment, data, data_dir, device, trainer, workers, summary, bar,
+                       max_restarts)
+        else:
+            _run_ray(groups, store, experiment, data, data_dir, device, trainer, workers, address, count)
+    summary.seconds = time.time() - t0
+    return summary
+
+
+def _run_local(groups, store, experiment, data, data_dir, device, trainer, workers, summary, bar,
+               max_restarts) -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    cores = default_workers("cpu")
+    threads = max(1, cores // workers) if not device.startswith("cuda") else cores
+    ctx = mp.get_context("spawn")
+    all_keys = {run_key(r, data) for g in groups for r in g}
+    base_done = len(store.done_keys(experiment) & all_keys)  # 0 on a fresh start
+
+    def progress() -> None:
+        n = len(store.done_keys(experiment) & all_keys) - base_done
+        if n > bar.n:
+            bar.update(n - bar.n)
+
+    pending_groups = groups
+    while pending_groups:
+        broken = False
+        pool = cf.ProcessPoolExecutor(max_workers=min(workers, len(pending_groups)), mp_context=ctx,
+                                      initializer=_worker_init, initargs=(threads, os.getpid()))
+        try:
+            futs = [pool.submit(_local_task, str(store.run_dir), experiment, g, data, data_dir, device, trainer)
+                    for g in pending_groups]
+            waiting = set(futs)
+            while waiting:
+                finished, waiting = cf.wait(waiting, timeout=0.5, return_when=cf.FIRST_COMPLETED)
+                for f in finished:
+                    exc = f.exception()
+                    if isinstance(exc, BrokenProcessPool):
+                        broken = True
+                    elif exc is not None:
+                        raise exc
+                    else:
+                        c = f.result()
+                        summary.success += c["success"]
+                        summary.failed += c["failed"]
+                progress()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        progress()
+        stored = store.done_keys(experiment)
+        left = [r for g in pending_groups for r in g if run_key(r, data) not in stored]
+        summary.ran = len(stored & all_keys) - base_done
+        if not left:
+            break
+        if not broken or summary.restarts >= max_restarts:
+            raise RuntimeError(f"{len(left)} runs unfinished after {summary.restarts} worker restarts; "
+                               "rerun the same command to resume")
+        summary.restarts += 1
+        print(f"{experiment}: a worker died; restarting the pool for the {len(left)} unfinished runs",
+              file=sys.stderr)
+        pending_groups = make_groups(left, max(len(g) for g in pending_groups))
+    # success/failed counts of groups cut short by a dead worker are read back from the store
+    _recount(store, experiment, all_keys, base_done, summary)
+
+
+def _recount(store: Store, experiment: str, keys: set[str], base_done: int, summary: SweepSummary) -> None:
+    succ = {r["key"] for r in store.rows(experiment, "success") if r["key"] in keys and r["value"] >= 0.5}
+    failed = {u.key for u in store.units(experiment) if u.key in keys and u.status == "failed"}
+    summary.success, summary.failed = len(succ), len(failed)
+    summary.ran = len(store.done_keys(experiment) & keys) - base_done
+
+
+def _run_ray(groups, store, experiment, data, data_dir, device, trainer, workers, address, count) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("the ray backend needs Ray: pip install 'depthscope[ray]'") from None
+    started_here = False
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers, log_to_driver=False, include_dashboard=False)
+        started_here = True
+    try:
+        gpus = 1 if device.startswith("cuda") else 0
+        task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=2)(_ray_task)
+        xyp = ray.put(load_data(data, data_dir))
+        refs = [task.remote(g, xyp, device, trainer, data) for g in groups]
+        while refs:
+            ready, refs = ray.wait(refs, num_returns=1)
+            for rec in ray.get(ready[0]):
+                if write_record(store, experiment, rec):
+                    count(rec)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def run_sweep(sweep: SweepSpec, store: Store, **kwargs) -> SweepSummary:
+    """Expand ``sweep`` and :func:`execute` it under experiment ``sweep.name``, saving the resolved
+    config in the store's meta (``sweep:NAME``)."""
+    store.set_meta(f"sweep:{sweep.name}", sweep.to_dict())
+    kwargs.setdefault("group_size", sweep.group_size)
+    return execute(expand(sweep), store, sweep.name, sweep.data, **kwargs)

@@ -1,0 +1,123 @@
+"""Chapter 5 figures and their verdicts, drawn from a store filled by the sweep with a fake trainer
+(the figure code is what is under test here; the engine's numbers are tested with the engine)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from depthscope.experiments import get_experiment
+from depthscope.experiments.chapter5 import (
+    THESIS_TABLE_5_1,
+    collect_runs,
+    success_grid,
+    table_counts,
+    vni_stats,
+)
+from depthscope.store import Store, Value
+from depthscope.sweep import execute, expand
+
+TINY = {"depths": [2, 8], "width": 4, "lrs": {"sgd": [0.01, 0.2], "adam": [0.001, 2.0]},
+        "optimizers": ["sgd", "adam"], "activations": ["tanh", "relu"], "inits": ["gaussian", "orthogonal"],
+        "seeds": 2, "dataset": "synthetic", "split": "any", "n_train": 100, "epochs": 3, "batch_size": 50,
+        "target_accuracy": 0.9, "group_size": 8, "probe_size": 50, "vni_dense_steps": 0, "backend": "inline",
+        "workers": 1}
+
+
+@pytest.fixture()
+def filled(tmp_path):
+    from sweep_fake import fake_train_group
+
+    exp = get_experiment("fig5")
+    params = exp.params("quick", TINY)
+    store = Store(tmp_path)
+    for sw in exp.sweeps(params):
+        execute(expand(sw), store, exp.name, sw.data, backend="inline", trainer=fake_train_group, quiet=True)
+    yield exp, params, store
+    store.close()
+
+
+def test_presets_and_units():
+    exp = get_experiment("fig5")
+    paper = exp.params("paper")
+    assert len(exp.units(paper)) == 31680  # the thesis' run count
+    assert paper["width"] == 500 and paper["epochs"] == 100 and paper["target_accuracy"] == 0.9
+    quick = exp.params("quick")
+    assert len({u.key for u in exp.units(quick)}) == len(exp.units(quick))
+    with pytest.raises(ValueError, match="no entry for optimizer .momentum."):
+        exp.sweeps(exp.params("quick", {"lrs": {"sgd": [0.1]}}))
+
+
+def test_collect_runs_and_grid_match_brute_force(filled):
+    exp, params, store = filled
+    runs = collect_runs(store, "fig5", width=4)
+    assert len(runs) == len(exp.units(params)) == 2 * 2 * 2 * 2 * 2 * 2
+    # brute force from the raw rows
+    success = {r["key"]: r["value"] for r in store.rows("fig5", "success")}
+    status = {u.key: u.status for u in store.units("fig5")}
+    sgd = [r for r in runs if r["optimizer"] == "sgd" and r["activation"] == "tanh" and r["init"] == "gaussian"]
+    grid = success_grid(sgd, [2, 8], [0.01, 0.2])
+    for i, d in enumerate([2, 8]):
+        for j, lr in enumerate([0.01, 0.2]):
+            keys = [u.key for u in store.units("fig5") if u.spec["depth"] == d and u.spec["lr"] == lr
+                    and u.spec["optimizer"] == "sgd" and u.spec["activation"] == "tanh"
+                    and u.spec["init"] == "gaussian"]
+            want = np.mean([float(success[k] >= 0.5 and status[k] == "done") for k in keys])
+            assert grid[i, j] == want
+            assert want == float(d * lr < 1)  # the fake trainer's rule
+    # the output layer's VNI is the last layer's value
+    for r in runs:
+        assert r["vni_out"] == pytest.approx(min(1.0, r["lr"] * r["depth"]))
+    counts = table_counts(runs)
+    assert sum(sum(v) for v in counts.values()) == len(runs)
+    assert counts[("adam", "tanh", "gaussian")] == (4, 4)  # lr 2.0 diverges at both depths -> failed
+
+
+def test_vni_stats_are_population_stats():
+    v = np.array([0.2, 0.4, 0.9])
+    mn, mx, mean, std = vni_stats(v)
+    assert (mn, mx) == (0.2, 0.9) and mean == pytest.approx(0.5)
+    assert std == pytest.approx(math.sqrt(((0.3**2) + 0.1**2 + 0.4**2) / 3))
+    assert sum(sum(v) for v in THESIS_TABLE_5_1.values()) == 31680
+    assert sum(v[0] for v in THESIS_TABLE_5_1.values()) == 13101
+
+
+def test_figures_from_store(filled, tmp_path):
+    exp, params, store = filled
+    figs = exp.figures(store, tmp_path / "figs", params)
+    names = [f.name for f in figs]
+    assert names == ["fig5.1", "fig5.3", "table5.1", "fig5.5", "fig5.6", "fig5.7"]
+    for f in figs:
+        assert f.paths[0].suffix == ".png" and f.paths[1].suffix == ".svg"
+        assert all(p.exists() and p.stat().st_size > 0 for p in f.paths)
+        assert f.verdict and f.caption
+    by = {f.name: f for f in figs}
+    # fake rule: success iff lr * depth < 1, so success falls with depth and lr
+    assert "falls with depth" in by["fig5.1"].verdict
+    # fake sigma_w2_mu1 is exactly 1 everywhere
+    assert "median 1.000" in by["fig5.5"].verdict and "Reproduced" in by["fig5.6"].verdict
+    runs = collect_runs(store, "fig5", width=4)
+    failed = np.array([r["vni_out"] for r in runs if not r["success"]])
+    assert f"mean {failed.mean():.4f}" in by["fig5.7"].verdict
+    assert (tmp_path / "figs" / "table5.1.csv").read_text().count("\n") == 1 + 8
+
+
+def test_figures_skip_with_warning_when_store_is_empty(tmp_path):
+    exp = get_experiment("fig5")
+    with Store(tmp_path) as store, pytest.warns(UserWarning, match="no runs"):
+        assert exp.figures(store, tmp_path, exp.params("quick")) == []
+
+
+def test_only_failed_runs_still_draws(tmp_path):
+    exp = get_experiment("fig5")
+    params = exp.params("quick", TINY)
+    with Store(tmp_path) as store:
+        spec = {"depth": 2, "width": 4, "activation": "tanh", "init": "gaussian", "optimizer": "sgd", "lr": 0.1,
+                "max_epochs": 3}
+        store.record("fig5", "k", spec=spec, seed=0, values=[Value("success", 0.0), Value("vni_final", 0.99, layer=2),
+                                                             Value("sigma_w2_mu1", 1.1, layer=1)])
+        with pytest.warns(UserWarning, match="no successful runs"):
+            figs = exp.figures(store, tmp_path, params)
+    assert "fig5.6" in [f.name for f in figs] and "fig5.5" not in [f.name for f in figs]
+    assert "comparison is not possible" in [f for f in figs if f.name == "fig5.7"][0].verdict

@@ -1,0 +1,269 @@
+"""Sweep mechanics: grid spec, grouping, store records, resume after killing a worker or the driver,
+backends. The trainer here is tests/sweep_fake.py (deterministic, no torch work); the real engine's
+numbers are tested with the engine."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from depthscope.store import Store
+from depthscope.sweep import (
+    DataSpec,
+    SweepSpec,
+    execute,
+    expand,
+    make_groups,
+    parse_range,
+    run_key,
+    run_sweep,
+)
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parent / "src"
+FAKE = "sweep_fake:fake_train_group"
+
+
+def _env(delay: float = 0.0) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), str(HERE)])
+    env["DEPTHSCOPE_FAKE_DELAY"] = str(delay)
+    return env
+
+
+def _sweep_cmd(run_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "depthscope", "sweep", "--dataset", "synthetic", "--n-train", "200",
+            "--run-dir", str(run_dir), "--trainer", FAKE, "--quiet", "--json", *extra]
+
+
+def _finished(run_dir: Path, exp: str = "sweep") -> dict[str, float]:
+    with Store(run_dir) as s:
+        return {u.key: u.finished for u in s.units(exp)}
+
+
+# -- the grid spec ------------------------------------------------------------
+def test_parse_range_log_uniform_and_lists():
+    assert parse_range("1e-4:1e-2:3") == pytest.approx([1e-4, 1e-3, 1e-2])
+    depths = parse_range("25:500:11", integer=True)
+    assert depths[0] == 25 and depths[-1] == 500 and len(depths) == 11
+    assert all(b > a for a, b in zip(depths, depths[1:]))
+    assert parse_range("1:2:5", integer=True) == [1, 2]  # rounded, duplicates dropped
+    assert parse_range("25,50", integer=True) == [25, 50]
+    for bad in ("1e-2:1e-4:3", "0:1:3", "a:b:c", "1:2"):
+        with pytest.raises(ValueError):
+            parse_range(bad)
+
+
+def test_spec_rejects_unknown_keys_and_bad_types():
+    with pytest.raises(ValueError, match="unknown sweep key 'depth'.*valid keys: .*depths"):
+        SweepSpec.from_dict({"depth": [3]})
+    with pytest.raises(ValueError, match="depths must hold integers"):
+        SweepSpec.from_dict({"depths": [2.5]})
+    with pytest.raises(ValueError, match="lrs must be finite numbers > 0"):
+        SweepSpec.from_dict({"lrs": [-1e-3]})
+    with pytest.raises(ValueError, match="unknown optimizer 'sgdd'.*momentum"):
+        SweepSpec.from_dict({"optimizers": "sgdd"})
+    with pytest.raises(ValueError, match="unknown init"):
+        SweepSpec.from_dict({"inits": ["xavier"]})
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1"):
+        SweepSpec.from_dict({"epochs": "10"})
+    with pytest.raises(ValueError, match="target_accuracy"):
+        SweepSpec.from_dict({"target_accuracy": 90})
+
+
+def test_toml_then_overrides(tmp_path):
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('[sweep]\nname = "t"\ndepths = "10:40:3"\nlrs = {min = 1e-3, max = 1e-1, count = 3}\n'
+                   'optimizers = ["sgd", "adam"]\nseeds = 4\ndataset = "synthetic"\n')
+    s = SweepSpec.from_toml(cfg, {"seeds": [7]})
+    assert s.name == "t" and s.depths == [10, 20, 40] and s.lrs == pytest.approx([1e-3, 1e-2, 1e-1])
+    assert s.optimizers == ["sgd", "adam"] and s.seeds == [7]
+    assert s.n_runs() == len(expand(s)) == 3 * 3 * 2
+    assert SweepSpec.from_toml(cfg).seeds == [0, 1, 2, 3]
+    cfg.write_text('depths = [3]\nbogus = 1\n')
+    with pytest.raises(ValueError, match="unknown sweep key 'bogus'"):
+        SweepSpec.from_toml(cfg)
+
+
+def test_groups_share_group_key_and_respect_size():
+    s = SweepSpec(depths=[2, 5], lrs=[0.1, 0.2, 0.3], inits=["gaussian", "orthogonal"], seeds=3,
+                  dataset="synthetic")
+    runs = expand(s)
+    groups = make_groups(runs, 4)
+    assert sorted(id(r) for g in groups for r in g) == sorted(id(r) for r in runs)  # each run exactly once
+    for g in groups:
+        assert 1 <= len(g) <= 4 and len({r.group_key() for r in g}) == 1
+    assert groups[0][0].depth == 5  # costliest first
+
+
+# -- recording and resume (in-process backend) ----------------------------------
+def test_inline_records_success_divergence_and_crash(tmp_path):
+    from sweep_fake import fake_train_group
+
+    s = SweepSpec(depths=[2, 20], lrs=[0.01, 0.2, 2.0], seeds=2, dataset="synthetic", n_train=100,
+                  probe_size=50)
+    with Store(tmp_path) as store:
+        summ = run_sweep(s, store, backend="inline", trainer=fake_train_group, quiet=True)
+        assert summ.total == summ.ran == 12 and summ.skipped == 0
+        units = {(u.spec["depth"], u.spec["lr"], u.seed): u for u in store.units("sweep")}
+        assert len(units) == 12
+        # trained to the end without reaching the target: a finished unit with success = 0
+        assert units[(20, 0.2, 0)].status == "done"
+        succ = {(r["depth"], r["lr"], r["seed"]): r["value"] for r in store.rows("sweep", "success")}
+        assert succ[(20, 0.2, 0)] == 0.0 and succ[(2, 0.2, 0)] == 1.0
+        # divergence: failed with its reason
+        assert units[(2, 2.0, 1)].status == "failed" and "nan" in units[(2, 2.0, 1)].reason
+        assert summ.failed == 4 and summ.success == 2 * 2 + 2
+        assert units[(2, 0.01, 0)].spec["dataset"] == "synthetic"
+        before = {u.key: u.finished for u in store.units("sweep")}
+        again = run_sweep(s, store, backend="inline", trainer=fake_train_group, quiet=True)
+        assert again.ran == 0 and again.skipped == 12
+        assert {u.key: u.finished for u in store.units("sweep")} == before
+        assert store.get_meta("sweep:sweep")["lrs"] == [0.01, 0.2, 2.0]
+        # a crashing group: every member recorded failed with the exception; the sweep goes on
+        crash = SweepSpec(name="crash", depths=[2, 3], lrs=[0.777], seeds=2, dataset="synthetic", n_train=100)
+        summ = run_sweep(crash, store, backend="inline", trainer=fake_train_group, quiet=True)
+        assert summ.ran == 4 and summ.failed == 4
+        assert {u.reason for u in store.units("crash")} == {"crash: RuntimeError: boom"}
+
+
+def test_duplicate_runs_rejected(tmp_path):
+    from sweep_fake import fake_train_group
+
+    s = SweepSpec(depths=[2, 2], dataset="synthetic")
+    with Store(tmp_path) as store, pytest.raises(ValueError, match="same run twice"):
+        execute(expand(s), store, "x", s.data, backend="inline", trainer=fake_train_group, quiet=True)
+
+
+# -- kills ---------------------------------------------------------------------
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                cmd = (d / "cmdline").read_bytes()
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == pid and b"spawn_main" in cmd:
+                out.append(int(d.name))
+    return out
+
+
+def _wait_units(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 40.0) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if (run_dir / "results.sqlite").exists() and len(_finished(run_dir)) >= n:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"sweep ended early: {proc.stderr.read()}")
+        time.sleep(0.1)
+    raise AssertionError("sweep made no progress")
+
+
+GRID = ["--depths", "2,3", "--lrs", "0.01,0.02,0.03", "--seeds", "4", "--group-size", "3", "--workers", "2"]
+N_GRID = 2 * 3 * 4
+
+
+def _alive_workers(pids: list[int]) -> list[int]:
+    out = []
+    for w in pids:
+        try:
+            if b"spawn_main" in Path(f"/proc/{w}/cmdline").read_bytes():
+                out.append(w)
+        except OSError:
+            pass
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find worker processes")
+def test_kill_a_worker_then_the_driver_then_resume(tmp_path):
+    """Killing a worker: the driver restarts the pool and finishes. Killing the driver (SIGKILL): its
+    workers stop by themselves, and rerunning the command finishes the rest. Nothing finished is lost
+    or redone (its `finished` timestamp never changes), and the result equals an uninterrupted run."""
+    from sweep_fake import fake_train_group
+
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(_sweep_cmd(run_dir, *GRID), env=_env(0.3), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_units(run_dir, 2, proc)
+        workers = _children(proc.pid)
+        assert workers, "no worker processes found"
+        before_worker_kill = _finished(run_dir)
+        os.kill(workers[0], signal.SIGKILL)
+        # the pool is restarted: wait for new workers to make progress, then kill the driver
+        _wait_units(run_dir, len(before_worker_kill) + 2, proc)
+        assert proc.poll() is None
+        new_workers = _children(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    t0 = time.time()
+    while _alive_workers(new_workers) and time.time() - t0 < 10:
+        time.sleep(0.1)
+    assert not _alive_workers(new_workers), "workers outlived their driver"
+    before = _finished(run_dir)
+    assert len(before_worker_kill) + 2 <= len(before) < N_GRID
+    assert all(before[k] == t for k, t in before_worker_kill.items())
+    res = subprocess.run(_sweep_cmd(run_dir, *GRID), env=_env(0.0), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["skipped"] == len(before) and doc["ran"] == N_GRID - len(before) and doc["restarts"] == 0
+    after = _finished(run_dir)
+    assert len(after) == N_GRID and all(after[k] == t for k, t in before.items())
+    # the same units and values as one uninterrupted in-process run
+    s = SweepSpec(depths=[2, 3], lrs=[0.01, 0.02, 0.03], seeds=4, dataset="synthetic", n_train=200,
+                  group_size=3)
+    with Store(tmp_path / "clean") as clean, Store(run_dir) as killed:
+        run_sweep(s, clean, backend="inline", trainer=fake_train_group, quiet=True)
+        want = sorted((r["key"], r["quantity"], r["layer"], r["value"]) for r in clean.rows("sweep"))
+        got = sorted((r["key"], r["quantity"], r["layer"], r["value"]) for r in killed.rows("sweep"))
+        assert got == want
+        assert [u.status for u in killed.units("sweep")] == ["done"] * N_GRID
+
+
+# -- CLI and backends ------------------------------------------------------------
+def test_cli_errors_and_dry_run(tmp_path):
+    from depthscope.cli import main
+
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("depths = [3]\nwidth = 4\n")
+    assert main(["sweep", str(cfg), "--run-dir", str(tmp_path)]) == 2
+    assert main(["sweep", "--lrs", "1e-2:1e-4:3", "--run-dir", str(tmp_path)]) == 2
+    assert main(["sweep", "--backend", "inline", "--device", "tpu", "--run-dir", str(tmp_path)]) == 2
+
+
+def test_cli_dry_run_json(capsys):
+    from depthscope.cli import main
+
+    assert main(["sweep", "--depths", "25:500:11", "--lrs", "1e-4:1e-2:9", "--seeds", "20", "--optimizers",
+                 "sgd", "--activations", "tanh,relu", "--inits", "gaussian,orthogonal", "--dry-run", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["runs"] == 11 * 9 * 20 * 4  # the thesis' 1980 runs per (activation, init), 4 of them
+
+
+def test_ray_backend_on_local_ray(tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SRC), str(HERE)]))  # Ray workers import the fake
+    s = SweepSpec(depths=[2, 3], lrs=[0.01, 2.0], seeds=2, dataset="synthetic", n_train=100, probe_size=50,
+                  group_size=2)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with Store(tmp_path) as store:
+            summ = run_sweep(s, store, backend="ray", trainer=FAKE, quiet=True)
+            assert summ.ran == 8 and summ.failed == 4
+            assert len(store.units("sweep")) == 8
+            again = run_sweep(s, store, backend="ray", trainer=FAKE, quiet=True)
+            assert again.skipped == 8 and again.ran == 0
+    finally:
+        ray.shutdown()

@@ -1,0 +1,58 @@
+"""fig3.4-3.6: tiny runs through the real engine (synthetic data), figures from the store."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from depthscope.experiments import get_experiment, run_experiment
+from depthscope.experiments.training_dynamics import heat_mean, mean_rho2, quartile_series
+from depthscope.metrics.vni import rho_squared
+from depthscope.store import Store
+
+TINY = {"depth": 3, "width": 8, "seeds": 2, "epochs": 2, "dataset": "synthetic", "n_train": 100,
+        "batch_size": 50, "group_size": 4, "probe_size": 50, "backend": "inline"}
+
+
+def test_mean_rho2_brute_force():
+    x = torch.randn(40, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    xs = x.numpy()
+    pairs = [np.corrcoef(xs[:, i], xs[:, j])[0, 1] ** 2 for i in range(5) for j in range(5) if i != j]
+    assert mean_rho2(x) == pytest.approx(np.mean(pairs), rel=1e-9)
+    assert rho_squared(x).shape == (5, 5)
+
+
+def test_quartiles_and_heat_mean():
+    per_seed = {0: {(2, 0): 0.1, (2, 1): 0.5}, 1: {(2, 0): 0.3, (2, 1): float("nan")}, 2: {(2, 0): 0.2}}
+    steps, q = quartile_series(per_seed, 2)
+    assert list(steps) == [0, 1] and q[0, 1] == pytest.approx(0.2) and q[1, 1] == pytest.approx(0.5)
+    h = heat_mean(per_seed, depth=2, steps=1)
+    assert np.isnan(h[0, 0]) and h[1, 0] == pytest.approx(0.2) and h[1, 1] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("name,extra", [("fig3.4", {"lrs": [1e-3, 1e-1]}),
+                                        ("fig3.5", {"lrs": [1e-3, 1e-1], "vni_dense_steps": 3})])
+def test_engine_runs_to_figures(tmp_path, name, extra):
+    exp = get_experiment(name)
+    with Store(tmp_path) as store:
+        counts = run_experiment(name, store, "quick", overrides={**TINY, **extra}, quiet=True)
+        assert counts["ran"] == 4 and counts["total"] == 4
+        again = run_experiment(name, store, "quick", overrides={**TINY, **extra}, quiet=True)
+        assert again["ran"] == 0 and again["skipped"] == 4
+        params = exp.params("quick", {**TINY, **extra})
+        figs = exp.figures(store, tmp_path / "f", params)
+    assert len(figs) == 1 and all(p.exists() for p in figs[0].paths)
+    assert "lr 0.1" in figs[0].verdict
+
+
+def test_fig36_gaussian_gradients(tmp_path):
+    exp = get_experiment("fig3.6")
+    over = {"depth": 3, "width": 6, "seeds": 2, "steps": 4, "every": 2, "batch": 64}
+    with Store(tmp_path) as store:
+        assert run_experiment("fig3.6", store, "quick", overrides=over, quiet=True)["ran"] == 2
+        rows = store.rows("fig3.6", "rho2_mean")
+        assert {r["step"] for r in rows} == {0, 1, 2, 4} and {r["layer"] for r in rows} == {1, 2, 3}
+        figs = exp.figures(store, tmp_path / "f", exp.params("quick", over))
+    assert figs[0].name == "fig3.6" and "Mean rho^2" in figs[0].verdict
+    with pytest.raises(ValueError, match="reduction must be mean or sum"):
+        exp.units(exp.params("quick", {**over, "reduction": "avg"}))
