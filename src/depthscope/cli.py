@@ -19,6 +19,7 @@ import numpy as np
 COMMAND_MODULES = [
     "depthscope.commands.core",  # theory, vni
     "depthscope.commands.reproduce",  # reproduce, report, export
+    "depthscope.commands.watch",  # watch-report
 ]
 
 
