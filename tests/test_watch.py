@@ -354,3 +354,13 @@ def test_watch_report_without_watch_rows_is_a_one_line_error(tmp_path, capsys):
 def test_quantities_and_public_name():
     assert depthscope.watch is watch
     assert QUANTITIES[0] == "vni"
+
+
+@pytest.mark.parametrize("act", [nn.Tanh(), nn.ReLU(), nn.Sigmoid(), nn.LeakyReLU(0.1)], ids=lambda m: type(m).__name__)
+def test_closed_form_derivatives_match_autograd(act):
+    from depthscope.watch import derivative_of
+
+    h = torch.randn(50, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    hr = h.clone().requires_grad_(True)
+    (ref,) = torch.autograd.grad(act(hr).sum(), hr)
+    close(derivative_of(act, h), ref, rtol=1e-12)

@@ -157,13 +157,30 @@ def _first_tensor(output: Any) -> torch.Tensor | None:
     return None
 
 
-def _mu1(phi: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor) -> float:
-    """mu_1 = mean of phi'(h)^2 over the samples and nodes of h (phi' by autograd)."""
+#: phi'(h) in closed form for common activation modules (checked against autograd in the tests).
+_DERIVATIVES: dict[type, Callable[[nn.Module, torch.Tensor], torch.Tensor]] = {
+    nn.Tanh: lambda m, h: 1.0 - torch.tanh(h) ** 2,
+    nn.ReLU: lambda m, h: (h > 0).to(h.dtype),
+    nn.Sigmoid: lambda m, h: torch.sigmoid(h) * (1.0 - torch.sigmoid(h)),
+    nn.LeakyReLU: lambda m, h: torch.where(h > 0, torch.ones_like(h), torch.full_like(h, m.negative_slope)),
+}
+
+
+def derivative_of(phi: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+    """phi'(h) elementwise: closed form for nn.Tanh/ReLU/Sigmoid/LeakyReLU, autograd for anything else."""
+    closed = _DERIVATIVES.get(type(phi))
+    if closed is not None:
+        return closed(phi, h)
     with torch.enable_grad():
         hr = h.detach().clone().requires_grad_(True)
         y = phi(hr.clone())  # the clone lets in-place activations (ReLU(inplace=True)) run
         (g,) = torch.autograd.grad(y.sum(), hr)
-    return float(g.to(torch.float64).pow(2).mean())
+    return g
+
+
+def _mu1(phi: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor) -> float:
+    """mu_1 = mean of phi'(h)^2 over the samples and nodes of h (thesis eq. 4.4)."""
+    return float(derivative_of(phi, h.detach()).to(torch.float64).pow(2).mean())
 
 
 # -- records and alerts ---------------------------------------------------------------------------
@@ -461,17 +478,18 @@ class Watch:
         nan = float("nan")
         rec = dict(step=step, layer=w.layer, name=w.name, **{q: nan for q in QUANTITIES})
         rec.update(nodes=float(n_nodes), samples=float(n_samples), calls=float(cap.calls))
+        xd = x.to(torch.float64)
         if n_samples >= 2:
             r = float(vni(x))
             rec.update(vni=r, effective_nodes=float(effective_nodes(r, n_nodes)),
                        participation_ratio=float(participation_ratio(r)) if r > 0 else nan,
-                       act_var=shared_variance(x))
-        rec["act_mean"] = float(x.to(torch.float64).mean())
+                       act_var=shared_variance(xd))
+        rec["act_mean"] = float(xd.mean())
         if cap.grad_sumsq is not None:  # a backward pass reached this module's output in this step
             rec["out_grad_rms"] = math.sqrt(float(cap.grad_sumsq) / max(cap.grad_numel, 1))
-            grads = [p.grad for p in w.module.parameters() if p.grad is not None]
+            grads = [p.grad.detach() for p in w.module.parameters() if p.grad is not None]
             if grads:
-                sq = sum(float(g.detach().to(torch.float64).pow(2).sum()) for g in grads)
+                sq = float(torch.stack([g.to(torch.float64).pow(2).sum() for g in grads]).sum())
                 numel = sum(g.numel() for g in grads)
                 rec["grad_norm"] = math.sqrt(sq)
                 rec["grad_rms"] = math.sqrt(sq / numel)
@@ -508,8 +526,13 @@ class Watch:
                 fire(r, "vanishing_grad", g, f"vanishing gradient: grad_rms = {g:.3g} < median {med:.3g} / {self.grad_ratio:g}")
             elif med > 0 and g > med * self.grad_ratio:
                 fire(r, "exploding_grad", g, f"exploding gradient: grad_rms = {g:.3g} > median {med:.3g} x {self.grad_ratio:g}")
-        for a in new:
-            logger.warning("depthscope.watch: %s", a.message)
+        for kind in dict.fromkeys(a.kind for a in new):  # one log line per kind and step
+            these = [a for a in new if a.kind == kind]
+            if len(these) == 1:
+                logger.warning("depthscope.watch: %s", these[0].message)
+            else:
+                logger.warning("depthscope.watch: %d modules at step %d: %s", len(these), step,
+                               "; ".join(a.message.replace(f" at step {step}:", ":") for a in these))
         if new:
             self.alerts.extend(new)
             for wr in self._writers:
