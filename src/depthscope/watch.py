@@ -74,7 +74,7 @@ import torch
 from torch import nn
 
 from .metrics import effective_nodes, participation_ratio, vni
-from .metrics.gradients import shared_variance, sigma_w2
+from .metrics.gradients import sigma_w2
 
 logger = logging.getLogger("depthscope.watch")
 
@@ -123,6 +123,21 @@ def sample_rows(x: torch.Tensor, max_rows: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(int(seed) % (2**63))
     idx = torch.randperm(n, generator=g)[:max_rows].sort().values
     return x.index_select(0, idx.to(x.device))
+
+
+def sample_output_rows(out: torch.Tensor, axis: int, max_rows: int, seed: int) -> torch.Tensor:
+    """``sample_rows(as_rows(out, axis), max_rows, seed)`` without first copying the whole output.
+
+    The same rows in the same order (tested against that reference): the sampled
+    row numbers are unravelled into indices of the output with the node axis moved last.
+    """
+    moved = out.movedim(axis, -1) if out.ndim >= 2 else as_rows(out, axis)
+    n = moved.numel() // max(moved.shape[-1], 1)
+    if n <= max_rows:
+        return moved.reshape(n, moved.shape[-1]).clone()
+    g = torch.Generator().manual_seed(int(seed) % (2**63))
+    idx = torch.randperm(n, generator=g)[:max_rows].sort().values.to(out.device)
+    return moved[torch.unravel_index(idx, moved.shape[:-1])]
 
 
 def node_axis_of(module: nn.Module, out: torch.Tensor) -> int:
@@ -451,11 +466,13 @@ class Watch:
             if cap is None:
                 cap = self._pending[w.layer] = _Capture()
             axis = w.axis if w.axis is not None else node_axis_of(module, t)
-            rows = as_rows(t.detach(), axis)
-            if cap.rows and rows.shape[1] != cap.rows[0].shape[1]:
+            t_det = t.detach()
+            n_nodes = 1 if t_det.ndim == 0 else t_det.shape[axis]
+            if cap.rows and n_nodes != cap.rows[0].shape[1]:
                 return  # a later call with a different node count: only calls like the first are kept
             cap.calls += 1
-            cap.rows.append(sample_rows(rows, self.max_rows, _seed_for(self.seed, self.step_count, w.layer, cap.calls)))
+            seed = _seed_for(self.seed, self.step_count, w.layer, cap.calls)
+            cap.rows.append(sample_output_rows(t_det, axis, self.max_rows, seed))
             if t.requires_grad:
                 t.register_hook(self._make_grad_hook(cap))
 
@@ -464,7 +481,7 @@ class Watch:
     @staticmethod
     def _make_grad_hook(cap: _Capture):
         def grad_hook(g: torch.Tensor) -> None:
-            s = g.detach().to(torch.float64).pow(2).sum()
+            s = torch.linalg.vector_norm(g.detach()).to(torch.float64) ** 2  # native dtype, cascade summation
             cap.grad_sumsq = s if cap.grad_sumsq is None else cap.grad_sumsq + s
             cap.grad_numel += g.numel()
 
@@ -483,13 +500,13 @@ class Watch:
             r = float(vni(x))
             rec.update(vni=r, effective_nodes=float(effective_nodes(r, n_nodes)),
                        participation_ratio=float(participation_ratio(r)) if r > 0 else nan,
-                       act_var=shared_variance(xd))
+                       act_var=float((xd - xd.mean(0)).pow(2).mean()))  # = shared_variance(x), eq. 4.2
         rec["act_mean"] = float(xd.mean())
         if cap.grad_sumsq is not None:  # a backward pass reached this module's output in this step
             rec["out_grad_rms"] = math.sqrt(float(cap.grad_sumsq) / max(cap.grad_numel, 1))
             grads = [p.grad.detach() for p in w.module.parameters() if p.grad is not None]
             if grads:
-                sq = float(torch.stack([g.to(torch.float64).pow(2).sum() for g in grads]).sum())
+                sq = float(torch.stack([torch.linalg.vector_norm(g).to(torch.float64) ** 2 for g in grads]).sum())
                 numel = sum(g.numel() for g in grads)
                 rec["grad_norm"] = math.sqrt(sq)
                 rec["grad_rms"] = math.sqrt(sq / numel)
