@@ -118,7 +118,17 @@ def triangular_mask(width: int, layer: int, dtype=torch.float32) -> torch.Tensor
 
 
 def layer_params(spec: NetSpec, seed: int, layer: int, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """(W_l, b_l) of hidden layer ``layer`` (1-based); layer 0 is the input projection, -1 the readout."""
+    """(W_l, b_l) of hidden layer ``layer`` (1-based); layer 0 is the input projection, -1 the readout.
+
+    Drawn in float32 whatever ``dtype`` asks for, then cast, so a float64 net has
+    the same weights as a float32 one (torch's float64 streams differ).
+    """
+    w, b = _layer_params32(spec, seed, layer)
+    return w.to(dtype), b.to(dtype)
+
+
+def _layer_params32(spec: NetSpec, seed: int, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    dtype = torch.float32
     g = _generator(seed, layer)
     sw2 = spec.resolved_sigma_w2
     if layer == 0:  # input projection: linear, variance preserving

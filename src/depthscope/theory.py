@@ -53,16 +53,19 @@ _DENSE_POINTS = 48_000  # midpoint rule on [-12, 12]: a kink costs O(h) = 5e-4 *
 
 
 @functools.lru_cache(maxsize=None)
-def _rule(smooth: bool) -> tuple[np.ndarray, np.ndarray]:
-    if smooth:
+def _rule(kind: str) -> tuple[np.ndarray, np.ndarray]:
+    if kind == "hermite":
         # Probabilists' Hermite nodes; weights normalised so they integrate N(0, 1).
         x, w = np.polynomial.hermite_e.hermegauss(_GH_POINTS)
         return x, w / math.sqrt(2.0 * math.pi)
     # Gauss-Hermite converges slowly (errors of ~3% at 200 nodes) when phi' jumps,
-    # as relu's and hard_tanh's do, so kinked functions get a dense midpoint rule.
-    # Its nodes straddle 0, so a jump at 0 (relu) is integrated exactly.
-    h = 24.0 / _DENSE_POINTS
-    x = -12.0 + h * (np.arange(_DENSE_POINTS) + 0.5)
+    # as relu's and hard_tanh's do, so kinked functions get a dense midpoint rule
+    # ("dense"); smooth functions at large q, whose phi' narrows to a spike
+    # between Hermite nodes, get a coarser one ("midpoint", O(h^2) for smooth
+    # integrands). The nodes straddle 0, so a jump at 0 (relu) is exact.
+    n = _DENSE_POINTS if kind == "dense" else 6_000
+    h = 24.0 / n
+    x = -12.0 + h * (np.arange(n) + 0.5)
     w = h * np.exp(-0.5 * x**2) / math.sqrt(2.0 * math.pi)
     return x, w
 
@@ -71,10 +74,11 @@ def gaussian_expectation(fn, q: float, smooth: bool = True) -> float:
     """E_z[fn(sqrt(q) z)], z ~ N(0,1).
 
     Gauss-Hermite quadrature when fn is smooth on the scale of its nodes (smooth
-    and q <= 4); a dense midpoint rule otherwise (kinks, or sigmoid' at large q
-    narrowing to a spike between Hermite nodes).
+    and q <= 4); a midpoint rule otherwise (dense for kinks, coarser for smooth
+    functions at large q).
     """
-    x, w = _rule(smooth and q <= 4.0)
+    kind = "dense" if not smooth else ("hermite" if q <= 4.0 else "midpoint")
+    x, w = _rule(kind)
     return float(np.sum(w * fn(math.sqrt(max(q, 0.0)) * x)))
 
 
@@ -100,6 +104,19 @@ def variance_map(activation: str, q: float, sigma_w2: float, sigma_b2: float = 0
     return sigma_w2 * gaussian_expectation(lambda h: numpy_phi(activation, h) ** 2, q, smooth) + sigma_b2
 
 
+def _variance_map_many(activation: str, qs: np.ndarray, sigma_w2: float, sigma_b2: float) -> np.ndarray:
+    """variance_map at many q in one vectorised evaluation per quadrature rule."""
+    smooth = get_activation(activation).smooth
+    out = np.empty(len(qs))
+    kinds = np.array(["dense" if not smooth else ("hermite" if q <= 4.0 else "midpoint") for q in qs])
+    for kind in set(kinds):
+        sel = kinds == kind
+        x, w = _rule(kind)
+        h = np.sqrt(np.maximum(qs[sel], 0.0))[:, None] * x[None, :]
+        out[sel] = (numpy_phi(activation, h) ** 2) @ w
+    return sigma_w2 * out + sigma_b2
+
+
 def variance_trajectory(
     activation: str, depth: int, sigma_w2: float, input_variance: float, sigma_b2: float = 0.0
 ) -> np.ndarray:
@@ -122,8 +139,8 @@ def fixed_point(activation: str, sigma_w2: float, sigma_b2: float = 0.0, q0: flo
     bound, and q0 itself when every q is a fixed point (linear at sigma_w^2 = 1,
     relu at 2).
     """
-    grid = np.logspace(-8, 6, 400)
-    g = np.array([variance_map(activation, q, sigma_w2, sigma_b2) - q for q in grid])
+    grid = np.logspace(-8, 6, 141)
+    g = _variance_map_many(activation, grid, sigma_w2, sigma_b2) - grid
     # Quadrature error is ~1e-9 relative; anything below 1e-6 q is "no change".
     g[np.abs(g) <= 1e-6 * grid] = 0.0
     if np.all(g == 0.0):
@@ -133,7 +150,7 @@ def fixed_point(activation: str, sigma_w2: float, sigma_b2: float = 0.0, q0: flo
     for i in range(len(grid) - 1):
         if g[i] > 0 and g[i + 1] <= 0:
             lo, hi = grid[i], grid[i + 1]
-            for _ in range(80):
+            for _ in range(60):
                 mid = 0.5 * (lo + hi)
                 if variance_map(activation, mid, sigma_w2, sigma_b2) - mid > 0:
                     lo = mid
@@ -159,7 +176,7 @@ def _critical_numeric(activation: str, sigma_b2: float) -> float:
 
     # chi need not be monotone in sigma_w^2 (sigmoid's q* grows with it), so take
     # the first crossing of chi = 1 on a log grid, then bisect inside it.
-    grid = np.logspace(-3, 3, 61)
+    grid = np.logspace(-3, 3, 31)
     ex = [excess(s) for s in grid]
     for i in range(len(grid) - 1):
         if ex[i] <= 0 < ex[i + 1]:
@@ -169,7 +186,7 @@ def _critical_numeric(activation: str, sigma_b2: float) -> float:
         raise ValueError(
             f"activation {activation!r} has no critical sigma_w^2 in [1e-3, 1e3]; pass sigma_w2 explicitly"
         )
-    for _ in range(60):
+    for _ in range(40):
         mid = math.sqrt(lo * hi)
         if excess(mid) > 0:
             hi = mid

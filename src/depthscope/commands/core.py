@@ -156,6 +156,7 @@ def cmd_vni(args) -> int:
         "arch": args.arch, "sigma_w2": spec.resolved_sigma_w2, "sigma_b": args.sigma_b, "inputs": args.inputs,
         "input_variance": args.input_variance, "samples": args.samples, "seeds": args.seeds, "layers": layers,
         "vni_mean": _pick(mean, args.layer), "vni_std": _pick(std, args.layer),
+        "vni_debiased_mean": _pick((vals - 1.0 / args.samples).mean(0) / (1.0 + 1.0 / args.samples), args.layer),
         "effective_nodes_mean": _pick(eff.mean(0), args.layer),
         "effective_nodes_std": _pick(eff.std(0, ddof=1) if args.seeds > 1 else np.zeros(args.depth), args.layer),
         "participation_ratio_mean": _pick((1.0 / vals).mean(0), args.layer),

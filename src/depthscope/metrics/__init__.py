@@ -4,6 +4,7 @@ from .jacobian import JacobianResult, input_output_jacobian, jacobian_vni, jjt_m
 from .layers import effective_nodes_per_layer, vni_per_layer
 from .vni import (
     CovarianceAccumulator,
+    debias_vni,
     effective_nodes,
     participation_ratio,
     rho_squared,
@@ -15,6 +16,7 @@ __all__ = [
     "CovarianceAccumulator",
     "JacobianResult",
     "VariancePropagation",
+    "debias_vni",
     "effective_nodes",
     "effective_nodes_per_layer",
     "input_output_jacobian",

@@ -34,6 +34,19 @@ def vni(x: torch.Tensor) -> torch.Tensor:
     return (gram * gram).sum() / tr**2
 
 
+def debias_vni(r_sq: torch.Tensor | float, samples: int) -> torch.Tensor | float:
+    """(R_hat - 1/S) / (1 + 1/S): VNI with the first-order finite-sample excess of eq. 3.5 removed.
+
+    For Gaussian nodes the sample covariance of S samples has
+    E tr(C_hat^2) ~ (1 + 1/S) tr(C^2) + tr(C)^2 / S (Wishart moments) and
+    E tr(C_hat) = tr(C), so the measured R_hat ~ R (1 + 1/S) + 1/S: 1000 samples
+    of 200 independent nodes read 1.2/N, not 1/N. This inverts that excess.
+    """
+    if samples < 2:
+        raise ValueError(f"samples must be >= 2, got {samples}")
+    return (r_sq - 1.0 / samples) / (1.0 + 1.0 / samples)
+
+
 def vni_from_covariance(c: torch.Tensor) -> torch.Tensor:
     """R_sq = ||C||_F^2 / tr(C)^2 of a symmetric covariance matrix C (eq. 3.5)."""
     c = c.to(torch.float64)

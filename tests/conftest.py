@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+
+def compare(fast, slow, *, rtol: float, atol: float = 0.0, what: str = "") -> None:
+    """The one comparison every fast-vs-reference test uses."""
+    fast = np.asarray(fast.detach() if isinstance(fast, torch.Tensor) else fast, dtype=np.float64)
+    slow = np.asarray(slow.detach() if isinstance(slow, torch.Tensor) else slow, dtype=np.float64)
+    np.testing.assert_allclose(fast, slow, rtol=rtol, atol=atol, err_msg=what)
+
+
+@pytest.fixture
+def gen():
+    return torch.Generator().manual_seed(1234)
