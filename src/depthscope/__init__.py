@@ -10,6 +10,7 @@ from .inits import INITS, init_weight
 from .nets import NetSpec, build_net, stream_layers
 from .metrics import effective_nodes, participation_ratio, rho_squared, vni
 from . import theory
+from .watch import watch  # noqa: F401  (depthscope.watch(model, ...))
 
 __all__ = [
     "__version__",

@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "depthscope.commands.core",  # theory, vni
     "depthscope.commands.reproduce",  # reproduce, report, export
     "depthscope.commands.sweep",  # sweep
+    "depthscope.commands.watch",  # watch-report
 ]
 
 
