@@ -15,3 +15,12 @@ def compare(fast, slow, *, rtol: float, atol: float = 0.0, what: str = "") -> No
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one intra-op thread (tiny tensors: threads only add contention)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

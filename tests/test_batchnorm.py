@@ -6,12 +6,8 @@ from depthscope.experiments.batchnorm import BNNet, init_gradient_norms
 from depthscope.nets import NetSpec, build_net
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# Tiny nets: intra-op threads only add contention on 2 cores.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_without_bn_equals_build_net():

@@ -10,13 +10,8 @@ from depthscope.nets import NetSpec, build_net
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices: one intra-op thread is far faster than two on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# Tiny nets: intra-op threads only add contention on 2 cores.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ACTS = ["sigmoid", "tanh", "relu", "linear", "hard_tanh"]

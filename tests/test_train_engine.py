@@ -10,13 +10,8 @@ from depthscope.train import OPTIMIZERS, RunSpec, train_group, train_reference
 
 LRS = {"sgd": (0.05, 0.2), "momentum": (0.01, 0.05), "adam": (1e-3, 1e-2), "rmsprop": (1e-3, 5e-3)}
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny nets: intra-op threads only add contention on a loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny nets: intra-op threads only add contention on 2 cores.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -6,13 +6,8 @@ import torch
 
 from depthscope.train import RunSpec, epoch_order, train_reference
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny nets: intra-op threads only add contention on a loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny nets: intra-op threads only add contention on 2 cores.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -6,12 +6,8 @@ from depthscope.metrics.drift import layer_mean, layer_quantiles, volume_layer_l
 from depthscope.nets import NetSpec, build_net
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# Tiny nets: intra-op threads only add contention on 2 cores.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_thousand_layer_dvcnn_forward_backward_logdet_zero():
