@@ -55,6 +55,7 @@ def test_linear_numbers_equal_core_metrics():
         o = outs[i].detach()
         ref = float(vni(o))
         close(r["vni"], ref, what="vni")
+        close(r["vni_debiased"], (ref - 1 / 40) / (1 + 1 / 40))
         close(r["effective_nodes"], effective_nodes(ref, o.shape[1]))
         close(r["participation_ratio"], participation_ratio(ref))
         close(r["act_mean"], o.double().mean())

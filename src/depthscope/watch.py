@@ -35,6 +35,7 @@ How it works (nothing of the model is wrapped or rewritten):
 Quantities recorded per watched module and scheduled step (missing ones are NaN):
 
 ``vni``                 R_sq = tr(C^2)/tr(C)^2 of the node covariance (thesis eq. 3.5), via :func:`depthscope.metrics.vni`
+``vni_debiased``        :func:`depthscope.metrics.vni.debias_vni` of it: the finite-sample excess removed
 ``effective_nodes``     N (1 - VNI) + 1, the thesis' effective number of nodes
 ``participation_ratio`` 1 / VNI (delve's measure)
 ``nodes``, ``samples``  N and the number of rows the numbers were computed on
@@ -74,6 +75,7 @@ import torch
 from torch import nn
 
 from .metrics import effective_nodes, participation_ratio, vni
+from .metrics.vni import debias_vni
 from .metrics.gradients import sigma_w2
 
 logger = logging.getLogger("depthscope.watch")
@@ -102,7 +104,7 @@ _CHANNEL_FIRST: tuple[type, ...] = (
 
 #: Every quantity a record can carry, in the order written to CSV.
 QUANTITIES = (
-    "vni", "effective_nodes", "participation_ratio", "nodes", "samples", "calls",
+    "vni", "vni_debiased", "effective_nodes", "participation_ratio", "nodes", "samples", "calls",
     "act_mean", "act_var", "grad_norm", "grad_rms", "out_grad_rms", "sigma_w2", "sigma_w2_mu1",
 )
 
@@ -498,7 +500,8 @@ class Watch:
         xd = x.to(torch.float64)
         if n_samples >= 2:
             r = float(vni(x))
-            rec.update(vni=r, effective_nodes=float(effective_nodes(r, n_nodes)),
+            rec.update(vni=r, vni_debiased=float(debias_vni(r, n_samples)),
+                       effective_nodes=float(effective_nodes(r, n_nodes)),
                        participation_ratio=float(participation_ratio(r)) if r > 0 else nan,
                        act_var=float((xd - xd.mean(0)).pow(2).mean()))  # = shared_variance(x), eq. 4.2
         rec["act_mean"] = float(xd.mean())
