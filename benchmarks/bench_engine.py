@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from depthscope.ensemble import Ensemble
-from depthscope.nets import NetSpec, layer_params
+from depthscope.nets import NetSpec, layer_params, linear_from_params
 from depthscope.train import RunSpec, epoch_order, members_per_ensemble
 
 D, C, B = 784, 10, 100
@@ -80,11 +80,7 @@ def make_data(n: int, device: torch.device):
 def sequential(spec: NetSpec, seed: int, device) -> nn.Sequential:
     mods = []
     for l in list(range(1, spec.depth + 1)) + [-1]:
-        w, b = layer_params(spec, seed, l)
-        lin = nn.Linear(w.shape[1], w.shape[0])
-        with torch.no_grad():
-            lin.weight.copy_(w)
-            lin.bias.copy_(b)
+        lin = linear_from_params(*layer_params(spec, seed, l))
         mods.append(lin)
         if l != -1:
             mods.append(nn.Tanh())

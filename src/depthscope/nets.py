@@ -158,6 +158,16 @@ def apply_layer(spec: NetSpec, layer: int, x: torch.Tensor, w: torch.Tensor, b: 
     return h, x + scale * phi(h)
 
 
+def linear_from_params(w: torch.Tensor, b: torch.Tensor, bias: bool = True) -> nn.Linear:
+    """An nn.Linear holding copies of ``w`` (fan_out, fan_in) and ``b``, in w's dtype."""
+    lin = nn.Linear(w.shape[1], w.shape[0], bias=bias, dtype=w.dtype)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+        if bias:
+            lin.bias.copy_(b)
+    return lin
+
+
 class Net(nn.Module):
     """A materialised network of a :class:`NetSpec`; parameters are ordinary nn.Parameters.
 
@@ -172,25 +182,16 @@ class Net(nn.Module):
         self.phi = get_activation(spec.activation)
         self.input_projection: nn.Linear | None = None
         if spec.has_input_projection:
-            self.input_projection = self._linear(*layer_params(spec, seed, 0, dtype), bias=False)
+            self.input_projection = linear_from_params(*layer_params(spec, seed, 0, dtype), bias=False)
         self.hidden = nn.ModuleList(
-            self._linear(*layer_params(spec, seed, l, dtype)) for l in range(1, spec.depth + 1)
+            linear_from_params(*layer_params(spec, seed, l, dtype)) for l in range(1, spec.depth + 1)
         )
         self.readout: nn.Linear | None = None
         if spec.out_features is not None:
-            self.readout = self._linear(*layer_params(spec, seed, -1, dtype))
+            self.readout = linear_from_params(*layer_params(spec, seed, -1, dtype))
         if spec.arch == "volume":
             self.register_buffer("mask_odd", triangular_mask(spec.width, 1, dtype), persistent=False)
             self.register_buffer("mask_even", triangular_mask(spec.width, 2, dtype), persistent=False)
-
-    @staticmethod
-    def _linear(w: torch.Tensor, b: torch.Tensor, bias: bool = True) -> nn.Linear:
-        lin = nn.Linear(w.shape[1], w.shape[0], bias=bias, dtype=w.dtype)
-        with torch.no_grad():
-            lin.weight.copy_(w)
-            if bias:
-                lin.bias.copy_(b)
-        return lin
 
     def mask(self, layer: int) -> torch.Tensor | None:
         if self.spec.arch != "volume":

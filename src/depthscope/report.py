@@ -76,12 +76,12 @@ def _rel(path, run_dir: Path) -> str:
         return str(path)
 
 
-def save_figure(fig, outdir: Path, name: str) -> list[Path]:
-    """Save a matplotlib Figure as OUTDIR/NAME.png (150 dpi) and NAME.svg; returns [png, svg]."""
+def save_figure(fig, outdir: Path, name: str, dpi: int = 150) -> list[Path]:
+    """Save a matplotlib Figure as OUTDIR/NAME.png (``dpi``) and NAME.svg; returns [png, svg]."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     paths = [outdir / f"{name}.png", outdir / f"{name}.svg"]
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+    fig.savefig(paths[0], dpi=dpi, bbox_inches="tight")
     fig.savefig(paths[1], bbox_inches="tight")
     return paths
 

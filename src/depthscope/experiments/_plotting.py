@@ -11,13 +11,10 @@ from matplotlib.figure import Figure
 
 
 def save(fig: Figure, outdir: Path, name: str) -> list[Path]:
-    """Save ``fig`` as outdir/name.png and .svg; returns [png, svg]."""
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    paths = [outdir / f"{name}.png", outdir / f"{name}.svg"]
-    fig.savefig(paths[0], dpi=110, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
-    return paths
+    """Save ``fig`` as outdir/name.png (110 dpi) and .svg; returns [png, svg]."""
+    from ..report import save_figure
+
+    return save_figure(fig, outdir, name, dpi=110)
 
 
 def missing(experiment: str, what: str) -> list:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..activations import get_activation
-from ..nets import NetSpec, layer_params
+from ..nets import NetSpec, layer_params, linear_from_params
 from ..store import Value
 from . import _plotting as P
 from .base import Experiment, FigureResult, RunContext, WorkUnit
@@ -33,11 +33,7 @@ class BNNet(nn.Module):
         self.linears = nn.ModuleList()
         self.norms = nn.ModuleList()
         for l in list(range(1, spec.depth + 1)) + [-1]:
-            w, b = layer_params(spec, seed, l)
-            lin = nn.Linear(w.shape[1], w.shape[0])
-            with torch.no_grad():
-                lin.weight.copy_(w)
-                lin.bias.copy_(b)
+            lin = linear_from_params(*layer_params(spec, seed, l))
             self.linears.append(lin)
         if batchnorm:
             self.norms = nn.ModuleList(nn.BatchNorm1d(spec.width) for _ in range(spec.depth))
