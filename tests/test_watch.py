@@ -369,6 +369,41 @@ def test_store_csv_tensorboard_writers_and_watch_report(tmp_path):
         watch_report(tmp_path, run="zz")
 
 
+@pytest.mark.parametrize("given", ["logdir", "summary_writer"])
+def test_tensorboard_event_files_read_back_equal_the_store_rows(tmp_path, given):
+    """The real torch.utils.tensorboard writer: every scalar read back by TensorBoard is a store row."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    from depthscope.store import Store
+
+    logdir = tmp_path / "tb"
+    sw = SummaryWriter(str(logdir)) if given == "summary_writer" else None
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with watch(model, every=2, optimizer=opt, run_dir=tmp_path, run="tb",
+               tensorboard=sw if sw is not None else logdir) as w:
+        for _ in range(5):
+            opt.zero_grad()
+            model(torch.randn(16, 8)).pow(2).sum().backward()
+            opt.step()
+    if sw is not None:
+        sw.close()  # the watch flushes a writer it was given but leaves closing it to its owner
+    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    got = {(t, e.step): e.value for t in tags for e in acc.Scalars(t)}
+    names = dict(enumerate(w.names, start=1))
+    with Store(tmp_path) as st:
+        want = {(f"depthscope/{q}/{names[r['layer']]}", r["step"]): r["value"]
+                for q in QUANTITIES if q not in ("nodes", "samples", "calls")
+                for r in st.rows("watch", q, run="tb")}
+    assert len(want) == 3 * (3 * 10 + 2)  # steps 0, 2, 4: 10 scalars per Linear, sigma_w2_mu1 for the two before a Tanh
+    assert got.keys() == want.keys()
+    for key, v in want.items():  # event files hold float32
+        assert got[key] == float(np.float32(v)), key
+
+
 def test_watch_report_without_watch_rows_is_a_one_line_error(tmp_path, capsys):
     from depthscope.cli import main
     from depthscope.store import Store
