@@ -436,3 +436,46 @@ def test_sample_output_rows_equals_reference(shape, axis, max_rows):
     out = torch.randn(*shape, generator=torch.Generator().manual_seed(0)).transpose(0, -1).transpose(0, -1)
     fast = sample_output_rows(out, axis, max_rows, seed=3)
     assert torch.equal(fast, sample_rows(as_rows(out, axis), max_rows, seed=3))
+
+
+# -- the MNIST example reads its data through depthscope.data ------------------------------------------
+def test_mnist_example_loads_mnist_through_depthscope_data(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from depthscope.data import DataNotFound, write_idx
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
+    import watch_mnist_mlp as ex
+
+    monkeypatch.setenv("DEPTHSCOPE_CACHE", str(tmp_path / "cache"))  # never the user's cache, never a download
+    monkeypatch.delenv("DEPTHSCOPE_DATA", raising=False)
+    d = tmp_path / "data" / "mnist"  # IDX files in a mnist/ sub-directory, as depthscope.data allows
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (50, 28, 28), dtype=np.uint8)
+    write_idx(d / "t10k-images-idx3-ubyte.gz", images)
+    write_idx(d / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, 50, dtype=np.uint8))
+
+    x, y, note = ex.load_mnist(tmp_path / "data", samples=40, download=False)
+    ref = torch.from_numpy(images[:40].reshape(40, 784).astype(np.float64) / 255.0)
+    ref = ref - ref.mean(0)  # depthscope.data: centred per pixel over the samples used
+    close(x, ref / ref.std(), rtol=1e-5, atol=1e-6)  # then unit overall variance
+    assert x.shape == (40, 784) and y.shape == (40,) and "40 MNIST test images" in note and str(d) in note
+
+    out = ex.main(["--data-dir", str(tmp_path / "data"), "--no-download", "--samples", "50", "--epochs", "2",
+                   "--depth", "3", "--width", "8", "--every", "1"])
+    assert str(d) in out["data"] and {r["step"] for r in out["records"]} == {0, 1}
+
+    with pytest.raises(DataNotFound, match="MNIST"):
+        ex.load_mnist(tmp_path / "nowhere", download=False)
+    # where the files are looked for: --data-dir, $DEPTHSCOPE_DATA, ../shared/data/mnist, the cache
+    assert ex.data_dir_for(tmp_path / "data") == tmp_path / "data"
+    monkeypatch.setattr(ex, "SHARED_MNIST", d)
+    assert ex.data_dir_for(None) == d
+    assert str(d) in ex.load_mnist(None, samples=10, download=False)[2]
+    monkeypatch.setenv("DEPTHSCOPE_DATA", str(tmp_path / "data"))
+    assert ex.data_dir_for(None) is None  # depthscope.data reads $DEPTHSCOPE_DATA itself
+    assert str(d) in ex.load_mnist(None, samples=10, download=False)[2]
+    monkeypatch.setattr(ex, "SHARED_MNIST", tmp_path / "absent")
+    monkeypatch.delenv("DEPTHSCOPE_DATA")
+    assert ex.data_dir_for(None) is None
