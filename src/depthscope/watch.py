@@ -119,6 +119,18 @@ ModuleSelector = str | type | Sequence[str | type] | None
 
 
 # -- pure helpers ---------------------------------------------------------------------------------
+def _sample_index(n: int, k: int, seed: int, device: torch.device) -> torch.Tensor:
+    """The sorted row numbers of a seeded sample of k of n rows without replacement.
+
+    The first k entries of ``torch.randperm(n)`` drawn with ``seed``, in increasing order
+    (sorted through a mask: O(n) instead of a sort of k random numbers).
+    """
+    g = torch.Generator().manual_seed(int(seed) % (2**63))
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.randperm(n, generator=g)[:k]] = True
+    return mask.nonzero().squeeze(1).to(device)
+
+
 def sample_rows(x: torch.Tensor, max_rows: int, seed: int) -> torch.Tensor:
     """At most ``max_rows`` rows of x (rows x nodes), drawn without replacement with ``seed``, in order.
 
@@ -127,23 +139,31 @@ def sample_rows(x: torch.Tensor, max_rows: int, seed: int) -> torch.Tensor:
     n = x.shape[0]
     if n <= max_rows:
         return x.clone()
-    g = torch.Generator().manual_seed(int(seed) % (2**63))
-    idx = torch.randperm(n, generator=g)[:max_rows].sort().values
-    return x.index_select(0, idx.to(x.device))
+    return x.index_select(0, _sample_index(n, max_rows, seed, x.device))
 
 
 def sample_output_rows(out: torch.Tensor, axis: int, max_rows: int, seed: int) -> torch.Tensor:
     """``sample_rows(as_rows(out, axis), max_rows, seed)`` without first copying the whole output.
 
-    The same rows in the same order (tested against that reference): the sampled
+    The same rows in the same order (tested against that reference): row r of
+    ``as_rows`` is, for a channel-first (B, C, *spatial) output, image r // S at
+    position r % S (S = the spatial size), read with one gather; otherwise the
     row numbers are unravelled into indices of the output with the node axis moved last.
     """
     moved = out.movedim(axis, -1) if out.ndim >= 2 else as_rows(out, axis)
-    n = moved.numel() // max(moved.shape[-1], 1)
+    d = moved.shape[-1]
+    n = moved.numel() // max(d, 1)
     if n <= max_rows:
-        return moved.reshape(n, moved.shape[-1]).clone()
-    g = torch.Generator().manual_seed(int(seed) % (2**63))
-    idx = torch.randperm(n, generator=g)[:max_rows].sort().values.to(out.device)
+        rows = moved.reshape(n, d)
+        # reshape copies when it cannot view: then that copy is already ours
+        return rows.clone() if rows.data_ptr() == moved.data_ptr() and rows.numel() else rows
+    idx = _sample_index(n, max_rows, seed, out.device)
+    if out.ndim >= 3 and axis % out.ndim == 1:
+        spatial = n // out.shape[0]
+        flat = out.reshape(out.shape[0], d, spatial)  # a view for a contiguous output
+        return flat[idx.div(spatial, rounding_mode="floor"), :, idx.remainder(spatial)]
+    if moved.is_contiguous():
+        return moved.reshape(n, d).index_select(0, idx)
     return moved[torch.unravel_index(idx, moved.shape[:-1])]
 
 
