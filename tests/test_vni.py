@@ -175,3 +175,19 @@ def test_vni_moments_of_a_batch_equals_one_call_per_matrix(gen):
     compare(batched[:, 0], torch.stack([vni(x) for x in xs]), rtol=1e-6)
     wide = torch.randn(2, 3, 5, 40, generator=gen)  # any leading batch shape, row-Gram path
     compare(vni_moments(wide)[1, 2, 0], vni(wide[1, 2]), rtol=1e-6)
+
+
+def test_vni_moments_overwrite_centres_in_place_with_the_same_numbers(gen):
+    from depthscope.metrics.vni import vni_moments
+
+    x = torch.randn(3, 100, 7, generator=gen) + 5.0
+    keep = x.clone()
+    ref = vni_moments(x)
+    assert torch.equal(x, keep)  # the default leaves the input alone
+    got = vni_moments(x, overwrite=True)
+    assert torch.equal(got, ref)
+    compare(x, keep - keep.mean(1, keepdim=True), rtol=0, atol=1e-5)  # x now holds X_c
+    h = keep.to(torch.bfloat16)
+    h_copy = h.clone()
+    vni_moments(h, overwrite=True)  # not float32/64: converted, and the input is left alone
+    assert torch.equal(h, h_copy)

@@ -274,6 +274,37 @@ def test_forward_hooks_registered_only_during_scheduled_steps():
     assert not w.attached and not w.armed
 
 
+def test_every_step_reuses_its_buffers_without_changing_a_number():
+    """every=1 keeps one step's scratch buffers for the next: the records equal fresh watches', bitwise."""
+    x = torch.randn(24, 8, generator=torch.Generator().manual_seed(0))
+
+    def run(fresh: bool) -> list[dict]:
+        model = mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        w, recs = watch(model, every=1), []
+        for step in range(4):
+            if fresh or step == 0:
+                w = watch(model, every=1, seed=0)
+                w.step_count = step
+                w.attach()
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+            recs += w.flush()
+            if fresh:
+                w.detach()
+            else:
+                w.step()
+                assert w._free  # the scratch buffers are kept for the next step
+        w.detach()
+        assert not w._free
+        return recs
+
+    reused, fresh = run(False), run(True)
+    assert [r["step"] for r in reused] == [s for s in range(4) for _ in range(3)]
+    np.testing.assert_equal(reused, fresh)  # bitwise, NaN equal to NaN
+
+
 def test_selection_by_pattern_type_and_bad_input():
     model = mlp()
     assert Watch(model, modules="2").names == ["2"]

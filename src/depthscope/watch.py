@@ -142,18 +142,24 @@ def sample_rows(x: torch.Tensor, max_rows: int, seed: int) -> torch.Tensor:
     return x.index_select(0, _sample_index(n, max_rows, seed, x.device))
 
 
-def sample_output_rows(out: torch.Tensor, axis: int, max_rows: int, seed: int) -> torch.Tensor:
+def sample_output_rows(out: torch.Tensor, axis: int, max_rows: int, seed: int, *,
+                       buffer: torch.Tensor | None = None) -> torch.Tensor:
     """``sample_rows(as_rows(out, axis), max_rows, seed)`` without first copying the whole output.
 
     The same rows in the same order (tested against that reference): row r of
     ``as_rows`` is, for a channel-first (B, C, *spatial) output, image r // S at
     position r % S (S = the spatial size), read with one gather; otherwise the
     row numbers are unravelled into indices of the output with the node axis moved last.
+    When every row is kept and ``buffer`` (rows x nodes, out's dtype) is given, the
+    rows are copied into it and it is returned.
     """
     moved = out.movedim(axis, -1) if out.ndim >= 2 else as_rows(out, axis)
     d = moved.shape[-1]
     n = moved.numel() // max(d, 1)
     if n <= max_rows:
+        if buffer is not None:
+            buffer.view(moved.shape).copy_(moved)
+            return buffer
         rows = moved.reshape(n, d)
         # reshape copies when it cannot view: then that copy is already ours
         return rows.clone() if rows.data_ptr() == moved.data_ptr() and rows.numel() else rows
@@ -426,6 +432,11 @@ class Watch:
         self.step_count = 0
         self._alerted: set[tuple[int, str]] = set()
         self._pending: dict[int, _Capture] = {}
+        # Scratch buffers of a recorded step (captured rows, stacked groups). With every=1 they
+        # are reused by the next step: on CPU a fresh buffer of this size costs more in page
+        # faults than the arithmetic done in it. Otherwise they are freed after each record.
+        self._free: dict[tuple, list[torch.Tensor]] = {}
+        self._in_use: list[torch.Tensor] = []
         self._attached = False
         self._handles: list[Any] = []  # the optimizer hook: registered from attach() to detach()
         self._armed: list[Any] = []  # forward hooks: registered only while a scheduled step runs
@@ -474,6 +485,7 @@ class Watch:
                 self.flush()
         finally:
             self._pending = {}
+            self._release_buffers(keep=False)
             self._close_writers()
 
     def __enter__(self) -> "Watch":
@@ -510,14 +522,32 @@ class Watch:
         if not pending:
             return []
         step = self.step_count
-        recs = self._compute_all([(w, pending[w.layer]) for w in self.watched
-                                  if w.layer in pending and pending[w.layer].rows], step)
+        try:
+            recs = self._compute_all([(w, pending[w.layer]) for w in self.watched
+                                      if w.layer in pending and pending[w.layer].rows], step)
+        finally:
+            self._release_buffers(keep=self.every == 1 and self.attached)
         self._check_alerts(step, recs)
         if self.keep_records:
             self.records.extend(recs)
         for wr in self._writers:
             wr.write(step, recs)
         return recs
+
+    def _buffer(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """An uninitialised scratch tensor of ``shape`` with ``like``'s dtype and device, reused when possible."""
+        free = self._free.get((shape, like.dtype, like.device))
+        t = free.pop() if free else torch.empty(shape, dtype=like.dtype, device=like.device)
+        self._in_use.append(t)
+        return t
+
+    def _release_buffers(self, keep: bool) -> None:
+        in_use, self._in_use = self._in_use, []
+        if not keep:
+            self._free = {}
+            return
+        for t in in_use:
+            self._free.setdefault((tuple(t.shape), t.dtype, t.device), []).append(t)
 
     # -- hooks -------------------------------------------------------------------------------
     def _make_hook(self, w: _Watched):
@@ -535,7 +565,9 @@ class Watch:
                 return  # a later call with a different node count: only calls like the first are kept
             cap.calls += 1
             seed = _seed_for(self.seed, self.step_count, w.layer, cap.calls)
-            cap.rows.append(sample_output_rows(t_det, axis, self.max_rows, seed))
+            n = t_det.numel() // max(n_nodes, 1)
+            buf = self._buffer((n, n_nodes), t_det) if n <= self.max_rows and t_det.ndim >= 1 else None
+            cap.rows.append(sample_output_rows(t_det, axis, self.max_rows, seed, buffer=buf))
             if t.requires_grad:
                 t.register_hook(self._make_grad_hook(cap))
 
@@ -601,8 +633,12 @@ class Watch:
                 if w.phi is not None:
                     put(_mu1(w.phi, x), [(rec, "sigma_w2_mu1")])  # times sigma_w2 below
         for members in groups.values():
-            xs = torch.stack([x for _, x in members]) if len(members) > 1 else members[0][1]
-            put(vni_moments(xs), [(rec, q) for rec, _ in members for q in ("vni", "act_mean", "act_var")])
+            if len(members) > 1:
+                xs = torch.stack([x for _, x in members], out=self._buffer((len(members),) + members[0][1].shape, members[0][1]))
+            else:
+                xs = members[0][1]
+            # the rows are this step's own copies and every other use of them is already queued
+            put(vni_moments(xs, overwrite=True), [(rec, q) for rec, _ in members for q in ("vni", "act_mean", "act_var")])
         if grads:
             put(_norms(list(grads.values())), [(pnorm, i) for i in grads])
 

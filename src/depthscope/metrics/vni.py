@@ -115,7 +115,7 @@ class CovarianceAccumulator:
         return vni_from_covariance(self.m2)
 
 
-def vni_moments(x: torch.Tensor, *, chunk: int = 512) -> torch.Tensor:
+def vni_moments(x: torch.Tensor, *, chunk: int = 512, overwrite: bool = False) -> torch.Tensor:
     """[R_sq, mean, shared variance] of x (samples S x nodes N) from a float32 Gram summed in float64.
 
     R_sq = ||G||_F^2 / tr(G)^2 (eq. 3.5, as :func:`vni`), mean = the mean of every entry of x,
@@ -135,7 +135,9 @@ def vni_moments(x: torch.Tensor, *, chunk: int = 512) -> torch.Tensor:
     (:func:`vni_moments_error`: 1.2e-4 at chunk = 512; about 1e-8 on typical activations)
     and the relative error of the shared variance is <= (chunk + 6) u. float64 input is
     computed in float64, half precision in float32. Returns float64 on x's device (no host
-    sync); R_sq is NaN when every node is constant.
+    sync); R_sq is NaN when every node is constant. With ``overwrite``, a float32/float64 x
+    is centred in place (x is left holding X_c): for a caller's scratch buffer, it saves an
+    allocation of x's size, which on CPU costs more in page faults than the arithmetic.
     """
     if x.ndim < 2:
         raise ValueError(f"expected a (samples, nodes) matrix or a batch of them, got shape {tuple(x.shape)}")
@@ -144,12 +146,12 @@ def vni_moments(x: torch.Tensor, *, chunk: int = 512) -> torch.Tensor:
         raise ValueError(f"need at least 2 samples to estimate a covariance, got {s}")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    if x.dtype != torch.float64:
-        x = x.to(torch.float32)
+    if x.dtype not in (torch.float32, torch.float64):
+        x, overwrite = x.to(torch.float32), True  # a converted copy is ours to overwrite
     m1 = x.sum(-2, keepdim=True).div_(s)
-    xc = x - m1  # a new tensor: x itself is never written
+    xc = x.sub_(m1) if overwrite else x - m1
     d = xc.sum(-2, keepdim=True).div_(s)  # the residual mean, from (nearly) exact differences
-    xc.sub_(d)  # in place: a fresh buffer here costs page faults, not arithmetic
+    xc.sub_(d)
     mean = (m1.to(torch.float64) + d.to(torch.float64)).mean((-2, -1))
     a = xc if n <= s else xc.transpose(-2, -1)  # contract over the longer axis: G is min(S, N) square
     g = None
