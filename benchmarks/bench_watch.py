@@ -1,15 +1,29 @@
 """Overhead of depthscope.watch: training-step time with / without watching, measured in one run.
 
-For the CNN and the transformer of examples/watch_*.py, times blocks of training
-steps unwatched, watched with every=50 and watched with every=1, interleaved
-(so machine load hits all three alike), after a warm-up, and prints the median
-per-step time of each and the ratios. Single-threaded by default for stable numbers.
+For the CNN and the transformer of examples/watch_*.py, two identical copies of the
+model (same seed, same batch) train side by side: one under a watch that stays
+attached for the whole run, exactly as a user runs it, the other bare. Their steps
+alternate (watched then bare, then bare then watched, ...), and each pair gives a
+ratio t_watched / t_bare. Pairing single steps, not blocks, is what makes the figures
+hold on a loaded machine: both steps of a pair see the same load, and a step that
+the scheduler preempted is one outlier among hundreds that the median ignores.
 
-    python benchmarks/bench_watch.py [--repeats 7] [--threads 1]
+A control row times two bare copies the same way: its ratio (ideally 1) shows the
+resolution of the method on this machine at this load. For ``every = k`` the watched copy runs ``--cycles`` cycles of k steps; step 0 of
+each cycle is recorded (scheduled), the other k - 1 run with the watch attached.
+  r_s = median ratio of the scheduled steps, r_u = median ratio of the others,
+  overhead(every = k) = (r_s + (k - 1) r_u) / k - 1   (the mean cost of a step in a cycle).
+Two clocks: wall time, and the process's CPU time (one thread: the step's own work).
+``sum ratio`` (total watched time / total bare time - 1) is printed beside the
+median-based figure; on a quiet machine the two agree.
+
+    python benchmarks/bench_watch.py [--cycles 6] [--threads 1] [--only transformer]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import sys
 import time
@@ -25,52 +39,93 @@ import depthscope  # noqa: E402
 import watch_cnn  # noqa: E402
 import watch_transformer  # noqa: E402
 
+CASES = {
+    "cnn": ("cnn (ResNet-style, 64x1x28x28)",
+            lambda: (watch_cnn.build_model(), watch_cnn.make_batch(64), torch.nn.functional.cross_entropy)),
+    "transformer": ("transformer (2 layers, d=64, 64x16 tokens)",
+                    lambda: (watch_transformer.build_model(), watch_transformer.make_batch(64), watch_transformer.loss_fn)),
+}
+EVERY = (None, 50, 1)  # None: the control, a bare copy timed as if watched
 
-def cases():
-    yield "cnn (ResNet-style, 64x1x28x28)", watch_cnn.build_model(), watch_cnn.make_batch(64), torch.nn.functional.cross_entropy
-    yield "transformer (2 layers, d=64, 64x16 tokens)", watch_transformer.build_model(), watch_transformer.make_batch(64), watch_transformer.loss_fn
 
-
-def time_block(model, opt, batch, loss_fn, steps: int) -> float:
+def train_step(model, opt, batch, loss_fn) -> None:
     x, y = batch
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        opt.zero_grad()
-        loss_fn(model(x), y).backward()
-        opt.step()
-    return (time.perf_counter() - t0) / steps
+    opt.zero_grad()
+    loss_fn(model(x), y).backward()
+    opt.step()
+
+
+def timed(fn) -> tuple[float, float]:
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def measure(build, every: int | None, cycles: int) -> dict[str, list]:
+    """{'scheduled' | 'idle': [(wall ratio, cpu ratio) per pair], 'sums': [wall w, wall b, cpu w, cpu b]}."""
+    (model_w, batch, loss_fn), (model_b, _, _) = build(), build()
+    opt_w = torch.optim.SGD(model_w.parameters(), lr=1e-3)
+    opt_b = torch.optim.SGD(model_b.parameters(), lr=1e-3)
+    for _ in range(5):  # warm-up: allocator, kernels, and the watched code path
+        train_step(model_b, opt_b, batch, loss_fn)
+        train_step(model_w, opt_w, batch, loss_fn)
+    with depthscope.watch(model_w, every=1, optimizer=opt_w):
+        for _ in range(3):
+            train_step(model_w, opt_w, batch, loss_fn)
+    out: dict[str, list] = {"scheduled": [], "idle": [], "sums": [0.0, 0.0, 0.0, 0.0]}
+    w = depthscope.watch(model_w, every=every or 1, optimizer=opt_w)
+    with w if every else contextlib.nullcontext():  # every=None: the control, both copies bare
+        for i in range(cycles * (every or 1)):
+            scheduled = every is not None and w.step_count % every == 0
+            if i % 2 == 0:
+                tw = timed(lambda: train_step(model_w, opt_w, batch, loss_fn))
+                tb = timed(lambda: train_step(model_b, opt_b, batch, loss_fn))
+            else:
+                tb = timed(lambda: train_step(model_b, opt_b, batch, loss_fn))
+                tw = timed(lambda: train_step(model_w, opt_w, batch, loss_fn))
+            out["scheduled" if scheduled else "idle"].append((tw[0] / tb[0], tw[1] / tb[1]))
+            for j, v in enumerate((tw[0], tb[0], tw[1], tb[1])):
+                out["sums"][j] += v
+    if every and len({r["step"] for r in w.records}) != cycles:
+        raise RuntimeError(f"expected {cycles} recorded steps, the watch has {len({r['step'] for r in w.records})}")
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--cycles", type=int, default=6, help="cycles of `every` steps per watch setting (every=1: 50x as many)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", choices=sorted(CASES), action="append", help="run only this case (repeatable)")
     args = ap.parse_args()
+    if args.cycles < 1 or args.threads < 1:
+        raise SystemExit(f"--cycles and --threads must be >= 1, got {args.cycles} and {args.threads}")
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), median of {args.repeats} interleaved repeats (ratios paired per repeat)")
-    for name, model, batch, loss_fn in cases():
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-        # modes: (label, every, steps per block); a block of 100 steps at every=50 holds two watched steps
-        modes = [("unwatched", None, 100), ("every=50", 50, 100), ("every=1", 1, 10)]
-        times: dict[str, list[float]] = {m[0]: [] for m in modes}
-        time_block(model, opt, batch, loss_fn, 5)  # warm-up
-        with depthscope.watch(model, every=1, optimizer=opt):
-            time_block(model, opt, batch, loss_fn, 3)
-        for _ in range(args.repeats):
-            for label, every, steps in modes:
+    load0 = os.getloadavg()
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} cores, "
+          f"load average at start {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
+    for key in args.only or list(CASES):
+        title, build = CASES[key]
+        print(f"\n{title}: {len(depthscope.watch(build()[0]).names)} watched modules")
+        print(f"  {'':9s} {'pairs':>5s} {'bare ms':>8s} {'wall: r_s':>10s} {'r_u':>6s} {'overhead':>9s} {'sum ratio':>9s}"
+              f" {'cpu: r_s':>9s} {'r_u':>6s} {'overhead':>9s} {'sum ratio':>9s}")
+        for every in EVERY:
+            m = measure(build, every, args.cycles * (1 if every == 50 else 50))
+            pairs = len(m["scheduled"]) + len(m["idle"])
+            row = f"  {'control' if every is None else f'every={every}':9s} {pairs:5d} {1e3 * m['sums'][1] / pairs:8.2f}"
+            for c in (0, 1):
+                rs = statistics.median(r[c] for r in m["scheduled"]) if m["scheduled"] else float("nan")
+                ru = statistics.median(r[c] for r in m["idle"]) if m["idle"] else float("nan")
                 if every is None:
-                    times[label].append(time_block(model, opt, batch, loss_fn, steps))
+                    overhead = ru - 1
+                elif every == 1:
+                    overhead = rs - 1
                 else:
-                    with depthscope.watch(model, every=every, optimizer=opt) as w:
-                        times[label].append(time_block(model, opt, batch, loss_fn, steps))
-                    assert w.records, "the watch recorded nothing"
-        med = {k: statistics.median(v) for k, v in times.items()}
-        print(f"\n{name}: {len(w.names)} watched modules")
-        for label, _, _ in modes:
-            # paired: each repeat's watched block over the unwatched block timed just before it
-            ratio = statistics.median(a / b for a, b in zip(times[label], times["unwatched"]))
-            print(f"  {label:10s} {med[label] * 1e3:8.2f} ms/step   ratio {ratio:.3f}"
-                  f"   overhead {100 * (ratio - 1):+.1f}%")
+                    overhead = (rs + (every - 1) * ru) / every - 1
+                total = m["sums"][2 * c] / m["sums"][2 * c + 1] - 1
+                row += f" {rs:10.3f} {ru:6.3f} {100 * overhead:+8.1f}% {100 * total:+8.1f}%"
+            print(row)
+    load1 = os.getloadavg()
+    print(f"\nload average at end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
 
 
 if __name__ == "__main__":

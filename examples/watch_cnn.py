@@ -1,8 +1,10 @@
 """A small ResNet-style CNN on MNIST, watched by depthscope.watch (CPU, about a minute).
 
 Every Conv2d and the Linear readout are watched: nodes are channels, samples are
-(image, y, x) positions, at most 4096 of them per layer and step. Falls back to
-random images when the MNIST files are not found (the watch works the same).
+(image, y, x) positions, at most 4096 of them per layer and step. MNIST is found
+as in examples/watch_mnist_mlp.py (--data-dir, $DEPTHSCOPE_DATA, ../shared/data/mnist,
+the cache; never downloaded here); without it the CNN trains on random images
+(the watch works the same).
 
     python examples/watch_cnn.py [--data-dir DIR] [--run-dir runs/cnn]
     depthscope watch-report runs/cnn
@@ -18,9 +20,6 @@ import torch
 from torch import nn
 
 import depthscope
-
-DEFAULT_DATA = "/work/shared/data/mnist"
-
 
 class Block(nn.Module):
     """conv-bn-relu-conv-bn plus the identity (or a strided 1x1 projection), then relu."""
@@ -54,20 +53,24 @@ def make_batch(batch: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tens
     return torch.randn(batch, 1, 28, 28, generator=g), torch.randint(0, 10, (batch,), generator=g)
 
 
-def load_data(data_dir: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+def load_data(data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """MNIST as (n, 1, 28, 28) images and labels, or None when its files are not on this machine."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from watch_mnist_mlp import load_mnist
 
+    from depthscope.data import DataNotFound
+
     try:
-        x, y = load_mnist(data_dir)
-    except FileNotFoundError:
+        x, y, note = load_mnist(data_dir, download=False)
+    except DataNotFound:
         return None
+    print(note)
     return x.reshape(-1, 1, 28, 28), y
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", default=DEFAULT_DATA)
+    ap.add_argument("--data-dir", default=None)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--every", type=int, default=10)
     ap.add_argument("--lr", type=float, default=0.05)
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(levelname)s %(message)s")
     data = load_data(args.data_dir)
     if data is None:
-        print(f"no MNIST in {args.data_dir}: training on random images")
+        print("no MNIST files found: training on random images")
         data = make_batch(2000)
     x, y = data
     model = build_model()

@@ -10,10 +10,16 @@
 
 How it works (nothing of the model is wrapped or rewritten):
 
-* A forward hook on every watched module copies its output on *scheduled* steps
-  (step % every == 0) only; on other steps the hook returns after one flag check.
-  The output's gradient is read by a tensor hook registered on that step's output,
-  parameter gradients are read from ``p.grad`` when the step ends.
+* Forward hooks exist only during *scheduled* steps (step % every == 0): they are
+  registered when such a step begins and removed when it ends, so the steps in
+  between run the bare model. The hook copies (a bounded sample of) its module's
+  output; the output's gradient is read by a tensor hook registered on that step's
+  output, parameter gradients are read from ``p.grad`` when the step ends.
+* A recorded step's statistics are computed together when it ends: outputs of the
+  same shape share one :func:`depthscope.metrics.vni.vni_moments` call (a float32
+  Gram summed in float64; within 4 (512 + 6) 2^-24 = 1.2e-4 of the float64
+  :func:`depthscope.metrics.vni`, about 1e-8 in practice), all parameter gradients
+  one fused norm, and everything reaches the host in one transfer.
 * The step counter advances when ``w.step()`` is called, or, with ``optimizer=``,
   after every ``optimizer.step()`` (``register_step_post_hook``). Use one of the two,
   not both. Everything between two advances (several forwards, gradient
@@ -34,7 +40,7 @@ How it works (nothing of the model is wrapped or rewritten):
 
 Quantities recorded per watched module and scheduled step (missing ones are NaN):
 
-``vni``                 R_sq = tr(C^2)/tr(C)^2 of the node covariance (thesis eq. 3.5), via :func:`depthscope.metrics.vni`
+``vni``                 R_sq = tr(C^2)/tr(C)^2 of the node covariance (thesis eq. 3.5), via :func:`depthscope.metrics.vni.vni_moments`
 ``vni_debiased``        :func:`depthscope.metrics.vni.debias_vni` of it: the finite-sample excess removed
 ``effective_nodes``     N (1 - VNI) + 1, the thesis' effective number of nodes
 ``participation_ratio`` 1 / VNI (delve's measure)
@@ -74,9 +80,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .metrics import effective_nodes, participation_ratio, vni
-from .metrics.vni import debias_vni
-from .metrics.gradients import sigma_w2
+from .metrics import effective_nodes, participation_ratio
+from .metrics.vni import debias_vni, vni_moments
 
 logger = logging.getLogger("depthscope.watch")
 
@@ -114,6 +119,18 @@ ModuleSelector = str | type | Sequence[str | type] | None
 
 
 # -- pure helpers ---------------------------------------------------------------------------------
+def _sample_index(n: int, k: int, seed: int, device: torch.device) -> torch.Tensor:
+    """The sorted row numbers of a seeded sample of k of n rows without replacement.
+
+    The first k entries of ``torch.randperm(n)`` drawn with ``seed``, in increasing order
+    (sorted through a mask: O(n) instead of a sort of k random numbers).
+    """
+    g = torch.Generator().manual_seed(int(seed) % (2**63))
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.randperm(n, generator=g)[:k]] = True
+    return mask.nonzero().squeeze(1).to(device)
+
+
 def sample_rows(x: torch.Tensor, max_rows: int, seed: int) -> torch.Tensor:
     """At most ``max_rows`` rows of x (rows x nodes), drawn without replacement with ``seed``, in order.
 
@@ -122,23 +139,37 @@ def sample_rows(x: torch.Tensor, max_rows: int, seed: int) -> torch.Tensor:
     n = x.shape[0]
     if n <= max_rows:
         return x.clone()
-    g = torch.Generator().manual_seed(int(seed) % (2**63))
-    idx = torch.randperm(n, generator=g)[:max_rows].sort().values
-    return x.index_select(0, idx.to(x.device))
+    return x.index_select(0, _sample_index(n, max_rows, seed, x.device))
 
 
-def sample_output_rows(out: torch.Tensor, axis: int, max_rows: int, seed: int) -> torch.Tensor:
+def sample_output_rows(out: torch.Tensor, axis: int, max_rows: int, seed: int, *,
+                       buffer: torch.Tensor | None = None) -> torch.Tensor:
     """``sample_rows(as_rows(out, axis), max_rows, seed)`` without first copying the whole output.
 
-    The same rows in the same order (tested against that reference): the sampled
+    The same rows in the same order (tested against that reference): row r of
+    ``as_rows`` is, for a channel-first (B, C, *spatial) output, image r // S at
+    position r % S (S = the spatial size), read with one gather; otherwise the
     row numbers are unravelled into indices of the output with the node axis moved last.
+    When every row is kept and ``buffer`` (rows x nodes, out's dtype) is given, the
+    rows are copied into it and it is returned.
     """
     moved = out.movedim(axis, -1) if out.ndim >= 2 else as_rows(out, axis)
-    n = moved.numel() // max(moved.shape[-1], 1)
+    d = moved.shape[-1]
+    n = moved.numel() // max(d, 1)
     if n <= max_rows:
-        return moved.reshape(n, moved.shape[-1]).clone()
-    g = torch.Generator().manual_seed(int(seed) % (2**63))
-    idx = torch.randperm(n, generator=g)[:max_rows].sort().values.to(out.device)
+        if buffer is not None:
+            buffer.view(moved.shape).copy_(moved)
+            return buffer
+        rows = moved.reshape(n, d)
+        # reshape copies when it cannot view: then that copy is already ours
+        return rows.clone() if rows.data_ptr() == moved.data_ptr() and rows.numel() else rows
+    idx = _sample_index(n, max_rows, seed, out.device)
+    if out.ndim >= 3 and axis % out.ndim == 1:
+        spatial = n // out.shape[0]
+        flat = out.reshape(out.shape[0], d, spatial)  # a view for a contiguous output
+        return flat[idx.div(spatial, rounding_mode="floor"), :, idx.remainder(spatial)]
+    if moved.is_contiguous():
+        return moved.reshape(n, d).index_select(0, idx)
     return moved[torch.unravel_index(idx, moved.shape[:-1])]
 
 
@@ -195,9 +226,30 @@ def derivative_of(phi: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor) 
     return g
 
 
-def _mu1(phi: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor) -> float:
-    """mu_1 = mean of phi'(h)^2 over the samples and nodes of h (thesis eq. 4.4)."""
-    return float(derivative_of(phi, h.detach()).to(torch.float64).pow(2).mean())
+def _mu1(phi: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+    """mu_1 = mean of phi'(h)^2 over the samples and nodes of h (thesis eq. 4.4), a float64 tensor."""
+    return derivative_of(phi, h.detach()).to(torch.float64).pow(2).mean()
+
+
+def _norms(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """[||t_i||_2] as one float64 tensor, each norm in its tensor's own dtype (one fused kernel where torch has one)."""
+    foreach = getattr(torch, "_foreach_norm", None)
+    devices = {t.device for t in tensors}
+    norms = foreach(list(tensors)) if foreach is not None and len(devices) == 1 else \
+        [torch.linalg.vector_norm(t) for t in tensors]
+    if len({n.dtype for n in norms}) == 1 and len(devices) == 1:
+        return torch.stack(list(norms)).to(torch.float64)
+    return torch.stack([n.to(torch.float64).cpu() for n in norms])
+
+
+def _to_host(vals: Sequence[torch.Tensor]) -> list[float]:
+    """The numbers of 1-D tensors as Python floats, in order: one transfer (one sync) per device."""
+    if not vals:
+        return []
+    vals = [v if v.dtype == torch.float64 else v.to(torch.float64) for v in vals]
+    if len({v.device for v in vals}) > 1:
+        vals = [v.cpu() for v in vals]
+    return torch.cat(vals).tolist()
 
 
 # -- records and alerts ---------------------------------------------------------------------------
@@ -217,7 +269,7 @@ class Alert:
 class _Capture:
     rows: list[torch.Tensor] = field(default_factory=list)
     calls: int = 0
-    grad_sumsq: torch.Tensor | None = None
+    grad_norms: list[torch.Tensor] = field(default_factory=list)  # ||dL/d(output)|| of each call
     grad_numel: int = 0
 
 
@@ -380,8 +432,14 @@ class Watch:
         self.step_count = 0
         self._alerted: set[tuple[int, str]] = set()
         self._pending: dict[int, _Capture] = {}
-        self._active = False
-        self._handles: list[Any] = []
+        # Scratch buffers of a recorded step (captured rows, stacked groups). With every=1 they
+        # are reused by the next step: on CPU a fresh buffer of this size costs more in page
+        # faults than the arithmetic done in it. Otherwise they are freed after each record.
+        self._free: dict[tuple, list[torch.Tensor]] = {}
+        self._in_use: list[torch.Tensor] = []
+        self._attached = False
+        self._handles: list[Any] = []  # the optimizer hook: registered from attach() to detach()
+        self._armed: list[Any] = []  # forward hooks: registered only while a scheduled step runs
         self._writer_args = dict(run_dir=run_dir, run=run, csv=csv, tensorboard=tensorboard)
         self._extra_writers = list(writers)
         self._writers: list[Any] = []
@@ -389,7 +447,12 @@ class Watch:
     # -- lifecycle ---------------------------------------------------------------------------
     @property
     def attached(self) -> bool:
-        return bool(self._handles)
+        return self._attached
+
+    @property
+    def armed(self) -> bool:
+        """Whether the forward hooks are registered now (only during scheduled steps)."""
+        return bool(self._armed)
 
     @property
     def names(self) -> list[str]:
@@ -397,31 +460,32 @@ class Watch:
         return [w.name for w in self.watched]
 
     def attach(self) -> "Watch":
-        """Register the hooks (and open the writers); returns self."""
+        """Register the optimizer hook, open the writers, and arm the forward hooks if this step is scheduled."""
         if self.attached:
             raise RuntimeError("this watch is already attached; detach() it first")
         try:
             self._open_writers()
-            for w in self.watched:
-                self._handles.append(w.module.register_forward_hook(self._make_hook(w)))
             if self.optimizer is not None:
                 self._handles.append(self.optimizer.register_step_post_hook(lambda *_a, **_k: self.step()))
+            self._attached = True
+            self._schedule()
         except BaseException:
+            self._attached = False
             self._remove_hooks()
             self._close_writers()
             raise
-        self._active = self.step_count % self.every == 0
         return self
 
     def detach(self, *, flush: bool = True) -> None:
         """Remove every hook; with ``flush``, record what the current step captured so far; close writers."""
+        self._attached = False
         self._remove_hooks()
-        self._active = False
         try:
             if flush:
                 self.flush()
         finally:
             self._pending = {}
+            self._release_buffers(keep=False)
             self._close_writers()
 
     def __enter__(self) -> "Watch":
@@ -436,7 +500,21 @@ class Watch:
         """End the current training step (recording it if it was scheduled) and start the next."""
         self.flush()
         self.step_count += 1
-        self._active = self.attached and self.step_count % self.every == 0
+        self._schedule()
+
+    def _schedule(self) -> None:
+        # Unscheduled steps run the bare model: no forward hook is even registered, so
+        # watching costs nothing between records (not one Python call per module).
+        if self.attached and self.step_count % self.every == 0:
+            if not self._armed:
+                self._armed = [w.module.register_forward_hook(self._make_hook(w)) for w in self.watched]
+        else:
+            self._disarm()
+
+    def _disarm(self) -> None:
+        armed, self._armed = self._armed, []
+        for h in armed:
+            h.remove()
 
     def flush(self) -> list[dict]:
         """Compute and write the records of what the current step captured; returns them."""
@@ -444,11 +522,11 @@ class Watch:
         if not pending:
             return []
         step = self.step_count
-        recs = []
-        for w in self.watched:
-            cap = pending.get(w.layer)
-            if cap is not None and cap.rows:
-                recs.append(self._compute(w, cap, step))
+        try:
+            recs = self._compute_all([(w, pending[w.layer]) for w in self.watched
+                                      if w.layer in pending and pending[w.layer].rows], step)
+        finally:
+            self._release_buffers(keep=self.every == 1 and self.attached)
         self._check_alerts(step, recs)
         if self.keep_records:
             self.records.extend(recs)
@@ -456,11 +534,24 @@ class Watch:
             wr.write(step, recs)
         return recs
 
+    def _buffer(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """An uninitialised scratch tensor of ``shape`` with ``like``'s dtype and device, reused when possible."""
+        free = self._free.get((shape, like.dtype, like.device))
+        t = free.pop() if free else torch.empty(shape, dtype=like.dtype, device=like.device)
+        self._in_use.append(t)
+        return t
+
+    def _release_buffers(self, keep: bool) -> None:
+        in_use, self._in_use = self._in_use, []
+        if not keep:
+            self._free = {}
+            return
+        for t in in_use:
+            self._free.setdefault((tuple(t.shape), t.dtype, t.device), []).append(t)
+
     # -- hooks -------------------------------------------------------------------------------
     def _make_hook(self, w: _Watched):
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if not self._active:
-                return
             t = _first_tensor(output)
             if t is None or not t.is_floating_point():
                 return
@@ -474,7 +565,9 @@ class Watch:
                 return  # a later call with a different node count: only calls like the first are kept
             cap.calls += 1
             seed = _seed_for(self.seed, self.step_count, w.layer, cap.calls)
-            cap.rows.append(sample_output_rows(t_det, axis, self.max_rows, seed))
+            n = t_det.numel() // max(n_nodes, 1)
+            buf = self._buffer((n, n_nodes), t_det) if n <= self.max_rows and t_det.ndim >= 1 else None
+            cap.rows.append(sample_output_rows(t_det, axis, self.max_rows, seed, buffer=buf))
             if t.requires_grad:
                 t.register_hook(self._make_grad_hook(cap))
 
@@ -483,43 +576,91 @@ class Watch:
     @staticmethod
     def _make_grad_hook(cap: _Capture):
         def grad_hook(g: torch.Tensor) -> None:
-            s = torch.linalg.vector_norm(g.detach()).to(torch.float64) ** 2  # native dtype, cascade summation
-            cap.grad_sumsq = s if cap.grad_sumsq is None else cap.grad_sumsq + s
+            cap.grad_norms.append(torch.linalg.vector_norm(g.detach()))  # native dtype, cascade summation
             cap.grad_numel += g.numel()
 
         return grad_hook
 
     # -- computing ---------------------------------------------------------------------------
-    def _compute(self, w: _Watched, cap: _Capture, step: int) -> dict:
-        x = torch.cat(cap.rows) if len(cap.rows) > 1 else cap.rows[0]
-        x = sample_rows(x, self.max_rows, _seed_for(self.seed, step, w.layer, 0)) if x.shape[0] > self.max_rows else x
-        n_samples, n_nodes = x.shape
+    def _compute_all(self, caps: Sequence[tuple[_Watched, _Capture]], step: int) -> list[dict]:
+        """The records of one step.
+
+        Every statistic stays a tensor where the activations live until one transfer at the
+        end (one host sync per step, not one per number), and the per-module work is batched:
+        one :func:`vni_moments` call per group of outputs of the same shape, one fused norm
+        over every parameter gradient.
+        """
         nan = float("nan")
-        rec = dict(step=step, layer=w.layer, name=w.name, **{q: nan for q in QUANTITIES})
-        rec.update(nodes=float(n_nodes), samples=float(n_samples), calls=float(cap.calls))
-        xd = x.to(torch.float64)
-        if n_samples >= 2:
-            r = float(vni(x))
-            rec.update(vni=r, vni_debiased=float(debias_vni(r, n_samples)),
-                       effective_nodes=float(effective_nodes(r, n_nodes)),
-                       participation_ratio=float(participation_ratio(r)) if r > 0 else nan,
-                       act_var=float((xd - xd.mean(0)).pow(2).mean()))  # = shared_variance(x), eq. 4.2
-        rec["act_mean"] = float(xd.mean())
-        if cap.grad_sumsq is not None:  # a backward pass reached this module's output in this step
-            rec["out_grad_rms"] = math.sqrt(float(cap.grad_sumsq) / max(cap.grad_numel, 1))
-            grads = [p.grad.detach() for p in w.module.parameters() if p.grad is not None]
-            if grads:
-                sq = float(torch.stack([torch.linalg.vector_norm(g).to(torch.float64) ** 2 for g in grads]).sum())
-                numel = sum(g.numel() for g in grads)
+        recs: list[dict] = []
+        vals: list[torch.Tensor] = []  # 1-D tensors, concatenated and transferred once
+        slots: list[tuple[Any, Any]] = []  # (container, key) that each transferred number goes to
+        groups: dict[tuple, list[tuple[dict, torch.Tensor]]] = {}
+        grads: dict[int, torch.Tensor] = {}  # id(parameter) -> its gradient, each counted once
+        pnorm: dict[int, float] = {}  # id(parameter) -> ||gradient||, filled by the transfer
+        grad_of: list[tuple[dict, list[float], int, list[int]]] = []  # rec, output-grad norms, numel, params
+        weights: list[tuple[dict, int]] = []  # (record, fan_in)
+
+        def put(v: torch.Tensor, where: Sequence[tuple[Any, Any]]) -> None:
+            vals.append(v.reshape(-1))
+            slots.extend(where)
+
+        for w, cap in caps:
+            x = torch.cat(cap.rows) if len(cap.rows) > 1 else cap.rows[0]
+            if x.shape[0] > self.max_rows:
+                x = sample_rows(x, self.max_rows, _seed_for(self.seed, step, w.layer, 0))
+            n_samples, n_nodes = x.shape
+            rec = dict(step=step, layer=w.layer, name=w.name, **{q: nan for q in QUANTITIES})
+            rec.update(nodes=float(n_nodes), samples=float(n_samples), calls=float(cap.calls))
+            recs.append(rec)
+            if n_samples >= 2:
+                groups.setdefault((x.shape, x.dtype, x.device), []).append((rec, x))
+            else:
+                put(x.to(torch.float64).mean(), [(rec, "act_mean")])
+            if cap.grad_norms:  # a backward pass reached this module's output in this step
+                norms = [nan] * len(cap.grad_norms)
+                put(torch.stack(cap.grad_norms), [(norms, k) for k in range(len(norms))])
+                ids = []
+                for p in w.module.parameters():
+                    if p.grad is not None:
+                        grads[id(p)] = p.grad.detach()
+                        ids.append(id(p))
+                grad_of.append((rec, norms, cap.grad_numel, ids))
+            weight = getattr(w.module, "weight", None)
+            if isinstance(w.module, (nn.Linear, nn.modules.conv._ConvNd)) and isinstance(weight, torch.Tensor):
+                wd = weight.detach().reshape(weight.shape[0], -1)
+                weights.append((rec, wd.shape[1]))
+                put(wd.to(torch.float64).var(unbiased=False), [(rec, "sigma_w2")])  # times fan_in below
+                if w.phi is not None:
+                    put(_mu1(w.phi, x), [(rec, "sigma_w2_mu1")])  # times sigma_w2 below
+        for members in groups.values():
+            if len(members) > 1:
+                xs = torch.stack([x for _, x in members], out=self._buffer((len(members),) + members[0][1].shape, members[0][1]))
+            else:
+                xs = members[0][1]
+            # the rows are this step's own copies and every other use of them is already queued
+            put(vni_moments(xs, overwrite=True), [(rec, q) for rec, _ in members for q in ("vni", "act_mean", "act_var")])
+        if grads:
+            put(_norms(list(grads.values())), [(pnorm, i) for i in grads])
+
+        for (container, key), v in zip(slots, _to_host(vals)):
+            container[key] = v
+        for rec, norms, numel, ids in grad_of:
+            rec["out_grad_rms"] = math.sqrt(math.fsum(v * v for v in norms) / max(numel, 1))
+            if ids:
+                sq = math.fsum(pnorm[i] ** 2 for i in ids)
                 rec["grad_norm"] = math.sqrt(sq)
-                rec["grad_rms"] = math.sqrt(sq / numel)
-        weight = getattr(w.module, "weight", None)
-        if isinstance(w.module, (nn.Linear, nn.modules.conv._ConvNd)) and isinstance(weight, torch.Tensor):
-            s = sigma_w2(weight.detach().reshape(weight.shape[0], -1))
-            rec["sigma_w2"] = s
-            if w.phi is not None:
-                rec["sigma_w2_mu1"] = s * _mu1(w.phi, x)
-        return rec
+                rec["grad_rms"] = math.sqrt(sq / sum(grads[i].numel() for i in ids))
+        for rec, fan_in in weights:
+            rec["sigma_w2"] = fan_in * rec["sigma_w2"]  # = metrics.sigma_w2, the same float64 product
+            if not math.isnan(rec["sigma_w2_mu1"]):
+                rec["sigma_w2_mu1"] = rec["sigma_w2"] * rec["sigma_w2_mu1"]
+        for rec in recs:
+            r = rec["vni"]
+            if not math.isnan(r):
+                rec.update(vni_debiased=float(debias_vni(r, int(rec["samples"]))),
+                           effective_nodes=float(effective_nodes(r, int(rec["nodes"]))),
+                           participation_ratio=float(participation_ratio(r)) if r > 0 else nan)
+        return recs
 
     def _check_alerts(self, step: int, recs: Sequence[dict]) -> None:
         new: list[Alert] = []
@@ -579,6 +720,7 @@ class Watch:
                 wr.close()
 
     def _remove_hooks(self) -> None:
+        self._disarm()
         handles, self._handles = self._handles, []
         for h in handles:
             h.remove()

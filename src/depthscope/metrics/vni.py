@@ -113,3 +113,55 @@ class CovarianceAccumulator:
 
     def vni(self) -> torch.Tensor:
         return vni_from_covariance(self.m2)
+
+
+def vni_moments(x: torch.Tensor, *, chunk: int = 512, overwrite: bool = False) -> torch.Tensor:
+    """[R_sq, mean, shared variance] of x (samples S x nodes N) from a float32 Gram summed in float64.
+
+    R_sq = ||G||_F^2 / tr(G)^2 (eq. 3.5, as :func:`vni`), mean = the mean of every entry of x,
+    shared variance = tr(C)/N = tr(G)/(S N) (eq. 4.2, population variance), where G is the
+    Gram of the centred x: X_c^T X_c when N <= S, else X_c X_c^T (same non-zero spectrum).
+    A batch x of shape (..., S, N) gives (..., 3): one call for many layers of one shape.
+
+    The fast path of :func:`vni` for a watch that runs every step: the products are
+    float32 (about twice as fast as float64) and the error is bounded by
+    (1) centring in two float32 passes: x - m with m the column mean is exact wherever x
+    lies within a factor 2 of m (Sterbenz) and otherwise off by one rounding of the
+    *centred* value; the residual column mean of those differences is subtracted too, so a
+    large common offset costs no accuracy; and (2) cutting the contraction axis into chunks
+    of ``chunk`` whose float32 Grams are summed in float64, so the float32 error does not
+    grow with S. To first order in the float32 unit roundoff u = 2^-24:
+    |G_ij - G*_ij| <= (chunk + 6) u sqrt(G*_ii G*_jj), hence |R_sq - R*_sq| <= 4 (chunk + 6) u
+    (:func:`vni_moments_error`: 1.2e-4 at chunk = 512; about 1e-8 on typical activations)
+    and the relative error of the shared variance is <= (chunk + 6) u. float64 input is
+    computed in float64, half precision in float32. Returns float64 on x's device (no host
+    sync); R_sq is NaN when every node is constant. With ``overwrite``, a float32/float64 x
+    is centred in place (x is left holding X_c): for a caller's scratch buffer, it saves an
+    allocation of x's size, which on CPU costs more in page faults than the arithmetic.
+    """
+    if x.ndim < 2:
+        raise ValueError(f"expected a (samples, nodes) matrix or a batch of them, got shape {tuple(x.shape)}")
+    s, n = x.shape[-2:]
+    if s < 2:
+        raise ValueError(f"need at least 2 samples to estimate a covariance, got {s}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if x.dtype not in (torch.float32, torch.float64):
+        x, overwrite = x.to(torch.float32), True  # a converted copy is ours to overwrite
+    m1 = x.sum(-2, keepdim=True).div_(s)
+    xc = x.sub_(m1) if overwrite else x - m1
+    d = xc.sum(-2, keepdim=True).div_(s)  # the residual mean, from (nearly) exact differences
+    xc.sub_(d)
+    mean = (m1.to(torch.float64) + d.to(torch.float64)).mean((-2, -1))
+    a = xc if n <= s else xc.transpose(-2, -1)  # contract over the longer axis: G is min(S, N) square
+    g = None
+    for part in a.split(chunk, dim=-2):
+        gp = (part.transpose(-2, -1) @ part).to(torch.float64)
+        g = gp if g is None else g.add_(gp)
+    tr = torch.diagonal(g, dim1=-2, dim2=-1).sum(-1)
+    return torch.stack([(g * g).sum((-2, -1)) / tr**2, mean, tr / (s * n)], dim=-1)
+
+
+def vni_moments_error(chunk: int = 512) -> float:
+    """4 (chunk + 6) 2^-24: the first-order bound on |R_sq| error of :func:`vni_moments` for float32 input."""
+    return 4.0 * (chunk + 6) * 2.0**-24
