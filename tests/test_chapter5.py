@@ -11,6 +11,7 @@ from depthscope.experiments import get_experiment
 from depthscope.experiments.chapter5 import (
     THESIS_TABLE_5_1,
     collect_runs,
+    failure_counts,
     success_grid,
     table_counts,
     vni_stats,
@@ -72,6 +73,13 @@ def test_collect_runs_and_grid_match_brute_force(filled):
     counts = table_counts(runs)
     assert sum(sum(v) for v in counts.values()) == len(runs)
     assert counts[("adam", "tanh", "gaussian")] == (4, 4)  # lr 2.0 diverges at both depths -> failed
+    # how they failed, brute force: the fake's failures are lr >= 1 (diverged) or lr * depth >= 1,
+    # where its output VNI is min(1, lr * depth) = 1 > 0.9 (collapsed)
+    for r in runs:
+        want = None if r["success"] else "diverged" if r["lr"] >= 1 else "collapsed"
+        assert r["failure"] == want
+    fc = failure_counts(runs)
+    assert fc["diverged"] == 2 * 2 * 2 * 2 and fc["collapsed"] == 2 * 2 * 2 and fc["slow"] == fc["stuck"] == 0
 
 
 def test_vni_stats_are_population_stats():
@@ -100,7 +108,11 @@ def test_figures_from_store(filled, tmp_path):
     runs = collect_runs(store, "fig5", width=4)
     failed = np.array([r["vni_out"] for r in runs if not r["success"]])
     assert f"mean {failed.mean():.4f}" in by["fig5.7"].verdict
-    assert (tmp_path / "figs" / "table5.1.csv").read_text().count("\n") == 1 + 8
+    table = (tmp_path / "figs" / "table5.1.csv").read_text().splitlines()
+    assert len(table) == 1 + 8 and "diverged,collapsed" in table[0]
+    assert "24 failed runs: 16 diverged (67%), 8 collapsed (output VNI > 0.9) (33%)" in by["table5.1"].verdict
+    # two thirds of the failures are divergences, so the thesis' "every failed run collapses" does not hold here
+    assert by["fig5.7"].verdict.endswith("- not reproduced.") and by["fig5.7"].agrees is False
 
 
 def test_figures_skip_with_warning_when_store_is_empty(tmp_path):
@@ -120,4 +132,7 @@ def test_only_failed_runs_still_draws(tmp_path):
         with pytest.warns(UserWarning, match="no successful runs"):
             figs = exp.figures(store, tmp_path, params)
     assert "fig5.6" in [f.name for f in figs] and "fig5.5" not in [f.name for f in figs]
-    assert "comparison is not possible" in [f for f in figs if f.name == "fig5.7"][0].verdict
+    fig57 = [f for f in figs if f.name == "fig5.7"][0]
+    # one failed run, collapsed (VNI 0.99) with sigma_w^2 mu_1 1.1: the claim holds on it
+    assert "1 failed run: 1 collapsed" in fig57.verdict and "- reproduced" in fig57.verdict
+    assert "successful: none" in fig57.verdict and fig57.agrees is True

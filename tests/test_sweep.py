@@ -133,6 +133,24 @@ def test_inline_records_success_divergence_and_crash(tmp_path):
         assert {u.reason for u in store.units("crash")} == {"crash: RuntimeError: boom"}
 
 
+def test_failed_runs_keep_how_they_failed(tmp_path):
+    """The real engine, inline: a run below target is a done unit whose reason starts with its
+    failure kind, the same kind chapter 5 recomputes from the stored numbers; a diverged one is failed."""
+    from depthscope.experiments.chapter5 import collect_runs
+
+    s = SweepSpec(depths=[2], widths=[8], lrs=[1e-4, 1e38], seeds=1, dataset="synthetic", n_train=60, probe_size=20,
+                  epochs=3, batch_size=20, target_accuracy=1.0)
+    with Store(tmp_path) as store:
+        run_sweep(s, store, backend="inline", quiet=True)
+        units = {u.spec["lr"]: u for u in store.units("sweep")}
+        runs = {r["lr"]: r for r in collect_runs(store, "sweep")}
+    slow = units[1e-4]
+    assert slow.status == "done" and slow.reason.startswith(runs[1e-4]["failure"] + ": training accuracy")
+    assert runs[1e-4]["failure"] in ("slow", "stuck") and len(runs[1e-4]["acc"]) == 3
+    assert units[1e38].status == "failed" and units[1e38].reason.startswith("diverged: non-finite loss")
+    assert runs[1e38]["failure"] == "diverged"
+
+
 def test_duplicate_runs_rejected(tmp_path):
     from sweep_fake import fake_train_group
 
