@@ -12,6 +12,7 @@ from depthscope.experiments.chapter5 import (
     THESIS_TABLE_5_1,
     collect_runs,
     failure_counts,
+    log10_gain,
     success_grid,
     table_counts,
     vni_stats,
@@ -82,6 +83,12 @@ def test_collect_runs_and_grid_match_brute_force(filled):
     assert fc["diverged"] == 2 * 2 * 2 * 2 and fc["collapsed"] == 2 * 2 * 2 and fc["slow"] == fc["stuck"] == 0
 
 
+def test_log10_gain_is_the_product_over_layers():
+    assert log10_gain({"sigma": np.array([0.1, 10.0, np.nan, 0.01])}) == pytest.approx(-2.0)
+    assert log10_gain({"sigma": np.array([0.5] * 30)}) == pytest.approx(30 * math.log10(0.5))
+    assert math.isnan(log10_gain({"sigma": np.array([np.nan])}))
+
+
 def test_vni_stats_are_population_stats():
     v = np.array([0.2, 0.4, 0.9])
     mn, mx, mean, std = vni_stats(v)
@@ -105,6 +112,7 @@ def test_figures_from_store(filled, tmp_path):
     assert "falls with depth" in by["fig5.1"].verdict
     # fake sigma_w2_mu1 is exactly 1 everywhere
     assert "median 1.000" in by["fig5.5"].verdict and "Reproduced" in by["fig5.6"].verdict
+    assert "median 10^0.0" in by["fig5.5"].verdict  # the product of ones
     runs = collect_runs(store, "fig5", width=4)
     failed = np.array([r["vni_out"] for r in runs if not r["success"]])
     assert f"mean {failed.mean():.4f}" in by["fig5.7"].verdict
