@@ -13,6 +13,7 @@ from depthscope.experiments.chapter5 import (
     collect_runs,
     failure_counts,
     log10_gain,
+    step_use,
     success_grid,
     table_counts,
     vni_stats,
@@ -81,6 +82,16 @@ def test_collect_runs_and_grid_match_brute_force(filled):
         assert r["failure"] == want
     fc = failure_counts(runs)
     assert fc["diverged"] == 2 * 2 * 2 * 2 and fc["collapsed"] == 2 * 2 * 2 and fc["slow"] == fc["stuck"] == 0
+
+
+def test_step_use_brute_force():
+    runs = [{"steps": 30, "max_epochs": 10, "success": 1.0, "acc": [0.5, 0.95]},
+            {"steps": 20, "max_epochs": 10, "success": 1.0, "acc": [0.95]},
+            {"steps": 100, "max_epochs": 10, "success": 0.0, "acc": [0.1] * 10},
+            {"steps": None, "max_epochs": 10, "success": 0.0, "acc": []}]  # no step count: left out
+    use = step_use(runs, steps_per_epoch=10)
+    assert use["share"] == pytest.approx(150 / 300) and use["failed_share"] == pytest.approx(100 / 150)
+    assert use["median_epoch"] == 1.5 and use["p90_epoch"] == pytest.approx(1.9)
 
 
 def test_log10_gain_is_the_product_over_layers():

@@ -53,6 +53,7 @@ Q_VNI = "vni_final"  # final VNI per layer
 Q_SIGMA = "sigma_w2_mu1"  # final sigma_w^2 mu_1 per layer
 Q_ACC = "train_accuracy"  # per epoch (step = epoch)
 Q_DIVERGED = "diverged"
+Q_STEPS = "steps"  # updates the run took
 #: how a failed run failed (train.failure_kind), plus "crashed" for a group whose trainer raised
 KINDS = FAILURE_KINDS + ("crashed",)
 
@@ -160,9 +161,10 @@ def collect_runs(store: Store, experiment: str, **where) -> list[dict]:
     for key, u in units.items():
         if all(u.spec.get(k) == v for k, v in where.items()):
             runs[key] = dict(u.spec, seed=u.seed, status=u.status, reason=u.reason, success=0.0, diverged=False,
+                             steps=None,
                              vni=np.full(u.spec["depth"], np.nan), sigma=np.full(u.spec["depth"], np.nan),
                              acc={})
-    for q in (Q_SUCCESS, Q_VNI, Q_SIGMA, Q_ACC, Q_DIVERGED):
+    for q in (Q_SUCCESS, Q_VNI, Q_SIGMA, Q_ACC, Q_DIVERGED, Q_STEPS):
         for row in store.rows(experiment, q):
             r = runs.get(row["key"])
             if r is None:
@@ -171,6 +173,8 @@ def collect_runs(store: Store, experiment: str, **where) -> list[dict]:
                 r["success"] = float(row["value"] >= 0.5 and r["status"] == "done")
             elif q == Q_DIVERGED:
                 r["diverged"] = bool(row["value"] >= 0.5)
+            elif q == Q_STEPS:
+                r["steps"] = int(row["value"])
             elif q == Q_ACC:
                 if row["step"] is not None:
                     r["acc"][row["step"]] = row["value"]
@@ -193,6 +197,20 @@ def failure_counts(runs: list[dict]) -> dict[str, int]:
         if r["failure"] is not None:
             out[r["failure"]] += 1
     return out
+
+
+def step_use(runs: list[dict], steps_per_epoch: int) -> dict:
+    """How much of the budget the runs used: ``share`` = sum of the updates taken / (runs x max_epochs x
+    steps_per_epoch) over runs with a stored step count, ``failed_share`` = the failed runs' part of the
+    updates taken, and the successful runs' epoch of success (``median_epoch``, ``p90_epoch``)."""
+    counted = [r for r in runs if r.get("steps") is not None]
+    taken = sum(r["steps"] for r in counted)
+    budget = sum(r["max_epochs"] * steps_per_epoch for r in counted)
+    eos = [len(r["acc"]) for r in runs if r["success"] and r["acc"]]
+    return {"share": taken / budget if budget else float("nan"),
+            "failed_share": sum(r["steps"] for r in counted if not r["success"]) / taken if taken else float("nan"),
+            "median_epoch": float(np.median(eos)) if eos else float("nan"),
+            "p90_epoch": float(np.percentile(eos, 90)) if eos else float("nan")}
 
 
 def failure_line(runs: list[dict]) -> str:
@@ -321,11 +339,19 @@ def table_figure(runs, params, outdir, cmd, protocol) -> FigureResult:
     n = sum(sum(v) for v in counts.values())
     nf = sum(v[0] for v in counts.values())
     verdict += f" How they failed: {failure_line(runs)}."
+    compute = ""
+    if params["n_train"] is not None:
+        use = step_use(runs, math.ceil(params["n_train"] / params["batch_size"]))
+        if math.isfinite(use["share"]):
+            compute = (f"The runs took {100 * use['share']:.0f}% of the updates a full budget allows (successful "
+                       f"runs stop at their epoch of success: median {use['median_epoch']:.0f}, 90th percentile "
+                       f"{use['p90_epoch']:.0f} of {params['epochs']}; failed runs take {100 * use['failed_share']:.0f}% "
+                       f"of the updates). ")
     caption = (f"{n} runs ({nf} failed, {n - nf} successful); thesis: 31,680 runs (13,101 failed). A diverged "
                f"run counts as failed. Failure kinds (depthscope.train.failure_kind): diverged = non-finite loss; "
                f"collapsed = output-layer VNI > {COLLAPSE_VNI} at the end; dead = every output node constant on the "
                f"probe; slow = training accuracy still rising by > 2 points over the last quarter of the epochs; "
-               f"stuck = the rest. {protocol}.")
+               f"stuck = the rest. {compute}{protocol}.")
     return FigureResult("table5.1", "Failed / successful runs per optimizer, activation, init", paths, cmd,
                         "thesis Table 5.1", verdict, caption, ok)
 
