@@ -11,7 +11,14 @@ epochs. The figures read only the store:
 * Fig. 5.5 / 5.6: box plots of sigma_w^2 mu_1 per layer position for successful
   and failed runs (gradients bounded when near 1);
 * Fig. 5.7: histograms of the output layer's final VNI for failed and successful
-  runs, with min / mean / std as the thesis reports them.
+  runs, with min / mean / std as the thesis reports them, and the thesis' claim
+  (failed runs end with VNI near 1, gradients bounded) judged on how the failed
+  runs failed (:func:`depthscope.train.failure_kind`: diverged, collapsed, dead,
+  slow, stuck; Table 5.1 counts them).
+
+The ``quick`` preset is a miniature of that protocol (docs/sweeps.md says why):
+width 64, depths 8-64, the decade of learning rates around the top of the thesis'
+axis moved to width 64, 90 % within 30 epochs of 1000 images: 384 runs.
 
 The ``paper`` preset is the thesis' protocol (section 5.1): width 500, depth 25-500
 and learning rate log-uniform (11 x 9 points; Adam/RMSProp two decades lower, as
@@ -58,9 +65,9 @@ Q_STEPS = "steps"  # updates the run took
 KINDS = FAILURE_KINDS + ("crashed",)
 
 _PAPER_LRS = {"sgd": "1e-4:1e-2:9", "momentum": "1e-4:1e-2:9", "adam": "1e-6:1e-4:9", "rmsprop": "1e-6:1e-4:9"}
-# The quick axis (see docs/sweeps.md): SGD's top decade where the thesis' failures are, at width 64
-# (lr x N/500, about x8, keeps the per-update change of the pre-activations), shifted up half a decade
-# so the smallest rate reaches 90% within 300 updates; the other optimizers offset as the thesis
+# The quick axis (see docs/sweeps.md): the decade around the top of the thesis' SGD axis moved to width
+# 64 (lr x 500/N keeps the per-update change of the pre-activations: 1e-2 -> 8e-2), where its failures
+# are; lower rates cannot reach 90% within 300 updates. The other optimizers are offset as the thesis
 # measured (momentum 0.5 decade lower, Adam / RMSProp 2 decades lower).
 _QUICK_LRS = {"sgd": "3e-2:3e-1:3", "momentum": "1e-2:1e-1:3", "adam": "3e-4:3e-3:3", "rmsprop": "3e-4:3e-3:3"}
 
