@@ -378,9 +378,11 @@ class Fig36(Experiment):
                    f"{steps[-1]} updates (x{ratio:.2f}); it rose in {100 * up:.0f}% of layers. Thesis: the "
                    f"correlation of each hidden layer is highly intensified. "
                    f"{'Reproduced' if up > 0.7 and ratio > 2 else 'Not reproduced at these sizes' if up <= 0.7 else 'Rises, but mildly'}.")
+        agrees = True if up > 0.7 and ratio > 2 else False if up <= 0.7 else None
         caption = (f"Mean over node pairs and over {n_runs} runs of rho_ij^2 (eq. 3.2) per layer, on a fixed probe "
                    f"batch, during SGD (lr {p['lr']:g}, gradient {'averaged' if p['reduction'] == 'mean' else 'summed'} "
                    f"over the batch of {p['batch']}) with inputs and output gradients drawn from N(0, {p['variance']}). "
                    f"L={L}, N={p['width']}, tanh, scaled-Gaussian (thesis: L=100, N=500, 50 runs).")
         return [FigureResult("fig3.6", self.title, paths, f"depthscope reproduce fig3.6 --preset "
-                             f"{'paper' if p['width'] == 500 else 'quick'}", self.reproduces, verdict, caption)]
+                             f"{'paper' if p['width'] == 500 else 'quick'}", self.reproduces, verdict, caption,
+                             agrees)]
