@@ -11,6 +11,9 @@ from depthscope.experiments import get_experiment
 from depthscope.experiments.chapter5 import (
     THESIS_TABLE_5_1,
     collect_runs,
+    failure_counts,
+    log10_gain,
+    step_use,
     success_grid,
     table_counts,
     vni_stats,
@@ -72,6 +75,29 @@ def test_collect_runs_and_grid_match_brute_force(filled):
     counts = table_counts(runs)
     assert sum(sum(v) for v in counts.values()) == len(runs)
     assert counts[("adam", "tanh", "gaussian")] == (4, 4)  # lr 2.0 diverges at both depths -> failed
+    # how they failed, brute force: the fake's failures are lr >= 1 (diverged) or lr * depth >= 1,
+    # where its output VNI is min(1, lr * depth) = 1 > 0.9 (collapsed)
+    for r in runs:
+        want = None if r["success"] else "diverged" if r["lr"] >= 1 else "collapsed"
+        assert r["failure"] == want
+    fc = failure_counts(runs)
+    assert fc["diverged"] == 2 * 2 * 2 * 2 and fc["collapsed"] == 2 * 2 * 2 and fc["slow"] == fc["stuck"] == 0
+
+
+def test_step_use_brute_force():
+    runs = [{"steps": 30, "max_epochs": 10, "success": 1.0, "acc": [0.5, 0.95]},
+            {"steps": 20, "max_epochs": 10, "success": 1.0, "acc": [0.95]},
+            {"steps": 100, "max_epochs": 10, "success": 0.0, "acc": [0.1] * 10},
+            {"steps": None, "max_epochs": 10, "success": 0.0, "acc": []}]  # no step count: left out
+    use = step_use(runs, steps_per_epoch=10)
+    assert use["share"] == pytest.approx(150 / 300) and use["failed_share"] == pytest.approx(100 / 150)
+    assert use["median_epoch"] == 1.5 and use["p90_epoch"] == pytest.approx(1.9)
+
+
+def test_log10_gain_is_the_product_over_layers():
+    assert log10_gain({"sigma": np.array([0.1, 10.0, np.nan, 0.01])}) == pytest.approx(-2.0)
+    assert log10_gain({"sigma": np.array([0.5] * 30)}) == pytest.approx(30 * math.log10(0.5))
+    assert math.isnan(log10_gain({"sigma": np.array([np.nan])}))
 
 
 def test_vni_stats_are_population_stats():
@@ -97,10 +123,15 @@ def test_figures_from_store(filled, tmp_path):
     assert "falls with depth" in by["fig5.1"].verdict
     # fake sigma_w2_mu1 is exactly 1 everywhere
     assert "median 1.000" in by["fig5.5"].verdict and "Reproduced" in by["fig5.6"].verdict
+    assert "median 10^0.0" in by["fig5.5"].verdict  # the product of ones
     runs = collect_runs(store, "fig5", width=4)
     failed = np.array([r["vni_out"] for r in runs if not r["success"]])
     assert f"mean {failed.mean():.4f}" in by["fig5.7"].verdict
-    assert (tmp_path / "figs" / "table5.1.csv").read_text().count("\n") == 1 + 8
+    table = (tmp_path / "figs" / "table5.1.csv").read_text().splitlines()
+    assert len(table) == 1 + 8 and "diverged,collapsed" in table[0]
+    assert "24 failed runs: 16 diverged (67%), 8 collapsed (output VNI > 0.9) (33%)" in by["table5.1"].verdict
+    # two thirds of the failures are divergences, so the thesis' "every failed run collapses" does not hold here
+    assert by["fig5.7"].verdict.endswith("- not reproduced.") and by["fig5.7"].agrees is False
 
 
 def test_figures_skip_with_warning_when_store_is_empty(tmp_path):
@@ -120,4 +151,7 @@ def test_only_failed_runs_still_draws(tmp_path):
         with pytest.warns(UserWarning, match="no successful runs"):
             figs = exp.figures(store, tmp_path, params)
     assert "fig5.6" in [f.name for f in figs] and "fig5.5" not in [f.name for f in figs]
-    assert "comparison is not possible" in [f for f in figs if f.name == "fig5.7"][0].verdict
+    fig57 = [f for f in figs if f.name == "fig5.7"][0]
+    # one failed run, collapsed (VNI 0.99) with sigma_w^2 mu_1 1.1: the claim holds on it
+    assert "1 failed run: 1 collapsed" in fig57.verdict and "- reproduced" in fig57.verdict
+    assert "successful: none" in fig57.verdict and fig57.agrees is True

@@ -133,6 +133,24 @@ def test_inline_records_success_divergence_and_crash(tmp_path):
         assert {u.reason for u in store.units("crash")} == {"crash: RuntimeError: boom"}
 
 
+def test_failed_runs_keep_how_they_failed(tmp_path):
+    """The real engine, inline: a run below target is a done unit whose reason starts with its
+    failure kind, the same kind chapter 5 recomputes from the stored numbers; a diverged one is failed."""
+    from depthscope.experiments.chapter5 import collect_runs
+
+    s = SweepSpec(depths=[2], widths=[8], lrs=[1e-4, 1e38], seeds=1, dataset="synthetic", n_train=60, probe_size=20,
+                  epochs=3, batch_size=20, target_accuracy=1.0)
+    with Store(tmp_path) as store:
+        run_sweep(s, store, backend="inline", quiet=True)
+        units = {u.spec["lr"]: u for u in store.units("sweep")}
+        runs = {r["lr"]: r for r in collect_runs(store, "sweep")}
+    slow = units[1e-4]
+    assert slow.status == "done" and slow.reason.startswith(runs[1e-4]["failure"] + ": training accuracy")
+    assert runs[1e-4]["failure"] in ("slow", "stuck") and len(runs[1e-4]["acc"]) == 3
+    assert units[1e38].status == "failed" and units[1e38].reason.startswith("diverged: non-finite loss")
+    assert runs[1e38]["failure"] == "diverged"
+
+
 def test_duplicate_runs_rejected(tmp_path):
     from sweep_fake import fake_train_group
 
@@ -252,18 +270,43 @@ def test_cli_dry_run_json(capsys):
     assert doc["runs"] == 11 * 9 * 20 * 4  # the thesis' 1980 runs per (activation, init), 4 of them
 
 
+def _rows(store: Store, exp: str = "sweep") -> list[tuple]:
+    """Every stored number of an experiment, ignoring wall-clock quantities (seconds)."""
+    return sorted((r["key"], r["quantity"], r["layer"], r["step"], r["value"]) for r in store.rows(exp)
+                  if r["quantity"] != "seconds")
+
+
 def test_ray_backend_on_local_ray(tmp_path, monkeypatch):
-    ray = pytest.importorskip("ray")
+    """Each group a Ray task on a local Ray (2 CPUs, loopback only, no dashboard, no usage report):
+    the fake trainer and the real engine store exactly what the local backend stores, failures
+    included, and a second run resumes (skips everything)."""
+    ray = pytest.importorskip("ray", reason="the ray backend needs Ray (pip install -e '.[test]' installs it)")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SRC), str(HERE)]))  # Ray workers import the fake
-    s = SweepSpec(depths=[2, 3], lrs=[0.01, 2.0], seeds=2, dataset="synthetic", n_train=100, probe_size=50,
-                  group_size=2)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")  # no usage report over the network
+    fake = SweepSpec(depths=[2, 3], lrs=[0.01, 2.0], seeds=2, dataset="synthetic", n_train=100, probe_size=50,
+                     group_size=2)
+    # the real engine: two shapes; lr 1e38 overflows float32 (divergence), lr 0.05 trains 2 epochs
+    real = SweepSpec(name="real", depths=[1, 2], widths=[8], lrs=[0.05, 1e38], seeds=2, dataset="synthetic",
+                     n_train=60, probe_size=20, epochs=2, batch_size=20, target_accuracy=1.0, group_size=4,
+                     vni_dense_steps=1)
+    with Store(tmp_path / "local") as local:
+        run_sweep(fake, local, backend="local", workers=2, trainer=FAKE, quiet=True)
+        run_sweep(real, local, backend="local", workers=2, quiet=True)
+        want_fake, want_real = _rows(local), _rows(local, "real")
+        want_status = sorted((u.key, u.status, u.reason) for u in local.units("real"))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     try:
-        with Store(tmp_path) as store:
-            summ = run_sweep(s, store, backend="ray", trainer=FAKE, quiet=True)
+        with Store(tmp_path / "ray") as store:
+            summ = run_sweep(fake, store, backend="ray", trainer=FAKE, quiet=True)
             assert summ.ran == 8 and summ.failed == 4
             assert len(store.units("sweep")) == 8
-            again = run_sweep(s, store, backend="ray", trainer=FAKE, quiet=True)
+            again = run_sweep(fake, store, backend="ray", trainer=FAKE, quiet=True)
             assert again.skipped == 8 and again.ran == 0
+            summ = run_sweep(real, store, backend="ray", quiet=True)
+            assert summ.ran == 8 and summ.failed == 4  # lr 1e38 diverges, recorded as a failure
+            assert _rows(store) == want_fake
+            assert _rows(store, "real") == want_real
+            assert sorted((u.key, u.status, u.reason) for u in store.units("real")) == want_status
     finally:
         ray.shutdown()
+    assert not ray.is_initialized()

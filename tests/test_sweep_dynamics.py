@@ -56,3 +56,18 @@ def test_fig36_gaussian_gradients(tmp_path):
     assert figs[0].name == "fig3.6" and "Mean rho^2" in figs[0].verdict
     with pytest.raises(ValueError, match="reduction must be mean or sum"):
         exp.units(exp.params("quick", {**over, "reduction": "avg"}))
+
+
+def test_onset_updates_and_vni_course():
+    from depthscope.experiments.training_dynamics import onset_updates, vni_course
+
+    # layer 3 (the output side) rises first, layer 2 later, layer 1 never; a NaN start never counts
+    m = np.array([[0.1, 0.1, 0.2, 0.25], [0.1, 0.2, 0.35, 0.9], [0.1, 0.5, 0.9, 1.0], [np.nan, 1.0, 1.0, 1.0]])
+    assert list(onset_updates(m)) == [4, 2, 1, 4]
+    assert list(onset_updates(m, rise=0.05)) == [2, 1, 1, 4]
+    assert vni_course(np.array([0.4, 0.8, 0.6, 0.5]))["rise_then_settle"]
+    assert not vni_course(np.array([0.4, 0.8, 0.9, 1.0]))["rise_then_settle"]  # no decrease: rises to 1
+    assert not vni_course(np.array([0.4, 0.8, 0.5, 0.38]))["rise_then_settle"]  # ends below its start
+    assert not vni_course(np.array([0.4, 0.42, 0.41]))["rise_then_settle"]  # never rose by the margin
+    c = vni_course(np.array([np.nan, 0.3, 0.9]))
+    assert (c["start"], c["peak"], c["final"]) == (0.3, 0.9, 0.9)

@@ -115,3 +115,33 @@ def test_group_key_mismatch_is_an_error():
     with pytest.raises(ValueError, match="group_key"):
         train_group([a, RunSpec(4, 16, "tanh", "gaussian", "sgd", 1e-2, 0)], x, y, x[:10])
     assert math.isfinite(a.lr)
+
+
+def test_failure_kind_rules():
+    from depthscope.train import failure_kind
+
+    rising, flat = [0.2, 0.4, 0.5, 0.6], [0.2, 0.5, 0.5, 0.51]
+    assert failure_kind(True, False, 0.99, flat) is None  # success wins over everything
+    assert failure_kind(False, True, float("nan"), rising) == "diverged"
+    assert failure_kind(False, False, 0.95, rising) == "collapsed"  # VNI > 0.9 even while learning
+    assert failure_kind(False, False, 0.9, rising) == "slow"  # 0.9 itself is not above the threshold
+    assert failure_kind(False, False, float("nan"), flat) == "dead"  # every output node constant
+    assert failure_kind(False, False, None, flat) == "dead"
+    assert failure_kind(False, False, 0.3, flat) == "stuck"  # +0.01 over the last epoch: not learning
+    # k = max(1, E // 4): with 8 epochs the gain is measured over the last 2
+    assert failure_kind(False, False, 0.3, [0.1] * 5 + [0.2, 0.21, 0.23]) == "slow"
+    assert failure_kind(False, False, 0.3, [0.1] * 5 + [0.22, 0.21, 0.23]) == "stuck"
+    assert failure_kind(False, False, 0.3, [0.5]) == "stuck"  # one epoch: nothing to compare with
+    assert failure_kind(False, False, 0.5, rising, collapse_vni=0.4) == "collapsed"
+
+
+def test_result_failure_is_failure_kind_of_its_fields():
+    x, y = _blobs(60)
+    specs = [RunSpec(depth=3, width=8, activation="tanh", init="gaussian", optimizer="sgd", lr=lr, seed=0,
+                     batch_size=20, max_epochs=4, target_accuracy=0.99) for lr in (1e-3, 1e38)]
+    low, blown = train_group(specs, x, y, x[:30])
+    assert not low.success and low.failure in ("slow", "stuck", "collapsed", "dead")
+    from depthscope.train import failure_kind
+
+    assert low.failure == failure_kind(False, False, low.vni_final[-1], low.train_accuracy)
+    assert blown.diverged and blown.failure == "diverged"

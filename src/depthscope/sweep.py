@@ -8,7 +8,8 @@ one batched ensemble of at most ``group_size`` members (:func:`make_groups`).
 
 Each finished run becomes one unit of the results store (``Store.record``,
 ``RunResult.to_values()``): status ``done`` when it trained to the end (whether
-it reached the target accuracy or not is the ``success`` measurement), status
+it reached the target accuracy or not is the ``success`` measurement; a run that
+ended below target keeps ``RunResult.failure``, how it failed, as its reason), status
 ``failed`` with its reason when it diverged or its group crashed. A unit is
 written the moment its run finishes, so a killed sweep resumes (rerun the same
 command) without losing or repeating a finished run.
@@ -409,6 +410,11 @@ def result_record(result, data: DataSpec) -> dict:
     reason = getattr(result, "reason", None) if diverged else None
     if diverged and not reason:
         reason = "diverged"
+    kind = getattr(result, "failure", None)  # train.failure_kind: why an unsuccessful run failed
+    if kind is not None and not getattr(result, "success", False):
+        # a run that ended below target is a finished unit; its reason says how it failed
+        why = getattr(result, "reason", None)
+        reason = f"{kind}: {why}" if why else kind
     seconds = float(getattr(result, "seconds", 0.0) or 0.0)
     return {"key": unit_key(spec, seed), "spec": spec, "seed": seed, "values": list(result.to_values()),
             "status": status, "reason": reason, "started": time.time() - seconds,

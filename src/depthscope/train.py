@@ -51,6 +51,41 @@ from .nets import NetSpec, build_net
 from .store import Value
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
+#: why a run failed, see :func:`failure_kind`
+FAILURE_KINDS = ("diverged", "collapsed", "dead", "slow", "stuck")
+#: output-layer VNI above which a failed run counts as collapsed (the thesis' failed runs: min 0.9029)
+COLLAPSE_VNI = 0.9
+#: accuracy gain over the last quarter of the epochs above which a failed run was still learning
+SLOW_GAIN = 0.02
+
+
+def failure_kind(success: bool, diverged: bool, vni_output: float | None, accuracies: list[float],
+                 collapse_vni: float = COLLAPSE_VNI, slow_gain: float = SLOW_GAIN) -> str | None:
+    """Why a run failed (None if it succeeded), from what it recorded; the first rule that holds:
+
+    * ``diverged``: a non-finite loss stopped it;
+    * ``collapsed``: the output (last hidden) layer's final VNI R_sq (eq. 3.5, probe batch) > ``collapse_vni``:
+      vanishing nodes, the thesis' failure mode (section 5.2);
+    * ``dead``: that VNI is undefined because every output-layer node is constant on the probe
+      (saturated tanh or dead ReLU units: tr C = 0);
+    * ``slow``: still learning when the budget ended: a_E - a_{E-k} > ``slow_gain`` with a_e the
+      training accuracy of epoch e, E the last epoch and k = max(1, E // 4);
+    * ``stuck``: none of these (its accuracy stopped improving with the VNI at most ``collapse_vni``).
+    """
+    if success:
+        return None
+    if diverged:
+        return "diverged"
+    if vni_output is not None and math.isfinite(vni_output):
+        if vni_output > collapse_vni:
+            return "collapsed"
+    else:
+        return "dead"
+    e = len(accuracies)
+    k = max(1, e // 4)
+    if e > k and accuracies[-1] - accuracies[-1 - k] > slow_gain:
+        return "slow"
+    return "stuck"
 
 
 @dataclass(frozen=True)
@@ -122,6 +157,12 @@ class RunResult:
     steps: int
     seconds: float
     step_loss: list[float] | None = field(default=None, repr=False)  # per update, if asked for
+
+    @property
+    def failure(self) -> str | None:
+        """:func:`failure_kind` of this run (None if it succeeded)."""
+        return failure_kind(self.success, self.diverged, self.vni_final[-1] if self.vni_final else None,
+                            self.train_accuracy)
 
     def to_values(self) -> list[Value]:
         """Rows for :meth:`depthscope.store.Store.record`; non-finite numbers are left out."""
