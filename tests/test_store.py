@@ -276,10 +276,14 @@ def test_parquet_export_round_trip_matches_the_store_and_the_csv(tmp_path, capsy
         assert _as_exported(r) == csv_rows[i]
 
 
-def test_parquet_export_without_pyarrow_is_a_clear_error(tmp_path, monkeypatch):
+def test_parquet_export_without_pyarrow_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     with Store(tmp_path) as st, pytest.raises(RuntimeError, match=r"Parquet export needs pyarrow"):
         st.export_parquet(tmp_path / "x.parquet")
+    assert main(["export", str(tmp_path), str(tmp_path / "x.parquet")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Parquet export needs pyarrow: pip install" in err[0]
+    assert not (tmp_path / "x.parquet").exists()
 
 
 # ----------------------------------------------------------------------------- bad input
