@@ -61,6 +61,10 @@ def test_vni_text_output(capsys):
     (["theory", "--depth", "ten", "--width", "5"], "--depth: expected an integer >= 0, got 'ten'"),
     (["theory", "--depth", "3", "--width", "5", "--layer", "4"], "--layer must lie in 1..3"),
     (["vni", "--depth", "3", "--width", "5", "--inputs", "cifar"], "--inputs must be gaussian, mnist or fashion-mnist"),
+    (["vni", "--depth", "3", "--width", "5", "--inputs", "mnist", "--preprocess", "zca"],
+     "--preprocess must be one of center, whiten, got 'zca'"),
+    (["vni", "--depth", "3", "--width", "5", "--preprocess", "whiten"],
+     "--preprocess applies to mnist and fashion-mnist inputs only"),
 ])
 def test_bad_input_is_one_line_exit_2(argv, needle):
     proc = subprocess.run([sys.executable, "-m", "depthscope", *argv], capture_output=True, text=True, env=ENV)
@@ -68,3 +72,19 @@ def test_bad_input_is_one_line_exit_2(argv, needle):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_vni_whitened_mnist_inputs(capsys, tmp_path):
+    """--preprocess whiten: layer 1's fan-in is the number of kept directions; center keeps 784 pixels."""
+    from depthscope import data
+
+    rng = np.random.default_rng(0)
+    data.write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (50, 28, 28), dtype=np.uint8))
+    data.write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, 50, dtype=np.uint8))
+    common = ["vni", "--depth", "3", "--width", "20", "--inputs", "mnist", "--data-dir", str(tmp_path),
+              "--samples", "40", "--seeds", "2", "--json"]
+    white = run_json(capsys, *common, "--preprocess", "whiten")
+    assert white["preprocess"] == "whiten" and white["in_features"] == 39 and "PCA-whitened" in white["inputs_note"]
+    centred = run_json(capsys, *common)
+    assert centred["preprocess"] == "center" and centred["in_features"] == 784
+    assert white["vni_mean"] != centred["vni_mean"]

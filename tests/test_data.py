@@ -322,3 +322,116 @@ def test_batch_source_uniform_entry_point(tmp_path):
         data.batch_source("cifar", 3)
     with pytest.raises(ValueError, match="has 40"):
         data.batch_source("mnist", 41, data_dir=tmp_path, download=False)
+
+
+# ----------------------------------------------------------------------------- whitening
+def _correlated(n: int, d: int, rank: int, seed: int) -> np.ndarray:
+    """n samples of d features mixed from ``rank`` latent sources of unequal scales, plus a non-zero mean
+    and one constant feature (so the covariance has rank ``rank`` and d - rank zero eigenvalues)."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, rank)) * np.geomspace(3.0, 0.05, rank)
+    x = z @ rng.standard_normal((rank, d)) + rng.uniform(-2, 2, d)
+    x[:, -1] = 0.7
+    return x
+
+
+def _numpy_whitening(x: np.ndarray, variance: float, tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reference: eigendecomposition of np.cov (ddof 1), keep eigenvalues > tol; returns (U_k, lambda_k, Z)."""
+    lam, u = np.linalg.eigh(np.cov(x, rowvar=False))
+    keep = lam > tol
+    u, lam = u[:, keep], lam[keep]
+    z = (x - x.mean(0)) @ u / np.sqrt(lam) * np.sqrt(variance)
+    return u, lam, z
+
+
+def test_whitening_matches_numpy_eigendecomposition_on_correlated_data():
+    x = _correlated(300, 12, rank=8, seed=0)
+    w = data.fit_whitening(torch.from_numpy(x), variance=0.3)
+    u, lam, z_ref = _numpy_whitening(x, 0.3, tol=1e-9)
+    assert w.k == 8 == np.linalg.matrix_rank(x - x.mean(0)) and w.dropped == 4
+    np.testing.assert_allclose(w.eigenvalues.numpy(), np.sort(lam)[::-1], rtol=1e-10)
+    # the kept subspace (projector U_k U_k^T) and the whitened Gram matrix Z Z^T do not depend on eigenvector signs
+    np.testing.assert_allclose((w.basis @ w.basis.T).numpy(), u @ u.T, atol=1e-10)
+    z = w(torch.from_numpy(x)).double().numpy()
+    np.testing.assert_allclose(z @ z.T, z_ref @ z_ref.T, rtol=1e-4, atol=1e-4)
+    # covariance on the kept subspace is variance * identity, and the mean is zero
+    np.testing.assert_allclose(np.cov(z, rowvar=False), 0.3 * np.eye(8), atol=2e-6)
+    np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-5)
+
+
+def test_whitening_scale_is_exactly_the_asked_variance():
+    """Catches a wrong scaling: ddof 0 vs 1 (a 1/40 error at n=40), a missing square root, or unit variance."""
+    x = torch.from_numpy(_correlated(40, 6, rank=6, seed=1))
+    for variance in (0.1, 2.5):
+        z = data.fit_whitening(x, variance=variance)(x).double()
+        np.testing.assert_allclose(z.var(0, correction=1).numpy(), variance, rtol=1e-5)
+    # a rescaled input gives the same features; sqrt(variance) scales them linearly
+    z1 = data.fit_whitening(x, variance=1.0)(x)
+    torch.testing.assert_close(data.fit_whitening(37.0 * x, variance=1.0)(37.0 * x), z1, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(data.fit_whitening(x, variance=4.0)(x), 2.0 * z1, rtol=1e-5, atol=1e-6)
+
+
+def test_whitening_cutoff_drops_exactly_the_directions_below_it():
+    rng = np.random.default_rng(2)
+    q, _ = np.linalg.qr(rng.standard_normal((200, 4)) - 0.0)
+    q -= q.mean(0)  # centred columns, then re-orthonormalised: sample covariance exactly diag(want)
+    q, _ = np.linalg.qr(q)
+    want = np.array([4.0, 1.0, 1e-3, 1e-7])
+    rot, _ = np.linalg.qr(rng.standard_normal((4, 4)))
+    x = torch.from_numpy(q * np.sqrt(want * 199) @ rot.T)
+    w = data.fit_whitening(x, min_eigenvalue=1e-5)
+    assert (w.k, w.dropped, w.cutoff) == (3, 1, 1e-5)
+    np.testing.assert_allclose(w.eigenvalues.numpy(), want[:3], rtol=1e-8)
+    assert data.fit_whitening(x, min_eigenvalue=0.0).k == 4  # 1e-7 is well above round-off
+    assert data.fit_whitening(x, min_eigenvalue=2e-3).k == 2
+
+
+def test_whitening_bad_input_is_a_one_line_error():
+    x = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
+    for kwargs, needle in [({"variance": 0.0}, "variance must be a finite number > 0, got 0.0"),
+                           ({"variance": float("nan")}, "got nan"),
+                           ({"min_eigenvalue": -1.0}, "min_eigenvalue must be a finite number >= 0, got -1.0")]:
+        with pytest.raises(ValueError, match=needle):
+            data.fit_whitening(x, **kwargs)
+    with pytest.raises(ValueError, match=r"samples >= 2, features\) matrix, got shape \(1, 3\)"):
+        data.fit_whitening(x[:1])
+    with pytest.raises(ValueError, match="nothing to whiten"):
+        data.fit_whitening(torch.ones(5, 3))
+    with pytest.raises(ValueError, match=r"fitted on 3 features, got shape \(4, 2\)"):
+        data.fit_whitening(x)(x[:4, :2])
+    with pytest.raises(ValueError, match="unknown preprocess 'zca'; expected one of: center, whiten") as e:
+        data.load_dataset("mnist", "test", preprocess="zca")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="unknown preprocess 'zca'"):
+        data.batch_source("gaussian", 3, preprocess="zca")
+
+
+def test_load_dataset_whiten_option(tmp_path):
+    images, _ = write_fake_split(tmp_path, "t10k", 60)
+    x, y, info = data.load_dataset_info("mnist", "test", tmp_path, download=False, preprocess="whiten",
+                                        variance=0.1)
+    # 60 random images span 59 directions (centring costs one)
+    assert x.shape == (60, 59) and y.shape == (60,) and "PCA-whitened: 59 of 784" in info.preprocess
+    np.testing.assert_allclose(np.cov(x.double().numpy(), rowvar=False), 0.1 * np.eye(59), atol=1e-5)
+    ref = data.fit_whitening(torch.from_numpy(images.reshape(60, -1) / 255.0), 0.1,
+                             min_eigenvalue=data.PIXEL_NOISE_VARIANCE)
+    torch.testing.assert_close(x, ref(torch.from_numpy(images.reshape(60, -1) / 255.0)), rtol=1e-4, atol=1e-4)
+    b = data.batch_source("mnist", 20, seed=1, data_dir=tmp_path, download=False, preprocess="whiten", variance=0.1)
+    # whitened over the whole split, then the 20 picked samples are centred
+    assert b.x.shape == (20, 59) and float(b.x.mean(0).abs().max()) < 1e-5 and "PCA-whitened" in b.note
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="../shared/data/mnist not present")
+def test_real_mnist_whitened():
+    x, _, info = data.load_dataset_info("mnist", "any", SHARED_MNIST, download=False, preprocess="whiten",
+                                        variance=0.1)
+    # 116 pixels are constant over the 10k test images; 19 more directions lie below 8-bit rounding noise
+    assert x.shape == (10000, 649) and "649 of 784 directions kept" in info.preprocess
+    cov = np.cov(x.double().numpy(), rowvar=False)
+    np.testing.assert_allclose(np.diag(cov), 0.1, rtol=1e-4)
+    assert np.abs(cov - np.diag(np.diag(cov))).max() < 1e-5
+    centred, _ = data.load_dataset("mnist", "any", SHARED_MNIST, download=False)
+    from depthscope.metrics import vni
+
+    # the point of whitening: input VNI falls from 0.034 (correlated pixels) to 1/k
+    assert float(vni(centred)) > 0.03 and float(vni(x)) == pytest.approx(1 / 649, rel=1e-3)

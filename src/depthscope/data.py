@@ -11,6 +11,8 @@ returned *centred*, and the docs say how.
   of the returned samples is subtracted, so every feature has mean exactly 0.
   Per-pixel variances still differ and neighbouring pixels are correlated (the
   thesis' i.i.d. assumption does not hold for images, which is what Fig. 3.2 tests).
+  ``preprocess="whiten"`` goes further, to meet that assumption: PCA whitening
+  (:func:`fit_whitening`) gives k <= 784 uncorrelated features of equal variance.
 
 Where the IDX files are looked for, in order: ``data_dir`` (``--data-dir``), then
 ``$DEPTHSCOPE_DATA``, then the cache directory (``$DEPTHSCOPE_CACHE``, else
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import shutil
 import tempfile
@@ -42,6 +45,12 @@ import torch
 
 SPLITS = ("train", "test", "any")
 SOURCES = ("gaussian", "xor", "mnist", "fashion-mnist")
+PREPROCESS = ("center", "whiten")
+
+#: Variance of the rounding error of an 8-bit pixel scaled to [0, 1]: uniform on
+#: +-1/510, so (1/255)^2 / 12 ~ 1.28e-6. The default eigenvalue cut-off of image
+#: whitening (see :func:`fit_whitening`).
+PIXEL_NOISE_VARIANCE = (1.0 / 255.0) ** 2 / 12.0
 
 #: File names and MD5 sums of the original distributions (the .gz files).
 DATASETS: dict[str, dict] = {
@@ -190,6 +199,7 @@ class DatasetInfo:
     n: int = 0
     note: str = ""
     downloaded: bool = False
+    preprocess: str = ""  # how the returned inputs were preprocessed (one phrase)
 
 
 def _check_name(name: str) -> None:
@@ -325,10 +335,101 @@ def center(x: torch.Tensor) -> torch.Tensor:
     return x - x.mean(dim=0, keepdim=True)
 
 
+def check_preprocess(preprocess: str) -> str:
+    """``preprocess`` if it is one of :data:`PREPROCESS`, else a one-line ValueError listing them."""
+    if preprocess not in PREPROCESS:
+        raise ValueError(f"unknown preprocess {preprocess!r}; expected one of: {', '.join(PREPROCESS)}")
+    return preprocess
+
+
+@dataclass(frozen=True, eq=False)
+class Whitening:
+    """A fitted PCA whitening: z = sqrt(variance) * Lambda_k^{-1/2} U_k^T (x - mean).
+
+    ``basis`` (d, k) holds the kept eigenvectors U_k of the sample covariance
+    C = X_c^T X_c / (n - 1) as columns, by decreasing eigenvalue; ``eigenvalues``
+    (k,) the kept lambda_1 >= ... >= lambda_k > ``cutoff``. On the samples it was
+    fitted on, z has mean 0 and sample covariance (ddof 1) exactly variance * I_k.
+    Each eigenvector's sign is fixed (largest-magnitude entry positive).
+    """
+
+    mean: torch.Tensor  # (d,) float64
+    basis: torch.Tensor  # (d, k) float64
+    eigenvalues: torch.Tensor  # (k,) float64
+    variance: float
+    cutoff: float  # eigenvalues <= cutoff were dropped
+    dropped: int  # how many directions were dropped
+
+    @property
+    def k(self) -> int:
+        """Number of output features (directions kept)."""
+        return int(self.eigenvalues.shape[0])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Whiten x (n, d) -> (n, k) float32."""
+        if x.ndim != 2 or x.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"whitening was fitted on {self.mean.shape[0]} features, got shape {tuple(x.shape)}")
+        scale = (self.variance / self.eigenvalues).sqrt()
+        return ((x.to(torch.float64) - self.mean) @ (self.basis * scale)).to(torch.float32)
+
+    def describe(self) -> str:
+        return (f"PCA-whitened: {self.k} of {self.k + self.dropped} directions kept (eigenvalue > "
+                f"{self.cutoff:.3g}), each scaled to variance {self.variance:g}, uncorrelated")
+
+
+def fit_whitening(x: torch.Tensor, variance: float = 1.0, *, min_eigenvalue: float = 0.0) -> Whitening:
+    """PCA whitening fitted on x (n samples, d features), keeping the directions of non-negligible variance.
+
+    Eigendecomposition (float64) of the sample covariance C = X_c^T X_c / (n - 1)
+    = U Lambda U^T. A direction is kept when lambda_i > max(min_eigenvalue,
+    d * eps64 * lambda_max): below the second term lambda_i is round-off (e.g.
+    exactly constant pixels, or n <= d), and dividing by its square root would
+    turn round-off into a feature. Images pass ``min_eigenvalue =``
+    :data:`PIXEL_NOISE_VARIANCE`: a direction with less variance than 8-bit
+    rounding noise carries no image, and whitening would amplify that noise to
+    the variance of the digit strokes. Kept directions are scaled to ``variance``
+    each (the thesis' sigma_x^2 of i.i.d. inputs).
+    """
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"whitening needs a (samples >= 2, features) matrix, got shape {tuple(x.shape)}")
+    if not (variance > 0 and math.isfinite(variance)):
+        raise ValueError(f"whitening variance must be a finite number > 0, got {variance!r}")
+    if not (min_eigenvalue >= 0 and math.isfinite(min_eigenvalue)):
+        raise ValueError(f"min_eigenvalue must be a finite number >= 0, got {min_eigenvalue!r}")
+    xd = x.to(torch.float64)
+    mean = xd.mean(0)
+    xc = xd - mean
+    cov = xc.T @ xc / (xd.shape[0] - 1)
+    lam, vec = torch.linalg.eigh(cov)
+    lam, vec = lam.flip(0), vec.flip(1)
+    # eigenvectors are defined up to sign; fix it (largest |entry| positive) so the features are reproducible
+    big = vec.abs().argmax(0)
+    vec = vec * torch.sign(vec[big, torch.arange(vec.shape[1])])  # never 0: a unit vector's largest entry
+    cutoff = max(float(min_eigenvalue), float(lam[0]) * xd.shape[1] * float(torch.finfo(torch.float64).eps))
+    keep = int((lam > cutoff).sum())
+    if keep == 0:
+        raise ValueError(f"no direction has variance above the cut-off {cutoff:.3g} (largest eigenvalue "
+                         f"{float(lam[0]):.3g}); nothing to whiten")
+    return Whitening(mean, vec[:, :keep].contiguous(), lam[:keep].clone(), float(variance), cutoff,
+                     int(lam.shape[0]) - keep)
+
+
+def preprocess_images(x: torch.Tensor, preprocess: str = "center", variance: float = 1.0) -> tuple[torch.Tensor, str]:
+    """Scaled images x (n, 784) -> (inputs, note). "center": x - mean (784 features);
+    "whiten": :func:`fit_whitening` with the pixel-noise cut-off (k features of variance ``variance``)."""
+    check_preprocess(preprocess)
+    if preprocess == "center":
+        return center(x), "scaled to [0, 1], centred per pixel"
+    w = fit_whitening(x, variance, min_eigenvalue=PIXEL_NOISE_VARIANCE)
+    return w(x), f"scaled to [0, 1], {w.describe()}"
+
+
 def load_dataset_info(name: str, split: str = "train", data_dir=None, *, limit: int | None = None,
                       download: bool = True, mirrors: Sequence[str] | None = None,
-                      quiet: bool = True) -> tuple[torch.Tensor, torch.Tensor, DatasetInfo]:
+                      quiet: bool = True, preprocess: str = "center",
+                      variance: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, DatasetInfo]:
     """Like :func:`load_dataset`, also returning the :class:`DatasetInfo` (files used, note)."""
+    check_preprocess(preprocess)
     if limit is not None and (isinstance(limit, bool) or int(limit) < 1):
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
     info = locate(name, split, data_dir, download=download, mirrors=mirrors, quiet=quiet)
@@ -338,18 +439,25 @@ def load_dataset_info(name: str, split: str = "train", data_dir=None, *, limit: 
     info.n = int(x.shape[0])
     if info.n < 1:
         raise DataError(f"{info.images}: holds no images")
-    return center(x), y, info
+    x, info.preprocess = preprocess_images(x, preprocess, variance)
+    return x, y, info
 
 
 def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | None = None, *,
-                 limit: int | None = None, download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x, y) of MNIST or Fashion-MNIST: x float32 (n, 784) scaled to [0, 1] then centred per feature, y int64 (n,).
+                 limit: int | None = None, download: bool = True, preprocess: str = "center",
+                 variance: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) of MNIST or Fashion-MNIST: x float32 scaled to [0, 1] then preprocessed, y int64 (n,).
 
+    ``preprocess="center"`` (default): x (n, 784) centred per feature.
+    ``preprocess="whiten"``: x (n, k) PCA-whitened (:func:`fit_whitening`, fitted
+    on these n images, cut-off :data:`PIXEL_NOISE_VARIANCE`), every feature of
+    sample variance ``variance`` and uncorrelated (``variance`` is unused by "center").
     ``split`` is "train", "test" or "any" (train when its files are present, else
     test; :func:`load_dataset_info` returns a note saying which was used).
-    ``limit`` keeps the first ``limit`` samples (centred over those).
+    ``limit`` keeps the first ``limit`` samples (preprocessing fitted on those).
     """
-    x, y, _ = load_dataset_info(name, split, data_dir, limit=limit, download=download)
+    x, y, _ = load_dataset_info(name, split, data_dir, limit=limit, download=download, preprocess=preprocess,
+                                variance=variance)
     return x, y
 
 
@@ -414,10 +522,13 @@ class Batch:
 
 
 def batch_source(name: str, n: int | None = None, *, seed: int = 0, dim: int = 784, variance: float = 1.0,
-                 split: str = "any", data_dir=None, download: bool = True, noise: float = 0.0) -> Batch:
+                 split: str = "any", data_dir=None, download: bool = True, noise: float = 0.0,
+                 preprocess: str = "center") -> Batch:
     """One batch from any source: "gaussian" (n x dim, i.i.d. N(0, variance)), "xor" (n points, +-1),
     "mnist" / "fashion-mnist" (n images chosen at random by ``seed`` from ``split``, all when n is None;
-    scaled to [0, 1] and centred per feature over the returned samples)."""
+    scaled to [0, 1], then ``preprocess``: "center" (784 features) or "whiten" (k features of variance
+    ``variance``, the whitening fitted on the whole split), then centred over the returned samples)."""
+    check_preprocess(preprocess)  # image sources only; the synthetic ones are zero-mean i.i.d. already
     if name == "gaussian":
         if n is None:
             raise ValueError("the gaussian source needs a sample count n")
@@ -427,7 +538,8 @@ def batch_source(name: str, n: int | None = None, *, seed: int = 0, dim: int = 7
         x, y = xor(4 if n is None else n, noise=noise, seed=seed)
         return Batch(name, x, y, note=f"{x.shape[0]} XOR points (+-1 corners, noise {noise:g})")
     if name in DATASETS:
-        x, y, info = load_dataset_info(name, split, data_dir, download=download)
+        x, y, info = load_dataset_info(name, split, data_dir, download=download, preprocess=preprocess,
+                                       variance=variance)
         total = x.shape[0]
         if n is not None:
             if isinstance(n, bool) or int(n) < 1:
@@ -437,7 +549,7 @@ def batch_source(name: str, n: int | None = None, *, seed: int = 0, dim: int = 7
             idx = torch.randperm(total, generator=torch.Generator().manual_seed(int(seed)))[: int(n)]
             x, y = center(x[idx]), y[idx]
         title = DATASETS[name]["title"]
-        note = f"{x.shape[0]} {title} {info.split} images ({info.images.parent})"
+        note = f"{x.shape[0]} {title} {info.split} images ({info.images.parent}; {info.preprocess})"
         if info.note:
             note += f"; {info.note}"
         return Batch(name, x, y, note=note, info=info)

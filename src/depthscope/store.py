@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import sqlite3
 import subprocess
@@ -54,6 +55,10 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 STATUSES = ("done", "failed")
+
+#: Columns of every export (CSV, Parquet) and of :meth:`Store.iter_all` rows; ``time`` is the unit's finish time.
+EXPORT_COLUMNS = ("experiment", "key", "quantity", "layer", "step", "value", "spec", "seed", "status",
+                  "reason", "code_version", "time")
 
 
 class Value(NamedTuple):
@@ -149,13 +154,10 @@ class Store:
         """Write one unit and all its measurements atomically (replacing an earlier copy)."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
-        rows = []
-        for v in values:
-            v = Value(*v)
-            rows.append((experiment, key, v.quantity,
-                         None if v.layer is None else int(v.layer),
-                         None if v.step is None else int(v.step),
-                         float(v.value)))
+        if not (isinstance(experiment, str) and experiment) or not (isinstance(key, str) and key):
+            raise ValueError(f"experiment and key must be non-empty strings, got {experiment!r}, {key!r}")
+        # every row is checked before the transaction opens: bad input never reaches the database
+        rows = [(experiment, key, *_checked(v)) for v in values]
         spec_json = json.dumps(dict(spec), sort_keys=True, default=str)
         c = self._conn
         c.execute("BEGIN IMMEDIATE")
@@ -223,7 +225,8 @@ class Store:
         out = []
         for key, q, layer, step, value, spec, seed, status in self._conn.execute(sql + " ORDER BY m.rowid", args):
             row = dict(json.loads(spec))
-            row.update(key=key, quantity=q, layer=layer, step=step, value=value, seed=seed, status=status)
+            row.update(key=key, quantity=q, layer=layer, step=step, value=_nan_if_null(value), seed=seed,
+                       status=status)
             if all(_matches(row.get(k), v) for k, v in where.items()):
                 out.append(row)
         return out
@@ -237,25 +240,21 @@ class Store:
         if experiment is not None:
             sql += " WHERE m.experiment=?"
             args = (experiment,)
-        cols = ["experiment", "key", "quantity", "layer", "step", "value", "spec", "seed", "status",
-                "reason", "code_version", "time"]
         for r in self._conn.execute(sql + " ORDER BY m.rowid", args):
-            yield dict(zip(cols, r))
+            row = dict(zip(EXPORT_COLUMNS, r))
+            row["value"] = _nan_if_null(row["value"])
+            yield row
 
     # -- export ----------------------------------------------------------------
     def export_csv(self, path: str | os.PathLike, experiment: str | None = None) -> int:
         """Write every measurement (with provenance) to CSV; returns the row count."""
         n = 0
         with open(path, "w", newline="") as f:
-            w = None
+            w = csv.DictWriter(f, fieldnames=EXPORT_COLUMNS)
+            w.writeheader()
             for row in self.iter_all(experiment):
-                if w is None:
-                    w = csv.DictWriter(f, fieldnames=list(row))
-                    w.writeheader()
                 w.writerow(row)
                 n += 1
-            if w is None:
-                f.write("experiment,key,quantity,layer,step,value,spec,seed,status,reason,code_version,time\n")
         return n
 
     def export_parquet(self, path: str | os.PathLike, experiment: str | None = None) -> int:
@@ -266,11 +265,41 @@ class Store:
         except ImportError:
             raise RuntimeError("Parquet export needs pyarrow: pip install 'depthscope[parquet]'") from None
         rows = list(self.iter_all(experiment))
-        cols = ["experiment", "key", "quantity", "layer", "step", "value", "spec", "seed", "status",
-                "reason", "code_version", "time"]
-        table = pa.table({c: [r[c] for r in rows] for c in cols})
+        table = pa.table({c: [r[c] for r in rows] for c in EXPORT_COLUMNS})
         pq.write_table(table, path)
         return len(rows)
+
+
+def _nan_if_null(value: float | None) -> float:
+    """SQLite stores a NaN REAL as NULL; every value written is a float, so NULL can only have been NaN."""
+    return math.nan if value is None else value
+
+
+def _checked(v: Value | tuple) -> tuple[str, int | None, int | None, float]:
+    """(quantity, layer, step, value) of one measurement, or a one-line ValueError naming what is wrong."""
+    if not isinstance(v, tuple) or not 2 <= len(v) <= 4:
+        raise ValueError(f"a measurement is Value(quantity, value, layer=None, step=None) or a tuple of 2 to 4 "
+                         f"of those, got {v!r}")
+    v = Value(*v)
+    if not (isinstance(v.quantity, str) and v.quantity):
+        raise ValueError(f"quantity must be a non-empty string, got {v.quantity!r}")
+    if isinstance(v.value, (str, bytes)):
+        raise ValueError(f"value of {v.quantity!r} must be a number, got {v.value!r}")
+    try:
+        value = float(v.value)
+    except (TypeError, ValueError):
+        raise ValueError(f"value of {v.quantity!r} must be a number, got {v.value!r}") from None
+    ints = []
+    for name in ("layer", "step"):
+        x = getattr(v, name)
+        try:
+            ok = x is None or (not isinstance(x, (bool, str)) and int(x) == x)
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{name} of {v.quantity!r} must be an integer or None, got {x!r}")
+        ints.append(None if x is None else int(x))
+    return v.quantity, ints[0], ints[1], value
 
 
 def _matches(actual: Any, wanted: Any) -> bool:

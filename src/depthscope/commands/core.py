@@ -42,6 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--inputs", default="gaussian", help="gaussian, mnist or fashion-mnist")
     v.add_argument("--samples", type=positive_int, default=1000, help="input samples per net (default 1000)")
     v.add_argument("--seeds", type=positive_int, default=20, help="nets (seeds 0..S-1) to average (default 20)")
+    v.add_argument("--preprocess", default=None,
+                   help="for mnist/fashion-mnist: center (pixels in [0, 1] minus their mean; the default) or "
+                   "whiten (PCA whitening: uncorrelated features of variance --input-variance, as the theory "
+                   "assumes)")
     v.add_argument("--data-dir", default=None, help="directory with the MNIST/Fashion-MNIST IDX files")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     v.set_defaults(func=cmd_vni)
@@ -100,24 +104,34 @@ def cmd_theory(args) -> int:
     return 0
 
 
+def load_inputs(inputs: str, samples: int, input_variance: float, data_dir: str | None = None,
+                preprocess: str = "center"):
+    """The fixed dataset inputs of ``depthscope vni``: the first ``samples`` images, preprocessed
+    ("whiten": fitted on those images, each feature of variance ``input_variance``), and their note."""
+    from ..data import load_dataset_info
+
+    x, _, info = load_dataset_info(inputs, split="any", data_dir=data_dir, limit=samples, preprocess=preprocess,
+                                   variance=input_variance)
+    return x, f"{info.n} {inputs} {info.split} images, {info.preprocess}"
+
+
 def measure_vni(spec, inputs: str, samples: int, seeds: int, input_variance: float,
-                data_dir: str | None = None, quiet: bool = True, layers: list[int] | None = None):
+                data_dir: str | None = None, quiet: bool = True, layers: list[int] | None = None,
+                fixed_inputs=None):
     """VNI of every layer (or only ``layers``; others NaN) for nets of seeds 0..seeds-1: (seeds, depth), float64.
 
     Gaussian inputs are drawn fresh per seed (seed 10^6 + s); dataset inputs are
-    the first ``samples`` images (the same for every seed).
+    the first ``samples`` images, centred (the same for every seed), unless
+    ``fixed_inputs`` (from :func:`load_inputs`) are given.
     """
     import torch
 
     from ..metrics import vni_per_layer
     from ..progress import Progress
 
-    fixed = None
-    if inputs != "gaussian":
-        from ..data import load_dataset
-
-        x, _ = load_dataset(inputs, split="any", data_dir=data_dir, limit=samples)
-        fixed = x
+    fixed = fixed_inputs
+    if inputs != "gaussian" and fixed is None:
+        fixed, _ = load_inputs(inputs, samples, input_variance, data_dir)
     out = np.empty((seeds, spec.depth))
     with Progress(seeds, "vni", quiet=quiet) as bar:
         for s in range(seeds):
@@ -136,16 +150,30 @@ def cmd_vni(args) -> int:
     from ..theory import predict
 
     _validate(args)
+    from ..data import PREPROCESS
+
     if args.inputs not in ("gaussian", "mnist", "fashion-mnist"):
         raise ValueError(f"--inputs must be gaussian, mnist or fashion-mnist, got {args.inputs!r}")
+    if args.preprocess is not None and args.preprocess not in PREPROCESS:
+        raise ValueError(f"--preprocess must be one of {', '.join(PREPROCESS)}, got {args.preprocess!r}")
+    if args.preprocess is not None and args.inputs == "gaussian":
+        raise ValueError(f"--preprocess applies to mnist and fashion-mnist inputs only (gaussian inputs are "
+                         f"i.i.d. already), got --preprocess {args.preprocess} with --inputs gaussian")
     if args.samples < 2:
         raise ValueError(f"--samples must be >= 2 to estimate a covariance, got {args.samples}")
-    in_features = None if args.inputs == "gaussian" else 784
+    preprocess = None if args.inputs == "gaussian" else (args.preprocess or "center")
+    fixed, note = None, f"{args.samples} i.i.d. N(0, {args.input_variance:g}) samples per seed"
+    if preprocess is not None:
+        fixed, note = load_inputs(args.inputs, args.samples, args.input_variance, args.data_dir, preprocess)
+    # layer 1's fan-in is the input's feature count: 784 pixels, or the k directions whitening kept
+    in_features = None if fixed is None else int(fixed.shape[1])
     spec = NetSpec(depth=args.depth, width=args.width, activation=args.activation, init=args.init,
                    sigma_w2=args.sigma_w2, sigma_b=args.sigma_b, arch=args.arch, in_features=in_features)
     vals = measure_vni(spec, args.inputs, args.samples, args.seeds, args.input_variance, args.data_dir,
-                       quiet=args.quiet or args.json, layers=None if args.layer is None else [args.layer])
-    # Dataset inputs are not i.i.d.; the prediction still uses --input-variance as a stand-in for sigma_x^2.
+                       quiet=args.quiet or args.json, layers=None if args.layer is None else [args.layer],
+                       fixed_inputs=fixed)
+    # Whitened inputs have variance --input-variance per feature, as the theory assumes; centred pixels are
+    # correlated and of their own variance, so for them --input-variance is only a stand-in for sigma_x^2.
     r = predict(args.depth, args.width, args.activation, args.init, spec.resolved_sigma_w2, args.sigma_b,
                 args.input_variance)
     mean, std = vals.mean(0), vals.std(0, ddof=1) if args.seeds > 1 else np.zeros(args.depth)
@@ -154,6 +182,7 @@ def cmd_vni(args) -> int:
     doc = {
         "depth": args.depth, "width": args.width, "activation": args.activation, "init": args.init,
         "arch": args.arch, "sigma_w2": spec.resolved_sigma_w2, "sigma_b": args.sigma_b, "inputs": args.inputs,
+        "preprocess": preprocess, "in_features": spec.n_in, "inputs_note": note,
         "input_variance": args.input_variance, "samples": args.samples, "seeds": args.seeds, "layers": layers,
         "vni_mean": _pick(mean, args.layer), "vni_std": _pick(std, args.layer),
         "vni_debiased_mean": _pick((vals - 1.0 / args.samples).mean(0) / (1.0 + 1.0 / args.samples), args.layer),
@@ -167,7 +196,7 @@ def cmd_vni(args) -> int:
         print_json(doc)
         return 0
     print(f"{args.activation}, {args.init} init, {args.arch}, depth {args.depth}, width {args.width}, "
-          f"{args.inputs} inputs, {args.samples} samples, {args.seeds} seeds")
+          f"{args.seeds} seeds; inputs: {note}")
     print(f"{'layer':>6} {'VNI mean':>10} {'± std':>9} {'theory':>10} {'eff.nodes':>10} {'1/VNI':>9}")
     for i, l in enumerate(layers):
         print(f"{l:6d} {doc['vni_mean'][i]:10.4g} {doc['vni_std'][i]:9.3g} {doc['vni_theory'][i]:10.4g} "

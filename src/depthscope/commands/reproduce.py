@@ -113,7 +113,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         if out.suffix == ".csv":
             n = store.export_csv(out, args.experiment)
         elif out.suffix == ".parquet":
-            n = store.export_parquet(out, args.experiment)
+            from ..cli import UsageError
+
+            try:
+                n = store.export_parquet(out, args.experiment)
+            except RuntimeError as e:  # pyarrow missing: one line, not a traceback
+                raise UsageError(str(e)) from None
         else:
             raise ValueError(f"OUTPUT must end in .csv or .parquet, got {out.name!r}")
     print(f"{n} rows -> {out}")
