@@ -43,6 +43,12 @@ from depthscope.train import RunSpec, epoch_order, members_per_ensemble
 
 D, C, B = 784, 10, 100
 
+#: The clock every timing reads: wall time (default), or with ``--clock process`` the
+#: process' CPU time, which on a machine shared with other jobs does not count the time
+#: this process waited for a core (meaningful with ``--threads 1`` only: with more threads
+#: it adds the threads' times, spin-waits included).
+CLOCK = [time.perf_counter]
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -58,10 +64,10 @@ def matmul_peak(device: torch.device, n: int = 2048, reps: int = 5) -> float:
     best = math.inf
     for _ in range(reps):
         sync(device)
-        t = time.perf_counter()
+        t = CLOCK[0]()
         torch.mm(a, b, out=c)
         sync(device)
-        best = min(best, time.perf_counter() - t)
+        best = min(best, CLOCK[0]() - t)
     return 2 * n**3 / best / 1e9
 
 
@@ -104,14 +110,14 @@ def time_loop(runs, x, y, steps, device):
         loss.backward()
         opt.step()
         sync(device)
-        t = time.perf_counter()
+        t = CLOCK[0]()
         for i in idx[1:]:
             loss = F.cross_entropy(net(x[i]), y[i])
             opt.zero_grad()
             loss.backward()
             opt.step()
         lv = float(loss.detach())
-        total += time.perf_counter() - t
+        total += CLOCK[0]() - t
         last.append(lv)
     return total / (len(runs) * steps), last
 
@@ -123,15 +129,14 @@ def time_engine(runs, x, y, steps, device, k):
         chunk = runs[c:c + k]
         ens = Ensemble([(r.net_spec(D), r.seed) for r in chunk], "sgd", [r.lr for r in chunk], device)
         idx = [torch.stack(t) for t in zip(*(batches(r.seed, x.shape[0], steps + 1, device) for r in chunk))]
-        loss, _, _ = ens.step(x[idx[0]], y[idx[0]])  # warm-up step, not timed
-        ens.update()
+        loss, _, _, _ = ens.train_step(x[idx[0]], y[idx[0]])  # warm-up step, not timed
         sync(device)
-        t = time.perf_counter()
+        t = CLOCK[0]()
         for i in idx[1:]:
-            loss, _, _ = ens.step(x[i], y[i])
-            ens.update()
-            loss.cpu()  # the engine looks at every step's losses (divergence check)
-        total += time.perf_counter() - t
+            # as the trainer: per-layer gradient norms, and every step's losses looked at (divergence)
+            loss, _, _, _ = ens.train_step(x[i], y[i])
+            loss.cpu()
+        total += CLOCK[0]() - t
         last += loss.tolist()
     return total / (len(runs) * steps), last
 
@@ -142,30 +147,31 @@ def runs_for(depth: int, width: int, k: int) -> list[RunSpec]:
 
 
 def table(args, device) -> None:
-    peak = matmul_peak(device)
-    print(f"device {device}, torch threads {torch.get_num_threads()}, "
-          f"float32 matmul peak {peak:.1f} GFLOP/s (2048^3 mm)")
+    print(f"device {device}, torch threads {torch.get_num_threads()}; float32 matmul peak (2048^3 mm) "
+          "measured in every round beside the two trainers (column 'peak': best of the rounds)")
     x, y = make_data(B * (args.steps + 1), device)
     hdr = f"{'width':>5} {'K':>3} {'stack':>5} {'timed':>5} {'loop ms/ms':>10} {'engine ms/ms':>12} " \
-          f"{'speed-up':>8} {'loop %pk':>8} {'eng GF/s':>8} {'eng %pk':>7} {'max|dloss|':>10}"
+          f"{'speed-up':>8} {'peak GF/s':>9} {'loop %pk':>8} {'eng GF/s':>8} {'eng %pk':>7} {'max|dloss|':>10}"
     print(f"depth {args.depth}, batch {B}, {args.steps} steps per member, best of {args.rounds} rounds; "
           "ms/ms = milliseconds per member-step")
     print(hdr)
     for width in args.widths:
         for k in args.ks:
             runs = runs_for(args.depth, width, k)
-            stack = min(k, members_per_ensemble(runs[0], D, device))
+            stack = min(k, args.stack or members_per_ensemble(runs[0], D, device))
             loop_runs = runs[:min(k, args.members)]
             eng_runs = runs if stack > 1 else loop_runs
             tl = te = math.inf
+            peak = 0.0
             for _ in range(args.rounds):
                 a, la = time_loop(loop_runs, x, y, args.steps, device)
+                peak = max(peak, matmul_peak(device, reps=2))
                 b, le = time_engine(eng_runs, x, y, args.steps, device, stack)
                 tl, te = min(tl, a), min(te, b)
             fl = flops_per_member_step(args.depth, width)
             diff = max(abs(p - q) for p, q in zip(la, le))
             print(f"{width:>5} {k:>3} {stack:>5} {len(loop_runs):>2}/{len(eng_runs):<2} {tl * 1e3:>10.3f} {te * 1e3:>12.3f} "
-                  f"{tl / te:>7.2f}x {100 * fl / tl / 1e9 / peak:>7.0f}% {fl / te / 1e9:>8.1f} "
+                  f"{tl / te:>7.2f}x {peak:>9.1f} {100 * fl / tl / 1e9 / peak:>7.0f}% {fl / te / 1e9:>8.1f} "
                   f"{100 * fl / te / 1e9 / peak:>6.0f}% {diff:>10.2e}")
             sys.stdout.flush()
 
@@ -198,12 +204,17 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds, best kept (default 3, quick 2)")
     p.add_argument("--members", type=int, default=None,
                    help="members timed when a configuration is too expensive to time all (default 8, quick 4)")
+    p.add_argument("--stack", type=int, default=None,
+                   help="force the engine's stack size (default: members_per_ensemble's choice)")
     p.add_argument("--step-time", type=lambda s: [int(v) for v in s.split(",")], default=None,
                    metavar="DEPTHS", help="print engine seconds per member-step at these depths instead")
     p.add_argument("--width", type=int, default=500, help="width for --step-time")
     p.add_argument("--k", dest="ks_step", type=lambda s: [int(v) for v in s.split(",")], default=[1],
                    help="ensemble sizes for --step-time")
+    p.add_argument("--clock", choices=["wall", "process"], default="wall",
+                   help="wall time (default) or process CPU time (use with --threads 1 on a loaded machine)")
     args = p.parse_args(argv)
+    CLOCK[0] = time.perf_counter if args.clock == "wall" else time.process_time
     args.steps = args.steps or (3 if args.quick else 5)
     args.rounds = args.rounds or (2 if args.quick else 3)
     args.members = args.members or (4 if args.quick else 8)

@@ -352,10 +352,10 @@ def _train_ensemble(specs: list[RunSpec], x, y, probe, device, done, trace_steps
         for start in range(0, n, B):
             idx = orders[:, start:start + B]
             xb, yb = x[idx], y[idx]
-            loss, corr, gn = ens.step(xb, yb)
-            lc = loss.cpu()
-            bad = ~torch.isfinite(lc)
-            if bad.any():
+            loss, corr, gn, updated = ens.train_step(xb, yb)
+            while not updated:  # a member's loss is non-finite: it leaves, the rest redo the step
+                lc = loss.cpu()
+                bad = ~torch.isfinite(lc)
                 badk = bad.nonzero().flatten().tolist()
                 for k in badk:
                     if nupd:
@@ -365,11 +365,14 @@ def _train_ensemble(specs: list[RunSpec], x, y, probe, device, done, trace_steps
                 keep = (~bad).nonzero().flatten().tolist()
                 kt = torch.tensor(keep, dtype=torch.long, device=device)
                 compact(keep)
-                orders, correct, loss_sum, gsum = (t.index_select(0, kt) for t in (orders, correct, loss_sum, gsum))
-                loss, corr, gn, lc = loss.index_select(0, kt), corr.index_select(0, kt), gn.index_select(0, kt), lc[~bad]
                 if not active:
                     break
-            ens.update()
+                orders, correct, loss_sum, gsum, xb, yb = (t.index_select(0, kt) for t in
+                                                          (orders, correct, loss_sum, gsum, xb, yb))
+                loss, corr, gn, updated = ens.train_step(xb, yb)
+            if not active:
+                break
+            lc = loss.cpu()
             step += 1
             nupd += 1
             correct += corr
