@@ -144,8 +144,9 @@ class Ensemble:
         nstate = {"sgd": 0, "momentum": 1, "adam": 2, "rmsprop": 1}[optimizer]
         self.state = [[torch.zeros_like(p) for p in self.params] for _ in range(nstate)]
         self.t = 0  # optimizer steps taken (Adam's bias correction)
-        self._bufs: dict[int, dict[str, torch.Tensor]] = {}  # per batch size: activations, scratch
-        self._scratch: list[torch.Tensor] | None = None  # train_step's gradients of W1, b, Wr, br
+        self._bufs: dict[int, dict[str, list]] = {}  # per batch size: activations, dL/da
+        self._scratch: dict | None = None  # train_step's gradients
+        self._v: dict[str, list] | None = None  # per-layer views (see _views)
 
     # -- parameters ---------------------------------------------------------------------------
     @property
@@ -176,24 +177,47 @@ class Ensemble:
         self.state = [sel(s) for s in self.state]
         self.lr = self.lr.index_select(0, ix)
         self.K = len(idx)
-        self._bufs, self._scratch = {}, None
+        self._bufs, self._scratch, self._v = {}, None, None
 
-    def _buffers(self, B: int) -> dict[str, torch.Tensor]:
+    def _views(self) -> dict[str, list]:
+        """Per-layer views of the parameters, optimizer state and lr, made once (until
+        :meth:`keep` replaces the tensors): indexing a tensor costs microseconds per
+        call, a Python list nanoseconds, and a step touches every layer a dozen times."""
+        if self._v is None:
+            K, L = self.K, self.L
+            W = [self.W1] + [self.Wh[j] for j in range(L - 1)]
+            self._v = {
+                "W": W, "Wt": [w.transpose(1, 2) for w in W],
+                "bias": [self.b[l].unsqueeze(1) for l in range(L)],
+                # optimizer state of W_l (layer 1: tensor 0, layers 2..L: slices of tensor 1)
+                "sW": [[s[0] for s in self.state]] + [[s[1][j] for s in self.state] for j in range(L - 1)],
+                "lr3": self.lr.view(K, 1, 1), "lr2": self.lr.view(K, 1),
+            }
+        return self._v
+
+    def _buffers(self, B: int) -> dict[str, list]:
         """Preallocated per batch size B (a full and a last partial minibatch at most):
         activations a_1..a_L (L, K, B, N), pre-activations when the activation has no
-        in-place kernel, two (K, B, N) buffers for dL/da, a (K, N, N) gradient scratch."""
+        in-place kernel, two (K, B, N) buffers for dL/da, gradient scratch, as lists of views."""
         buf = self._bufs.get(B)
         if buf is None:
             if len(self._bufs) >= 2:
                 self._bufs = {}
             K, L, N, dev = self.K, self.L, self.N, self.device
-            buf = {"a": torch.empty(L, K, B, N, device=dev),
-                   "da": torch.empty(2, K, B, N, device=dev),
-                   "g": torch.empty(K, N, N, device=dev)}
-            if self._kernels is None:
-                buf["h"] = torch.empty(L, K, B, N, device=dev)
+            A, DA = torch.empty(L, K, B, N, device=dev), torch.empty(2, K, B, N, device=dev)
+            buf = {"A": list(A.unbind(0)), "DA": list(DA.unbind(0)),
+                   "H": list(torch.empty(L, K, B, N, device=dev).unbind(0)) if self._kernels is None else None}
             self._bufs[B] = buf
         return buf
+
+    def _scratch_grads(self) -> dict:
+        """train_step's gradients: W1, b (and its rows), Wr, br, and one (K, N, N) for layers 2..L."""
+        if self._scratch is None:
+            gW1, gb, gWr, gbr = (torch.empty_like(p) for p in (self.W1, self.b, self.Wr, self.br))
+            gh = torch.empty(self.K, self.N, self.N, device=self.device)
+            self._scratch = {"gW": [gW1] + [gh] * (self.L - 1), "gb": gb, "gb_rows": list(gb.unbind(0)),
+                             "gWr": gWr, "gbr": gbr}
+        return self._scratch
 
     # -- forward / backward -------------------------------------------------------------------
     def forward(self, x: torch.Tensor, keep_acts: bool = False):
@@ -210,18 +234,17 @@ class Ensemble:
         logits = torch.baddbmm(self.br.unsqueeze(1), a, self.Wr.transpose(1, 2))
         return (logits, acts, hs) if keep_acts else logits
 
-    def _forward_into(self, x: torch.Tensor, buf: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _forward_into(self, x: torch.Tensor, buf: dict[str, list]) -> torch.Tensor:
         """h_l = a_{l-1} W_l^T + b_l (one baddbmm into the buffer), a_l = phi(h_l) in place; logits."""
-        A, H = buf["a"], buf.get("h")
+        v, A, H = self._views(), buf["A"], buf["H"]
         a = x
-        for l in range(1, self.L + 1):
-            h = A[l - 1] if H is None else H[l - 1]
-            torch.baddbmm(self.b[l - 1].unsqueeze(1), a, self.weight(l).transpose(1, 2), out=h)
-            if H is None:
-                self._kernels[0](h)
-            else:
-                A[l - 1].copy_(self.phi(h))
-            a = A[l - 1]
+        if H is None:
+            fwd = self._kernels[0]
+            for bias, wt, h in zip(v["bias"], v["Wt"], A):
+                a = fwd(torch.baddbmm(bias, a, wt, out=h))
+        else:
+            for bias, wt, h, out in zip(v["bias"], v["Wt"], H, A):
+                a = out.copy_(self.phi(torch.baddbmm(bias, a, wt, out=h)))
         return torch.baddbmm(self.br.unsqueeze(1), a, self.Wr.transpose(1, 2))
 
     @staticmethod
@@ -237,58 +260,58 @@ class Ensemble:
         g.div_(B)
         return loss, correct, g
 
-    def _backward(self, x: torch.Tensor, g: torch.Tensor, buf: dict[str, torch.Tensor],
+    def _backward(self, x: torch.Tensor, g: torch.Tensor, buf: dict[str, list],
                   fused: bool, grad_norms: bool) -> torch.Tensor | None:
         """Backprop from dloss/dlogits g; per layer l = L..1 (a_0 = x, dh_l = da_l * phi'(h_l)):
 
             dW_l = dh_l^T a_{l-1},  db_l = sum_b dh_l,  da_{l-1} = dh_l W_l  (before W_l changes).
 
-        ``fused``: each layer's gradient goes to a cache-sized scratch and its optimizer
-        update is applied at once (layers are independent in the update rule); else the
-        gradients land in :attr:`grads` for :meth:`update`. Returns ||dW_l||_F (K, L) or None.
+        ``fused``: each layer's weight gradient goes to a cache-sized scratch and its
+        optimizer update is applied at once (the update rule treats every element on its
+        own); the biases are updated together at the end. Else all gradients land in
+        :attr:`grads` for :meth:`update`. Returns ||dW_l||_F (K, L) or None.
         """
-        L, A, DA = self.L, buf["a"], buf["da"]
+        L, v, DA = self.L, self._views(), buf["DA"]
+        acts = [x] + buf["A"]  # a_0 .. a_L
         if fused:
             self._tick()
-            if self._scratch is None:
-                self._scratch = [torch.empty_like(p) for p in (self.W1, self.b, self.Wr, self.br)]
-            gW1, gb, gWr, gbr = self._scratch
-            gWh = None
+            s = self._scratch_grads()
+            gWs, gb, gb_rows, gWr, gbr = s["gW"], s["gb"], s["gb_rows"], s["gWr"], s["gbr"]
         else:
             gW1, gWh, gb, gWr, gbr = self.grads
+            gWs, gb_rows = [gW1] + list(gWh.unbind(0)), list(gb.unbind(0))
         gnT = torch.empty(L, self.K, device=self.device) if grad_norms else None
+        gn_rows = gnT.unbind(0) if grad_norms else None
         cur = 0  # dL/da_l lives in DA[cur]; dh_l overwrites it, da_{l-1} goes to the other one
         da = DA[cur]
         torch.bmm(g, self.Wr, out=da)
-        torch.bmm(g.transpose(1, 2), A[L - 1], out=gWr)
+        torch.bmm(g.transpose(1, 2), acts[L], out=gWr)
         torch.sum(g, 1, out=gbr)
         if fused:
-            self._update_(3, self.Wr, gWr, None)
-            self._update_(4, self.br, gbr, None)
+            self._apply(self.Wr, gWr, v["lr3"], [s[3] for s in self.state])
+            self._apply(self.br, gbr, v["lr2"], [s[4] for s in self.state])
+        back = self._kernels[1] if self._kernels is not None else None
+        Ws, sWs, lr3 = v["W"], v["sW"], v["lr3"]
         for l in range(L, 0, -1):
-            if self._kernels is not None:
-                dh = self._kernels[1](da, A[l - 1])
+            if back is not None:
+                dh = back(da, acts[l])
             else:
-                h = buf["h"][l - 1].detach().requires_grad_(True)
+                h = buf["H"][l - 1].detach().requires_grad_(True)
                 with torch.enable_grad():
                     (dh,) = torch.autograd.grad(self.phi(h), h, da)
-            W = self.weight(l)
+            W, gW = Ws[l - 1], gWs[l - 1]
             if l > 1:
                 cur = 1 - cur
-                da = DA[cur]
-                torch.bmm(dh, W, out=da)
-            if l == 1:
-                gW = gW1
-            else:
-                gW = buf["g"] if fused else gWh[l - 2]
-            torch.bmm(dh.transpose(1, 2), x if l == 1 else A[l - 2], out=gW)
-            torch.sum(dh, 1, out=gb[l - 1])
+                da = torch.bmm(dh, W, out=DA[cur])
+            torch.bmm(dh.transpose(1, 2), acts[l - 1], out=gW)
+            torch.sum(dh, 1, out=gb_rows[l - 1])
             if grad_norms:
-                torch.linalg.vector_norm(gW, dim=(1, 2), out=gnT[l - 1])
+                torch.linalg.vector_norm(gW, dim=(1, 2), out=gn_rows[l - 1])
             if fused:
-                self._update_(0 if l == 1 else 1, W, gW, None if l == 1 else l - 2)
-                self._update_(2, self.b[l - 1], gb[l - 1], l - 1)
-        return gnT.T if grad_norms else None
+                self._apply(W, gW, lr3, sWs[l - 1])
+        if fused:
+            self._apply(self.b, gb, v["lr2"], [s[2] for s in self.state])
+        return gnT.T.clone() if grad_norms else None
 
     @torch.no_grad()
     def train_step(self, x: torch.Tensor, y: torch.Tensor, grad_norms: bool = True):
@@ -321,18 +344,13 @@ class Ensemble:
         self._bc1 = 1 - b1**self.t
         self._bc2_sqrt = math.sqrt(1 - b2**self.t)
 
-    def _update_(self, i: int, p: torch.Tensor, g: torch.Tensor, j: int | None) -> None:
-        """Apply the optimizer to parameter tensor i (or its slice j along dim 0) with gradient g.
+    def _apply(self, p: torch.Tensor, g: torch.Tensor, lr: torch.Tensor, st: list[torch.Tensor]) -> None:
+        """Update p (any slice of a parameter) from its gradient g, lr broadcast over members, state st.
 
-        torch.optim's rules with a per-member lr: sgd p -= lr g; momentum buf = 0.9 buf + g,
-        p -= lr buf; adam m = lerp(m, g, 0.1), v = 0.999 v + 0.001 g^2,
-        p -= lr/bc1 m / (sqrt(v)/sqrt(bc2) + eps); rmsprop s = 0.99 s + 0.01 g^2,
-        p -= lr g / (sqrt(s) + eps).
+        torch.optim's rules: sgd p -= lr g; momentum buf = 0.9 buf + g, p -= lr buf;
+        adam m = lerp(m, g, 0.1), v = 0.999 v + 0.001 g^2, p -= lr/bc1 m / (sqrt(v)/sqrt(bc2) + eps);
+        rmsprop s = 0.99 s + 0.01 g^2, p -= lr g / (sqrt(s) + eps).
         """
-        shape = [1] * p.ndim
-        shape[self.kdim[i] if j is None else self.kdim[i] - 1] = self.K
-        lr = self.lr.view(shape)
-        st = [s[i] if j is None else s[i][j] for s in self.state]
         if self.optimizer == "sgd":
             p.addcmul_(g, lr, value=-1.0)
         elif self.optimizer == "momentum":
@@ -357,7 +375,9 @@ class Ensemble:
         """One optimizer step with torch.optim's rule for ``self.optimizer`` and per-member lr."""
         self._tick()
         for i, (p, g) in enumerate(zip(self.params, self.grads)):
-            self._update_(i, p, g, None)
+            shape = [1] * p.ndim
+            shape[self.kdim[i]] = self.K
+            self._apply(p, g, self.lr.view(shape), [s[i] for s in self.state])
 
     # -- probe metrics ------------------------------------------------------------------------
     @torch.no_grad()

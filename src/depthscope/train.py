@@ -244,11 +244,12 @@ def members_per_ensemble(spec: RunSpec, in_features: int, device: str | torch.de
 
     Two limits. Memory: weights, gradients, optimizer state and one scratch copy per
     member, plus the stored activations of one minibatch, within ``memory_bytes``
-    (default: 4 GiB on CPU, 60% of the free memory on a GPU). Speed: on CPU, stacking
-    only pays while one member's layer is a small matmul (it amortises the per-op
-    overhead over K members); at width >= :data:`CPU_STACK_MAX_WIDTH` one member's
-    matmuls already run near the machine's peak and stacking K of them only adds
-    memory traffic, so members are trained one after another (K = 1).
+    (default: 4 GiB on CPU, 60% of the free memory on a GPU). Speed, on CPU
+    (:func:`cpu_stack_size`): stacking amortises the per-op cost of small matmuls over K
+    members, but once one stacked layer's weights outgrow a core's cache every
+    elementwise pass and the update go to memory, so K stops where K N^2 float32 weights
+    fill :data:`CPU_STACK_BYTES`; at width >= 512 that is K = 1 (one member at a time,
+    its matmuls already large enough to run near the machine's matmul peak).
     """
     device = torch.device(device)
     L, N, B = spec.depth, spec.width, spec.batch_size
@@ -262,13 +263,23 @@ def members_per_ensemble(spec: RunSpec, in_features: int, device: str | torch.de
         else:
             memory_bytes = 4 << 30
     k = max(1, memory_bytes // per_member)
-    if device.type == "cpu" and N >= CPU_STACK_MAX_WIDTH:
-        k = 1
+    if device.type == "cpu":
+        k = min(k, cpu_stack_size(N))
     return int(k)
 
 
-#: On CPU, nets at least this wide are trained one member at a time (see members_per_ensemble).
-CPU_STACK_MAX_WIDTH = 256
+#: On CPU, a stack's hidden layer holds at most this many bytes of weights (members_per_ensemble).
+CPU_STACK_BYTES = 1 << 20
+
+
+def cpu_stack_size(width: int) -> int:
+    """K = max(1, CPU_STACK_BYTES // (4 width^2)): 256 at width 32, 64 at 64, 16 at 128, 4 at 256, 1 at >= 512.
+
+    Measured (benchmarks/bench_engine.py, docs/training.md): at width 128 one thread
+    ran 8.4 / 8.8 / 10.7 ms per member-step at K = 4 / 16 / 64, at width 500 stacks of
+    4 and 16 were 6% and 13% slower than one member at a time.
+    """
+    return max(1, CPU_STACK_BYTES // (4 * width * width))
 
 
 def train_group(specs: list[RunSpec], x: torch.Tensor, y: torch.Tensor, probe: torch.Tensor,
