@@ -17,7 +17,7 @@ each:
 * ``engine``: :func:`depthscope.train.members_per_ensemble` picks the stack size for
   the shape and device (``--stack`` forces one), then ``Ensemble.train_step`` as the
   trainer calls it (hand-written backprop, per-layer update, per-layer gradient norms,
-  every step's losses read back); at width >= 512 on CPU that is K = 1, i.e. the
+  every step's losses read back); at width 500 on CPU that is K = 1, i.e. the
   engine trains members one after another with its own kernels.
 
 Both run the same number of steps per member. The loop's cost per member does not

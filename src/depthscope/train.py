@@ -248,7 +248,7 @@ def members_per_ensemble(spec: RunSpec, in_features: int, device: str | torch.de
     (:func:`cpu_stack_size`): stacking amortises the per-op cost of small matmuls over K
     members, but once one stacked layer's weights outgrow a core's cache every
     elementwise pass and the update go to memory, so K stops where K N^2 float32 weights
-    fill :data:`CPU_STACK_BYTES`; at width >= 512 that is K = 1 (one member at a time,
+    fill :data:`CPU_STACK_BYTES`; from width 363 up that is K = 1 (one member at a time,
     its matmuls already large enough to run near the machine's matmul peak).
     """
     device = torch.device(device)
@@ -273,7 +273,7 @@ CPU_STACK_BYTES = 1 << 20
 
 
 def cpu_stack_size(width: int) -> int:
-    """K = max(1, CPU_STACK_BYTES // (4 width^2)): 256 at width 32, 64 at 64, 16 at 128, 4 at 256, 1 at >= 512.
+    """K = max(1, CPU_STACK_BYTES // (4 width^2)): 256 at width 32, 64 at 64, 16 at 128, 4 at 256, 1 from 363.
 
     Measured (benchmarks/bench_engine.py, docs/training.md): at width 128 one thread
     ran 8.4 / 8.8 / 10.7 ms per member-step at K = 4 / 16 / 64, at width 500 stacks of
