@@ -204,8 +204,10 @@ def test_tanh_in_place_equals_torch_tanh():
 def test_cpu_stack_size_rule():
     from depthscope.train import CPU_STACK_BYTES, cpu_stack_size, members_per_ensemble
 
-    assert [cpu_stack_size(n) for n in (32, 64, 128, 256, 500, 1000)] == [256, 64, 16, 4, 1, 1]
-    assert all(cpu_stack_size(n) * 4 * n * n <= max(CPU_STACK_BYTES, 4 * n * n) for n in range(1, 600))
+    assert [cpu_stack_size(n, 1) for n in (32, 64, 128, 256, 500, 1000)] == [256, 64, 16, 4, 1, 1]
+    assert [cpu_stack_size(n, 2) for n in (32, 128, 256, 500, 1000)] == [256, 16, 4, 2, 2]
+    assert all(cpu_stack_size(n, 1) * 4 * n * n <= max(CPU_STACK_BYTES, 4 * n * n) for n in range(1, 600))
+    assert cpu_stack_size(500) == 1  # torch's thread count: one here (the one_thread fixture)
     spec = RunSpec(50, 128, "tanh", "gaussian", "adam", 1e-3, 0)
     assert members_per_ensemble(spec, 784) == 16
     assert members_per_ensemble(spec, 784, memory_bytes=10 << 20) == 1  # memory binds first

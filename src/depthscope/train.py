@@ -248,8 +248,9 @@ def members_per_ensemble(spec: RunSpec, in_features: int, device: str | torch.de
     (:func:`cpu_stack_size`): stacking amortises the per-op cost of small matmuls over K
     members, but once one stacked layer's weights outgrow a core's cache every
     elementwise pass and the update go to memory, so K stops where K N^2 float32 weights
-    fill :data:`CPU_STACK_BYTES`; from width 363 up that is K = 1 (one member at a time,
-    its matmuls already large enough to run near the machine's matmul peak).
+    fill :data:`CPU_STACK_BYTES`, and never below the number of intra-op threads (from
+    width 363 up that bound is what remains: one member per thread, each member's
+    matmuls already large enough to run near the matmul peak).
     """
     device = torch.device(device)
     L, N, B = spec.depth, spec.width, spec.batch_size
@@ -272,14 +273,19 @@ def members_per_ensemble(spec: RunSpec, in_features: int, device: str | torch.de
 CPU_STACK_BYTES = 1 << 20
 
 
-def cpu_stack_size(width: int) -> int:
-    """K = max(1, CPU_STACK_BYTES // (4 width^2)): 256 at width 32, 64 at 64, 16 at 128, 4 at 256, 1 from 363.
+def cpu_stack_size(width: int, threads: int | None = None) -> int:
+    """K = max(threads, CPU_STACK_BYTES // (4 width^2)); threads defaults to torch's intra-op threads.
 
-    Measured (benchmarks/bench_engine.py, docs/training.md): at width 128 one thread
-    ran 8.4 / 8.8 / 10.7 ms per member-step at K = 4 / 16 / 64, at width 500 stacks of
-    4 and 16 were 6% and 13% slower than one member at a time.
+    The cache term gives 256 at width 32, 64 at 64, 16 at 128, 4 at 256, 1 from 363 up.
+    The thread term: with T threads a stack of at least T lets the batched matmul give
+    each thread whole members instead of splitting one member's small matmul across
+    threads. Measured (benchmarks/bench_engine.py, docs/training.md), depth 50, width
+    500: two threads on a quiet machine ran K = 1 / 2 / 4 at 1.18 / 1.29 / 1.45 x the
+    plain loop (a second run: K = 2 / 4 / 8 at 1.63 / 1.42 / 1.40 x); one thread
+    (CPU time) ran K = 1 / 4 / 16 at 113 / 120 / 128 ms per member-step.
     """
-    return max(1, CPU_STACK_BYTES // (4 * width * width))
+    t = torch.get_num_threads() if threads is None else threads
+    return max(1, t, CPU_STACK_BYTES // (4 * width * width))
 
 
 def train_group(specs: list[RunSpec], x: torch.Tensor, y: torch.Tensor, probe: torch.Tensor,
