@@ -7,9 +7,11 @@ Layout (K members, L hidden layers of width N, D inputs, C classes)::
 
 Every layer is one ``torch.baddbmm`` over the K members, the backward pass is
 written out by hand (the MLP's backprop is four lines per layer; the activation's
-backward uses the same aten kernels autograd uses, or autograd itself for
-activations without a known kernel), and each optimizer is a few in-place ops over
-the five stacked tensors with a per-member learning rate. Members can be removed
+backward uses the same aten kernels autograd uses, in place, or autograd itself for
+activations without a known kernel), and each optimizer is a few in-place ops with a
+per-member learning rate. :meth:`Ensemble.train_step` applies each layer's update as
+soon as its gradient exists (in cache, no stored gradients); :meth:`Ensemble.step` +
+:meth:`Ensemble.update` is its plain twin. Members can be removed
 (:meth:`Ensemble.keep`) when they finish, so finished runs cost nothing.
 
 The reference for all of this is one ``nn.Module`` trained by autograd and
