@@ -145,3 +145,100 @@ def test_result_failure_is_failure_kind_of_its_fields():
 
     assert low.failure == failure_kind(False, False, low.vni_final[-1], low.train_accuracy)
     assert blown.diverged and blown.failure == "diverged"
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid", "hard_tanh", "linear"])
+def test_fused_train_step_equals_step_then_update(optimizer, activation):
+    """train_step (per-layer update inside backprop, scratch gradients, in-place kernels) vs step + update."""
+    from depthscope.ensemble import Ensemble
+    from depthscope.nets import NetSpec
+
+    g = torch.Generator().manual_seed(5)
+    # depth 4 and 5: the dL/da buffers alternate, an even and an odd number of times
+    for depth in (4, 5):
+        spec = NetSpec(depth, 12, activation, "gaussian", in_features=9, out_features=5)
+        members = [(spec, s) for s in range(3)]
+        lrs = list(LRS[optimizer]) + [LRS[optimizer][0] / 2]
+        fused, plain = Ensemble(members, optimizer, lrs), Ensemble(members, optimizer, lrs)
+        for step in range(6):
+            B = 7 if step < 4 else 3  # a last partial minibatch: a second set of buffers
+            x, y = torch.randn(3, B, 9, generator=g), torch.randint(0, 5, (3, B), generator=g)
+            lf, cf, gf, updated = fused.train_step(x, y)
+            lp, cp, gp = plain.step(x, y)
+            plain.update()
+            assert updated
+            torch.testing.assert_close(lf, lp, rtol=1e-6, atol=1e-7)
+            assert torch.equal(cf, cp)
+            torch.testing.assert_close(gf, gp, rtol=1e-5, atol=1e-7)
+        for pf, pp in zip(fused.params, plain.params):
+            torch.testing.assert_close(pf, pp, rtol=1e-5, atol=1e-6)
+
+
+def test_train_step_skips_the_update_when_a_loss_is_not_finite():
+    from depthscope.ensemble import Ensemble
+    from depthscope.nets import NetSpec
+
+    spec = NetSpec(3, 8, "relu", "gaussian", in_features=4, out_features=3)
+    ens = Ensemble([(spec, 0), (spec, 1)], "momentum", [0.1, 0.1])
+    before = [p.clone() for p in ens.params]
+    x = torch.randn(2, 5, 4)
+    x[1, 0, 0] = float("inf")
+    loss, _, gn, updated = ens.train_step(x, torch.zeros(2, 5, dtype=torch.long))
+    assert not updated and gn is None and math.isfinite(float(loss[0])) and not math.isfinite(float(loss[1]))
+    assert all(torch.equal(a, b) for a, b in zip(before, ens.params)) and ens.t == 0
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid", "hard_tanh", "linear"])
+def test_hand_written_backward_equals_autograd(activation):
+    """Ensemble.step's gradients (in-place activation kernels) vs autograd through Ensemble.forward."""
+    from depthscope.ensemble import Ensemble
+    from depthscope.nets import NetSpec
+
+    g = torch.Generator().manual_seed(2)
+    spec = NetSpec(4, 10, activation, "orthogonal", in_features=6, out_features=4)
+    ens = Ensemble([(spec, 0), (spec, 1)], "sgd", [0.1, 0.1])
+    x, y = torch.randn(2, 8, 6, generator=g), torch.randint(0, 4, (2, 8), generator=g)
+    loss, _, gn = ens.step(x, y)
+    params = [p.clone().requires_grad_(True) for p in ens.params]
+    ref = Ensemble([(spec, 0), (spec, 1)], "sgd", [0.1, 0.1])
+    ref._set_params(params)
+    logits = ref.forward(x)
+    ref_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)
+    grads = torch.autograd.grad(ref_loss.sum(), params)
+    torch.testing.assert_close(loss, ref_loss.detach(), rtol=1e-6, atol=1e-7)
+    for got, want in zip(ens.grads, grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    want_gn = torch.stack([grads[0].flatten(1).norm(dim=1)] + [w.flatten(1).norm(dim=1) for w in grads[1]], 1)
+    torch.testing.assert_close(gn, want_gn, rtol=1e-5, atol=1e-7)
+
+
+def test_tanh_in_place_equals_torch_tanh():
+    """The numpy SIMD tanh (CPU float32 fast path) vs torch.tanh: within 2 float32 ulp, specials exact."""
+    from depthscope.ensemble import tanh_
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(20000, generator=g) * s for s in (1e-4, 0.1, 1.0, 5.0)]
+                  + [torch.tensor([0.0, -0.0, 1e-30, 9.0, 10.0, 20.0, -20.0, 1e30, float("inf"), float("-inf")])])
+    got = tanh_(x.clone())
+    want = torch.tanh(x)
+    ulp = torch.finfo(torch.float32).eps * want.abs().clamp_min(torch.finfo(torch.float32).tiny)
+    assert float(((got - want).abs() / ulp).max()) <= 2.0
+    assert torch.equal(torch.signbit(got), torch.signbit(want))
+    assert torch.isnan(tanh_(torch.tensor([float("nan")]))).all()
+    # non-contiguous and float64 tensors take torch's own kernel
+    y = torch.randn(6, 4, generator=g, dtype=torch.float64).T
+    assert torch.equal(tanh_(y.clone()), torch.tanh(y))
+
+
+def test_cpu_stack_size_rule():
+    from depthscope.train import CPU_STACK_BYTES, cpu_stack_size, members_per_ensemble
+
+    assert [cpu_stack_size(n, 1) for n in (32, 64, 128, 256, 500, 1000)] == [256, 64, 16, 4, 1, 1]
+    assert [cpu_stack_size(n, 2) for n in (32, 128, 256, 500, 1000)] == [256, 16, 4, 2, 2]
+    assert all(cpu_stack_size(n, 1) * 4 * n * n <= max(CPU_STACK_BYTES, 4 * n * n) for n in range(1, 600))
+    assert cpu_stack_size(500) == 1  # torch's thread count: one here (the one_thread fixture)
+    spec = RunSpec(50, 128, "tanh", "gaussian", "adam", 1e-3, 0)
+    assert members_per_ensemble(spec, 784) == 16
+    assert members_per_ensemble(spec, 784, memory_bytes=10 << 20) == 1  # memory binds first
+    assert members_per_ensemble(RunSpec(50, 500, "tanh", "gaussian", "sgd", 1e-3, 0), 784) == 1

@@ -285,11 +285,13 @@ def members_per_ensemble(spec: RunSpec, in_features: int, device: str | torch.de
 
     Two limits. Memory: weights, gradients, optimizer state and one scratch copy per
     member, plus the stored activations of one minibatch, within ``memory_bytes``
-    (default: 4 GiB on CPU, 60% of the free memory on a GPU). Speed: on CPU, stacking
-    only pays while one member's layer is a small matmul (it amortises the per-op
-    overhead over K members); at width >= :data:`CPU_STACK_MAX_WIDTH` one member's
-    matmuls already run near the machine's peak and stacking K of them only adds
-    memory traffic, so members are trained one after another (K = 1).
+    (default: 4 GiB on CPU, 60% of the free memory on a GPU). Speed, on CPU
+    (:func:`cpu_stack_size`): stacking amortises the per-op cost of small matmuls over K
+    members, but once one stacked layer's weights outgrow a core's cache every
+    elementwise pass and the update go to memory, so K stops where K N^2 float32 weights
+    fill :data:`CPU_STACK_BYTES`, and never below the number of intra-op threads (from
+    width 363 up that bound is what remains: one member per thread, each member's
+    matmuls already large enough to run near the matmul peak).
     """
     device = torch.device(device)
     L, N, B = spec.depth, spec.width, spec.batch_size
@@ -303,13 +305,28 @@ def members_per_ensemble(spec: RunSpec, in_features: int, device: str | torch.de
         else:
             memory_bytes = 4 << 30
     k = max(1, memory_bytes // per_member)
-    if device.type == "cpu" and N >= CPU_STACK_MAX_WIDTH:
-        k = 1
+    if device.type == "cpu":
+        k = min(k, cpu_stack_size(N))
     return int(k)
 
 
-#: On CPU, nets at least this wide are trained one member at a time (see members_per_ensemble).
-CPU_STACK_MAX_WIDTH = 256
+#: On CPU, a stack's hidden layer holds at most this many bytes of weights (members_per_ensemble).
+CPU_STACK_BYTES = 1 << 20
+
+
+def cpu_stack_size(width: int, threads: int | None = None) -> int:
+    """K = max(threads, CPU_STACK_BYTES // (4 width^2)); threads defaults to torch's intra-op threads.
+
+    The cache term gives 256 at width 32, 64 at 64, 16 at 128, 4 at 256, 1 from 363 up.
+    The thread term: with T threads a stack of at least T lets the batched matmul give
+    each thread whole members instead of splitting one member's small matmul across
+    threads. Measured (benchmarks/bench_engine.py, docs/training.md), depth 50, width
+    500: two threads on a quiet machine ran K = 1 / 2 / 4 at 1.18 / 1.29 / 1.45 x the
+    plain loop (a second run: K = 2 / 4 / 8 at 1.63 / 1.42 / 1.40 x); one thread
+    (CPU time) ran K = 1 / 4 / 16 at 113 / 120 / 128 ms per member-step.
+    """
+    t = torch.get_num_threads() if threads is None else threads
+    return max(1, t, CPU_STACK_BYTES // (4 * width * width))
 
 
 def train_group(specs: list[RunSpec], x: torch.Tensor, y: torch.Tensor, probe: torch.Tensor,
@@ -393,10 +410,10 @@ def _train_ensemble(specs: list[RunSpec], x, y, probe, device, done, trace_steps
         for start in range(0, n, B):
             idx = orders[:, start:start + B]
             xb, yb = x[idx], y[idx]
-            loss, corr, gn = ens.step(xb, yb)
-            lc = loss.cpu()
-            bad = ~torch.isfinite(lc)
-            if bad.any():
+            loss, corr, gn, updated = ens.train_step(xb, yb)
+            while not updated:  # a member's loss is non-finite: it leaves, the rest redo the step
+                lc = loss.cpu()
+                bad = ~torch.isfinite(lc)
                 badk = bad.nonzero().flatten().tolist()
                 for k in badk:
                     if nupd:
@@ -406,11 +423,14 @@ def _train_ensemble(specs: list[RunSpec], x, y, probe, device, done, trace_steps
                 keep = (~bad).nonzero().flatten().tolist()
                 kt = torch.tensor(keep, dtype=torch.long, device=device)
                 compact(keep)
-                orders, correct, loss_sum, gsum = (t.index_select(0, kt) for t in (orders, correct, loss_sum, gsum))
-                loss, corr, gn, lc = loss.index_select(0, kt), corr.index_select(0, kt), gn.index_select(0, kt), lc[~bad]
                 if not active:
                     break
-            ens.update()
+                orders, correct, loss_sum, gsum, xb, yb = (t.index_select(0, kt) for t in
+                                                          (orders, correct, loss_sum, gsum, xb, yb))
+                loss, corr, gn, updated = ens.train_step(xb, yb)
+            if not active:
+                break
+            lc = loss.cpu()
             step += 1
             nupd += 1
             correct += corr
