@@ -225,7 +225,7 @@ def failure_line(runs: list[dict]) -> str:
     c = failure_counts(runs)
     n = sum(c.values())
     label = {"collapsed": f"collapsed (output VNI > {COLLAPSE_VNI})", "slow": "slow (still learning at the end)",
-             "stuck": "stuck (no progress, VNI <= 0.9)", "dead": "dead (output nodes constant)"}
+             "stuck": f"stuck (no progress, VNI <= {COLLAPSE_VNI})", "dead": "dead (output nodes constant)"}
     parts = [f"{v} {label.get(k, k)} ({100 * v / n:.0f}%)" for k, v in c.items() if v]
     return f"{n} failed run{'' if n == 1 else 's'}: " + (", ".join(parts) if parts else "none")
 
