@@ -48,6 +48,7 @@ from torch import nn
 from depthscope.ensemble import Ensemble
 from depthscope.nets import NetSpec, layer_params, linear_from_params
 from depthscope.train import RunSpec, epoch_order, members_per_ensemble
+from depthscope.sweep import resolve_device
 
 D, C, B = 784, 10, 100
 
@@ -227,7 +228,7 @@ def step_times(args, device) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer steps, rounds and timed members")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto (cuda when torch sees a GPU), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--depth", type=int, default=50)
     p.add_argument("--widths", type=lambda s: [int(v) for v in s.split(",")], default=[32, 64, 128, 500])
@@ -252,10 +253,10 @@ def main(argv=None) -> int:
     args.members = args.members or (4 if args.quick else 8)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
+    try:
+        device = torch.device(resolve_device(args.device))
+    except ValueError as e:
+        p.error(str(e))
     if args.step_time:
         step_times(args, device)
     else:

@@ -65,6 +65,10 @@ def test_vni_text_output(capsys):
      "--preprocess must be one of center, whiten, got 'zca'"),
     (["vni", "--depth", "3", "--width", "5", "--preprocess", "whiten"],
      "--preprocess applies to mnist and fashion-mnist inputs only"),
+    (["reproduce", "fig5", "--device", "gpu"], "device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+    (["sweep", "--depths", "3", "--device", "tpu"], "device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+    pytest.param(["reproduce", "fig5", "--device", "cuda:0"], "--device cuda:0 was asked for but torch sees no CUDA",
+                 marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is present")),
 ])
 def test_bad_input_is_one_line_exit_2(argv, needle):
     proc = subprocess.run([sys.executable, "-m", "depthscope", *argv], capture_output=True, text=True, env=ENV)

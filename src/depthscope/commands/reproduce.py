@@ -53,21 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=cmd_export)
 
 
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
-    return name
-
-
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from ..experiments import registry, run_experiment
     from ..store import Store
+    from ..sweep import resolve_device
 
     reg = registry()
     if args.list:
