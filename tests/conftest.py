@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -24,3 +26,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def device():
+    """Where the engine-vs-reference tests run: cpu, or $DEPTHSCOPE_TEST_DEVICE (benchmarks/gpu.sh sets cuda)."""
+    name = os.environ.get("DEPTHSCOPE_TEST_DEVICE", "cpu")
+    if name != "cpu" and not torch.cuda.is_available():
+        pytest.fail(f"DEPTHSCOPE_TEST_DEVICE={name!r} but torch sees no CUDA device")
+    return name

@@ -38,43 +38,44 @@ def _compare(fast, slow, tol=1e-5):
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
-def test_each_member_follows_its_own_torch_optim_trajectory(optimizer, activation):
+def test_each_member_follows_its_own_torch_optim_trajectory(optimizer, activation, device):
     """20 steps (4 epochs x 5 batches) of 4 members with different lr, seed and init, vs torch.optim alone."""
     x, y = _blobs()
     lo, hi = LRS[optimizer]
     specs = [RunSpec(4, 16, activation, init, optimizer, lr, seed, batch_size=40, max_epochs=4,
                      target_accuracy=1.0, vni_dense_steps=3)
              for init, lr, seed in [("gaussian", lo, 0), ("orthogonal", hi, 1), ("uniform", hi, 2), ("orthogonal", lo, 3)]]
-    fast = train_group(specs, x, y, x[:64], trace_steps=True)
+    fast = train_group(specs, x, y, x[:64], device=device, trace_steps=True)
     for f, s in zip(fast, specs):
-        slow = train_reference(s, x, y, x[:64], trace_steps=True)
+        slow = train_reference(s, x, y, x[:64], device=device, trace_steps=True)
         assert len(slow.step_loss) == 20
         _compare(f, slow)
 
 
-def test_members_leave_on_success_and_on_running_out_of_epochs():
+def test_members_leave_on_success_and_on_running_out_of_epochs(device):
     """One member succeeds early and leaves the stack, the other runs out of epochs; both match torch.optim."""
     x, y = _blobs()
     specs = [RunSpec(3, 16, "tanh", "orthogonal", "momentum", lr, seed, batch_size=40, max_epochs=5,
                      target_accuracy=0.45, vni_dense_steps=2) for seed, lr in [(0, 0.1), (1, 1e-4)]]
     seen = []
-    fast = train_group(specs, x, y, x[:50], on_result=lambda r: seen.append(r.spec.seed), trace_steps=True)
+    fast = train_group(specs, x, y, x[:50], device=device, on_result=lambda r: seen.append(r.spec.seed),
+                       trace_steps=True)
     assert seen == [0, 1]
     for f, s in zip(fast, specs):
-        _compare(f, train_reference(s, x, y, x[:50], trace_steps=True))
+        _compare(f, train_reference(s, x, y, x[:50], device=device, trace_steps=True))
     assert fast[0].success and fast[0].epoch_of_success < 5 and fast[0].steps < fast[1].steps
     assert not fast[1].success and not fast[1].diverged and "below target" in fast[1].reason
 
 
-def test_divergence_inside_an_ensemble():
+def test_divergence_inside_an_ensemble(device):
     x, y = _blobs()
     specs = [RunSpec(3, 16, "relu", "gaussian", "sgd", lr, s, batch_size=50, max_epochs=3, target_accuracy=1.0)
              for s, lr in enumerate([1e-2, 1e6, 1e-3])]
-    fast = train_group(specs, x * 100, y, x[:50] * 100, trace_steps=True)
+    fast = train_group(specs, x * 100, y, x[:50] * 100, device=device, trace_steps=True)
     assert fast[1].diverged and "non-finite loss" in fast[1].reason
     assert not fast[0].diverged and not fast[2].diverged
     for f, s in zip(fast, specs):
-        _compare(f, train_reference(s, x * 100, y, x[:50] * 100, trace_steps=True), tol=1e-4)
+        _compare(f, train_reference(s, x * 100, y, x[:50] * 100, device=device, trace_steps=True), tol=1e-4)
 
 
 def test_unknown_activation_uses_autograd_backward():
@@ -149,7 +150,7 @@ def test_result_failure_is_failure_kind_of_its_fields():
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid", "hard_tanh", "linear"])
-def test_fused_train_step_equals_step_then_update(optimizer, activation):
+def test_fused_train_step_equals_step_then_update(optimizer, activation, device):
     """train_step (per-layer update inside backprop, scratch gradients, in-place kernels) vs step + update."""
     from depthscope.ensemble import Ensemble
     from depthscope.nets import NetSpec
@@ -160,10 +161,10 @@ def test_fused_train_step_equals_step_then_update(optimizer, activation):
         spec = NetSpec(depth, 12, activation, "gaussian", in_features=9, out_features=5)
         members = [(spec, s) for s in range(3)]
         lrs = list(LRS[optimizer]) + [LRS[optimizer][0] / 2]
-        fused, plain = Ensemble(members, optimizer, lrs), Ensemble(members, optimizer, lrs)
+        fused, plain = Ensemble(members, optimizer, lrs, device), Ensemble(members, optimizer, lrs, device)
         for step in range(6):
             B = 7 if step < 4 else 3  # a last partial minibatch: a second set of buffers
-            x, y = torch.randn(3, B, 9, generator=g), torch.randint(0, 5, (3, B), generator=g)
+            x, y = torch.randn(3, B, 9, generator=g).to(device), torch.randint(0, 5, (3, B), generator=g).to(device)
             lf, cf, gf, updated = fused.train_step(x, y)
             lp, cp, gp = plain.step(x, y)
             plain.update()
@@ -190,18 +191,18 @@ def test_train_step_skips_the_update_when_a_loss_is_not_finite():
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid", "hard_tanh", "linear"])
-def test_hand_written_backward_equals_autograd(activation):
+def test_hand_written_backward_equals_autograd(activation, device):
     """Ensemble.step's gradients (in-place activation kernels) vs autograd through Ensemble.forward."""
     from depthscope.ensemble import Ensemble
     from depthscope.nets import NetSpec
 
     g = torch.Generator().manual_seed(2)
     spec = NetSpec(4, 10, activation, "orthogonal", in_features=6, out_features=4)
-    ens = Ensemble([(spec, 0), (spec, 1)], "sgd", [0.1, 0.1])
-    x, y = torch.randn(2, 8, 6, generator=g), torch.randint(0, 4, (2, 8), generator=g)
+    ens = Ensemble([(spec, 0), (spec, 1)], "sgd", [0.1, 0.1], device)
+    x, y = torch.randn(2, 8, 6, generator=g).to(device), torch.randint(0, 4, (2, 8), generator=g).to(device)
     loss, _, gn = ens.step(x, y)
     params = [p.clone().requires_grad_(True) for p in ens.params]
-    ref = Ensemble([(spec, 0), (spec, 1)], "sgd", [0.1, 0.1])
+    ref = Ensemble([(spec, 0), (spec, 1)], "sgd", [0.1, 0.1], device)
     ref._set_params(params)
     logits = ref.forward(x)
     ref_loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)
