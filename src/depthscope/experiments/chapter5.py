@@ -231,10 +231,9 @@ def failure_line(runs: list[dict]) -> str:
 
 
 def _save(fig, outdir: Path, name: str) -> list[Path]:
-    paths = [outdir / f"{name}.png", outdir / f"{name}.svg"]
-    fig.savefig(paths[0], dpi=120, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
-    return paths
+    from ..report import save_figure
+
+    return save_figure(fig, outdir, name, dpi=120)
 
 
 def success_grid(runs: list[dict], depths: list[int], lrs: list[float]) -> np.ndarray:

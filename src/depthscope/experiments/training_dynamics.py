@@ -30,11 +30,9 @@ Q_TRACE = "vni"  # engine: VNI of layer l after `step` updates (step 0 = at init
 
 
 def _save(fig, outdir: Path, name: str) -> list[Path]:
-    outdir.mkdir(parents=True, exist_ok=True)
-    paths = [outdir / f"{name}.png", outdir / f"{name}.svg"]
-    fig.savefig(paths[0], dpi=120, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
-    return paths
+    from ..report import save_figure
+
+    return save_figure(fig, outdir, name, dpi=120)
 
 
 def _protocol(p: dict) -> str:
