@@ -12,6 +12,7 @@ from depthscope.experiments.chapter5 import (
     THESIS_TABLE_5_1,
     collect_runs,
     failure_counts,
+    failure_split,
     log10_gain,
     step_use,
     success_grid,
@@ -100,6 +101,18 @@ def test_log10_gain_is_the_product_over_layers():
     assert math.isnan(log10_gain({"sigma": np.array([np.nan])}))
 
 
+def test_failure_split_counts_collapses_and_leaves_out_missing_vni():
+    nan = float("nan")
+    runs = [{"activation": "tanh", "failure": "collapsed", "vni_out": 0.98},
+            {"activation": "tanh", "failure": "stuck", "vni_out": 0.5},
+            {"activation": "tanh", "failure": "diverged", "vni_out": nan},
+            {"activation": "tanh", "failure": None, "vni_out": 0.2},
+            {"activation": "relu", "failure": None, "vni_out": 0.3},
+            {"activation": "linear", "failure": "dead", "vni_out": nan}]
+    assert failure_split(runs) == ("by activation: linear: 1 failed, 0% collapsed; relu: none failed; "
+                                   "tanh: 3 failed, 33% collapsed, output VNI mean 0.740")
+
+
 def test_vni_stats_are_population_stats():
     v = np.array([0.2, 0.4, 0.9])
     mn, mx, mean, std = vni_stats(v)
@@ -130,6 +143,14 @@ def test_figures_from_store(filled, tmp_path):
     table = (tmp_path / "figs" / "table5.1.csv").read_text().splitlines()
     assert len(table) == 1 + 8 and "diverged,collapsed" in table[0]
     assert "24 failed runs: 16 diverged (67%), 8 collapsed (output VNI > 0.9) (33%)" in by["table5.1"].verdict
+    # the per-activation split, brute force from the fake's rule (failed: lr >= 1 diverged, else collapsed)
+    for act in ("relu", "tanh"):
+        failed = [r for r in runs if r["activation"] == act and not r["success"]]
+        coll = [r for r in failed if r["lr"] < 1]
+        mean = np.mean([min(1.0, r["lr"] * r["depth"]) for r in failed])
+        assert (f"{act}: {len(failed)} failed, {100 * len(coll) / len(failed):.0f}% collapsed, "
+                f"output VNI mean {mean:.3f}") in by["fig5.7"].verdict
+    assert "by activation: relu: 12 failed, 33% collapsed" in by["fig5.7"].verdict
     # two thirds of the failures are divergences, so the thesis' "every failed run collapses" does not hold here
     assert by["fig5.7"].verdict.endswith("- not reproduced.") and by["fig5.7"].agrees is False
 
