@@ -23,9 +23,11 @@ DEVICE=${DEVICE:-cuda}
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-if [ -n "${QUICK:-}" ]; then
-  table_args=(--quick --widths 32,128 --ks 16)
-  step_args=(--step-time 5,10 --width 64 --k 1,4 --steps 2 --rounds 1)
+tests_args=()
+if [ -n "${QUICK:-}" ]; then  # tiny sizes: checks the script's plumbing (tests/test_gpu_script.py), not speed
+  tests_args=(-k "trajectory and sgd and tanh")
+  table_args=(--depth 3 --widths 16 --ks 4 --steps 1 --rounds 1 --members 1)
+  step_args=(--step-time 2,3 --width 16 --k 1,2 --steps 1 --rounds 1)
 else
   table_args=()
   # each round builds its ensemble anew (K x 500 x 500^2 weights drawn on the CPU), so 2 rounds
@@ -45,7 +47,8 @@ part() {  # part NAME LIMIT_S COMMAND...: run, tee to $OUT/NAME.txt, remember a 
 { nvidia-smi 2>&1 || echo "no nvidia-smi"; "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } \
   >"$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt" | tail -n 3
-part tests 180 env DEPTHSCOPE_TEST_DEVICE="$DEVICE" "$PY" -m pytest -q -p no:cacheprovider tests/test_train_engine.py
+part tests 180 env DEPTHSCOPE_TEST_DEVICE="$DEVICE" "$PY" -m pytest -q -p no:cacheprovider tests/test_train_engine.py \
+  "${tests_args[@]}"
 part table 240 "$PY" benchmarks/bench_engine.py --device "$DEVICE" "${table_args[@]}"
 part step_times 240 "$PY" benchmarks/bench_engine.py --device "$DEVICE" "${step_args[@]}"
 data=${DEPTHSCOPE_DATA:-.data}

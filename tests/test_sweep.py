@@ -310,3 +310,21 @@ def test_ray_backend_on_local_ray(tmp_path, monkeypatch):
     finally:
         ray.shutdown()
     assert not ray.is_initialized()
+
+
+def test_resolve_device_checks_names_and_cuda_indices(monkeypatch):
+    import torch
+
+    from depthscope.sweep import resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="device must be auto, cpu, cuda or cuda:N, got 'gpu'"):
+        resolve_device("gpu")
+    # a machine with two GPUs, as torch would report it
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda") == "cuda"
+    assert resolve_device("cuda:1") == "cuda:1"
+    for bad in ("cuda:2", "cuda:x", "cuda:-1"):
+        with pytest.raises(ValueError, match=rf"--device {bad}: torch sees 2 CUDA device\(s\), cuda:0..cuda:1"):
+            resolve_device(bad)

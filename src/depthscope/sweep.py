@@ -395,6 +395,10 @@ def resolve_device(name: str = "auto") -> str:
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise ValueError(f"--device {name} was asked for but torch sees no CUDA device; use --device cpu")
+        n = torch.cuda.device_count()
+        index = name.partition(":")[2]
+        if index and not (index.isdigit() and int(index) < n):
+            raise ValueError(f"--device {name}: torch sees {n} CUDA device(s), cuda:0..cuda:{n - 1}")
         return name
     raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
 
