@@ -92,3 +92,12 @@ def test_vni_whitened_mnist_inputs(capsys, tmp_path):
     centred = run_json(capsys, *common)
     assert centred["preprocess"] == "center" and centred["in_features"] == 784
     assert white["vni_mean"] != centred["vni_mean"]
+
+
+def test_bad_device_leaves_no_run_directory(tmp_path):
+    for argv in (["sweep", "--depths", "3", "--device", "tpu"], ["reproduce", "fig5", "--device", "tpu"]):
+        run_dir = tmp_path / argv[0]
+        proc = subprocess.run([sys.executable, "-m", "depthscope", *argv, "--run-dir", str(run_dir)],
+                              capture_output=True, text=True, env=ENV)
+        assert proc.returncode == 2 and "got 'tpu'" in proc.stderr
+        assert not run_dir.exists()

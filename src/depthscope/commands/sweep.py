@@ -68,7 +68,7 @@ def _overrides(args: argparse.Namespace) -> dict:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ..cli import print_json
     from ..store import Store
-    from ..sweep import DEFAULT_TRAINER, SweepSpec, expand, make_groups, run_sweep
+    from ..sweep import DEFAULT_TRAINER, SweepSpec, expand, make_groups, resolve_device, run_sweep
 
     over = _overrides(args)
     sweep = SweepSpec.from_toml(args.config, over) if args.config else SweepSpec.from_dict(over)
@@ -82,6 +82,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         else:
             print(f"{doc['runs']} runs in {doc['groups']} ensembles; grid: {doc['sweep']}")
         return 0
+    resolve_device(args.device)  # a bad device is an error before the run directory is made
     with Store(args.run_dir) as store:
         summary = run_sweep(sweep, store, backend=args.backend, workers=args.workers or None, device=args.device,
                             trainer=args.trainer or DEFAULT_TRAINER, data_dir=args.data_dir, address=args.address,
