@@ -47,8 +47,8 @@ from torch import nn
 
 from depthscope.ensemble import Ensemble
 from depthscope.nets import NetSpec, layer_params, linear_from_params
-from depthscope.train import RunSpec, epoch_order, members_per_ensemble
 from depthscope.sweep import resolve_device
+from depthscope.train import RunSpec, epoch_order, members_per_ensemble
 
 D, C, B = 784, 10, 100
 

@@ -31,7 +31,9 @@ def one_thread():
 @pytest.fixture
 def device():
     """Where the engine-vs-reference tests run: cpu, or $DEPTHSCOPE_TEST_DEVICE (benchmarks/gpu.sh sets cuda)."""
-    name = os.environ.get("DEPTHSCOPE_TEST_DEVICE", "cpu")
-    if name != "cpu" and not torch.cuda.is_available():
-        pytest.fail(f"DEPTHSCOPE_TEST_DEVICE={name!r} but torch sees no CUDA device")
-    return name
+    from depthscope.sweep import resolve_device
+
+    try:
+        return resolve_device(os.environ.get("DEPTHSCOPE_TEST_DEVICE", "cpu"))
+    except ValueError as e:
+        pytest.fail(f"DEPTHSCOPE_TEST_DEVICE: {e}")

@@ -523,5 +523,5 @@ def vni_claim(runs: list[dict]) -> tuple[str, bool | None]:
                            ("" if through else "; gradients bounded per layer, not through the net") + ")", None)
     else:
         verdict, agrees = "not reproduced", False
-    return (f"{failure_line(runs)} ({failure_split(runs)}){above}; {grad}. Thesis: every failed run ends with VNI near 1 (min 0.9029) "
-            f"with sigma_w^2 mu_1 near 1 - {verdict}.", agrees)
+    return (f"{failure_line(runs)} ({failure_split(runs)}){above}; {grad}. Thesis: every failed run ends with "
+            f"VNI near 1 (min 0.9029) with sigma_w^2 mu_1 near 1 - {verdict}.", agrees)
