@@ -8,7 +8,7 @@
 #                      (the paper preset's group size):
 #                      the paper preset's wall time on one GPU (docs/training.md says how)
 #   4. fig5.txt        the fig5 quick preset on the GPU, when MNIST is there
-#                      ($DEPTHSCOPE_DATA, else ./.data/mnist); its store comes back as fig5-results.sqlite
+#                      ($DEPTHSCOPE_DATA, else ./.data/mnist); its report comes back as fig5-report.html
 # Each part writes under $OUT (default ./gpu-out) and has its own time limit, so a slow part
 # cannot eat the rest of a short lease. Parts 1-3 should take 3-5 minutes on an H200 (an
 # estimate: this script has not yet run on a GPU); part 4 adds a few more, so leave MNIST out
@@ -57,8 +57,9 @@ if [ -e "$data/mnist/t10k-images-idx3-ubyte.gz" ] || [ -e "$data/t10k-images-idx
   set_args=()
   [ -n "${QUICK:-}" ] && set_args=(--set 'depths=[4]')
   part fig5 300 "$PY" -m depthscope reproduce fig5 --device "$DEVICE" --data-dir "$data" --run-dir "$run" \
-    --no-report --force "${set_args[@]}"
-  cp "$run/results.sqlite" "$OUT/fig5-results.sqlite" 2>/dev/null || true
+    --force "${set_args[@]}"
+  # the store is hundreds of MB; the self-contained report (verdicts, figures) is a few MB
+  cp "$run/report.html" "$OUT/fig5-report.html" 2>/dev/null || true
 else
   echo "== fig5 skipped: no MNIST under $data (copy ../shared/data/mnist to ./.data/mnist and carry .data)"
 fi
