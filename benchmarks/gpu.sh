@@ -46,7 +46,7 @@ part() {  # part NAME LIMIT_S COMMAND...: run, tee to $OUT/NAME.txt, remember a 
 
 { nvidia-smi 2>&1 || echo "no nvidia-smi"; "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"; } \
   >"$OUT/machine.txt" 2>&1
-cat "$OUT/machine.txt" | tail -n 3
+tail -n 3 "$OUT/machine.txt"
 part tests 180 env DEPTHSCOPE_TEST_DEVICE="$DEVICE" "$PY" -m pytest -q -p no:cacheprovider tests/test_train_engine.py \
   "${tests_args[@]}"
 part table 240 "$PY" benchmarks/bench_engine.py --device "$DEVICE" "${table_args[@]}"

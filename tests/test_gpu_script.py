@@ -31,7 +31,7 @@ def test_gpu_script_dry_run_on_cpu(tmp_path):
 
 def test_gpu_script_fails_when_a_part_fails(tmp_path):
     env = {**os.environ, "DEVICE": "cuda:99", "QUICK": "1", "PYTHON": sys.executable, "OUT": str(tmp_path / "o"),
-           "DEPTHSCOPE_DATA": str(tmp_path / "no-data"), "DEPTHSCOPE_TEST_DEVICE": "cpu"}
+           "DEPTHSCOPE_DATA": str(tmp_path / "no-data")}
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh")], capture_output=True, text=True, env=env,
                           timeout=600)
     assert proc.returncode == 1 and "== table failed: exit 2" in proc.stdout

@@ -82,9 +82,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         else:
             print(f"{doc['runs']} runs in {doc['groups']} ensembles; grid: {doc['sweep']}")
         return 0
-    resolve_device(args.device)  # a bad device is an error before the run directory is made
+    device = resolve_device(args.device)  # a bad device is an error before the run directory is made
     with Store(args.run_dir) as store:
-        summary = run_sweep(sweep, store, backend=args.backend, workers=args.workers or None, device=args.device,
+        summary = run_sweep(sweep, store, backend=args.backend, workers=args.workers or None, device=device,
                             trainer=args.trainer or DEFAULT_TRAINER, data_dir=args.data_dir, address=args.address,
                             quiet=args.quiet)
     doc = summary.to_dict()
