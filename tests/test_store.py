@@ -19,8 +19,9 @@ from depthscope.experiments import run_experiment
 from depthscope.store import Store, Value, code_version, unit_key
 
 ROOT = Path(__file__).resolve().parents[1]
-COLUMNS = ["experiment", "key", "quantity", "layer", "step", "value", "spec", "seed", "status", "reason",
-           "code_version", "time"]  # written out here, not imported: the export format is a promise to readers
+FIXED = ["experiment", "unit", "quantity", "layer", "step", "value", "seed", "status", "reason", "code_version",
+         "time"]  # written out here, not imported: the export format is a promise to readers
+COLUMNS = FIXED + ["activation", "depth", "width", "widths"]  # then one column per spec field of _fill's units
 
 
 def _fill(st: Store) -> None:
@@ -57,8 +58,8 @@ def test_rows_carry_their_provenance(tmp_path):
         every = list(st.iter_all())
         assert len(every) == 8 and all(list(r) == COLUMNS for r in every)
         q = next(r for r in every if r["quantity"] == "q")
-        assert (q["experiment"], q["key"], q["seed"], q["layer"], q["step"]) == ("exp-b", "theory", None, 1, 0)
-        assert json.loads(q["spec"]) == {"activation": "tanh", "widths": [1, 2]}
+        assert (q["experiment"], q["unit"], q["seed"], q["layer"], q["step"]) == ("exp-b", 3, None, 1, 0)
+        assert (q["activation"], json.loads(q["widths"]), q["depth"], q["width"]) == ("tanh", [1, 2], None, None)
         assert math.isnan(next(r for r in every if r["quantity"] == "nan_is_kept")["value"])
         assert [r["experiment"] for r in st.iter_all("exp-b")] == ["exp-b", "exp-b"]
 
@@ -118,7 +119,7 @@ class _FailingConnection:
         self._conn = conn
 
     def execute(self, sql, *args):
-        if sql.startswith("INSERT OR REPLACE INTO units"):
+        if sql.startswith("INSERT INTO units"):
             raise sqlite3.OperationalError("disk I/O error (simulated)")
         return self._conn.execute(sql, *args)
 
@@ -140,7 +141,7 @@ def test_a_unit_failing_midway_leaves_nothing_half_written(tmp_path):
         # the earlier copy of "k" survives whole; "new" left neither a unit nor a measurement
         assert [(r["key"], r["value"]) for r in st.rows("e")] == [("k", 1.0), ("other", 5.0)]
         assert st.done_keys("e") == {"k", "other"}
-        assert real.execute("SELECT COUNT(*) FROM measurements WHERE key='new'").fetchone()[0] == 0
+        assert real.execute("SELECT COUNT(*) FROM measurements").fetchone()[0] == 2  # no stray rows of "new"
 
 
 _WRITER = """
@@ -166,7 +167,9 @@ def test_killed_writer_leaves_only_whole_units(tmp_path):
         proc.wait()
         proc.stdout.close()
     with Store(tmp_path) as st:
-        counts = dict(st._conn.execute("SELECT key, COUNT(*) FROM measurements GROUP BY key"))
+        counts = dict(st._conn.execute("SELECT u.key, COUNT(*) FROM measurements m JOIN units u ON u.id=m.unit "
+                                       "GROUP BY u.key"))
+        assert st._conn.execute("SELECT COUNT(*) FROM measurements").fetchone()[0] == 3000 * len(counts)
         done = st.done_keys("e")
     assert len(done) >= 3 and set(counts) == done
     assert set(counts.values()) == {3000}
@@ -247,7 +250,7 @@ def test_csv_export_round_trip(tmp_path):
 def test_csv_export_of_an_empty_store_is_the_header(tmp_path):
     with Store(tmp_path) as st:
         assert st.export_csv(tmp_path / "e.csv") == 0
-    assert (tmp_path / "e.csv").read_text().strip().split(",") == COLUMNS
+    assert (tmp_path / "e.csv").read_text().strip().split(",") == FIXED
 
 
 def test_parquet_export_round_trip_matches_the_store_and_the_csv(tmp_path, capsys):
@@ -288,7 +291,7 @@ def test_parquet_export_without_pyarrow_is_a_clear_error(tmp_path, monkeypatch, 
 
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("kwargs,needle", [
-    ({"status": "running"}, "status must be one of ('done', 'failed'), got 'running'"),
+    ({"status": "running"}, "status must be one of ('done', 'failed', 'error'), got 'running'"),
     ({"values": [Value("vni", "high")]}, "value of 'vni' must be a number, got 'high'"),
     ({"values": [Value("vni", None)]}, "value of 'vni' must be a number, got None"),
     ({"values": [Value("vni", 0.5, layer=1.5)]}, "layer of 'vni' must be an integer or None, got 1.5"),
