@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "depthscope.commands.reproduce",  # reproduce, report, export
     "depthscope.commands.sweep",  # sweep
     "depthscope.commands.watch",  # watch-report
+    "depthscope.commands.check",  # check
 ]
 
 

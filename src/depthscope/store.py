@@ -240,9 +240,9 @@ class Store:
             try:
                 conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
                 return conn
-            except sqlite3.OperationalError as e:
+            except sqlite3.OperationalError as e:  # "unable to open", "attempt to write a readonly database"
                 conn.close()
-                if "unable to open" not in str(e):
+                if "immutable" in params:
                     raise self._damaged(e) from None
             except sqlite3.DatabaseError as e:
                 conn.close()
@@ -536,13 +536,13 @@ class Store:
                 out[s] = n
         return out
 
-    def recorded_since(self, experiment: str, since: float) -> int:
-        """How many units of ``experiment`` were recorded at or after time ``since`` (by any process)."""
+    def recorded_since(self, experiment: str, since: float) -> set[str]:
+        """Keys of the units of ``experiment`` recorded at or after time ``since`` (by any process)."""
         eid = self._experiment_id(experiment)
         if eid is None:
-            return 0
-        return self._conn.execute("SELECT COUNT(*) FROM units WHERE experiment=? AND finished>=?",
-                                  (eid, since)).fetchone()[0]
+            return set()
+        return {r[0] for r in self._conn.execute("SELECT key FROM units WHERE experiment=? AND finished>=?",
+                                                 (eid, since))}
 
     def _unit_rows(self, experiment: str) -> list[tuple]:
         eid = self._experiment_id(experiment)

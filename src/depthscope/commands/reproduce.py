@@ -71,11 +71,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if overrides and len(names) != 1:
         raise ValueError("--set applies to one experiment: name exactly one NAME")
     device = resolve_device(args.device)
+    kept: list[str] = []
     with Store(args.run_dir) as store:
         for n in names:
             t0 = time.time()
             counts = run_experiment(n, store, args.preset, overrides=overrides, force=args.force,
                                     quiet=args.quiet, device=device, data_dir=args.data_dir)
+            if counts.get("kept_old"):
+                kept.append(f"{n}: {counts['kept_old']} units could not be redone"
+                            + (f" ({counts['no_data']} need MNIST; see --data-dir)" if counts.get("no_data") else ""))
             if not args.quiet:
                 print(f"{n}: {counts['ran']} ran ({counts['failed']} failed), {counts['skipped']} already stored, "
                       f"{time.time() - t0:.1f}s", file=sys.stderr)
@@ -84,31 +88,60 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
         path = write_report(Path(args.run_dir), quiet=args.quiet)
         print(path)
+    if kept:  # --force could not do what was asked: say so, and keep the old results (never exit 0 here)
+        from ..cli import UsageError
+
+        raise UsageError(f"--force incomplete: {'; '.join(kept)}; their earlier results are kept")
     return 0
+
+
+def _incomplete(run_dir: str, command: str) -> int:
+    """0 when the store is consistent, else 1 after one warning line (units missing rows, damage)."""
+    from ..store import check
+
+    rep = check(run_dir, integrity=False)
+    if rep.ok:
+        return 0
+    more = f" (and {len(rep.problems) - 1} more)" if len(rep.problems) > 1 else ""
+    print(f"depthscope {command}: warning: {rep.path} is incomplete: {rep.problems[0]}{more}; "
+          f"`depthscope check {run_dir}` lists it all, `depthscope reproduce` redoes such units", file=sys.stderr)
+    return 1
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from ..cli import UsageError
     from ..report import write_report
+    from ..store import Store
 
-    print(write_report(Path(args.run_dir), quiet=args.quiet))
-    return 0
+    Store(args.run_dir, create=False).close()  # a missing, damaged or old store: one line before drawing
+    try:
+        print(write_report(Path(args.run_dir), quiet=args.quiet))
+    except PermissionError as e:
+        raise UsageError(f"cannot write the report into {args.run_dir}: {e.strerror} ({e.filename}); "
+                         "copy the run directory somewhere writable, or export its rows instead") from None
+    return _incomplete(args.run_dir, "report")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ..store import Store
 
     out = Path(args.output)
+    if out.suffix not in (".csv", ".parquet"):
+        raise ValueError(f"OUTPUT must end in .csv or .parquet, got {out.name!r}")
+    if out.is_dir():
+        raise ValueError(f"OUTPUT {out} is a directory; name a file ending in {out.suffix or '.csv'}")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"cannot write {out}: the directory {parent} does not exist")
     with Store(args.run_dir, create=False) as store:
         if out.suffix == ".csv":
             n = store.export_csv(out, args.experiment)
-        elif out.suffix == ".parquet":
+        else:
             from ..cli import UsageError
 
             try:
                 n = store.export_parquet(out, args.experiment)
             except RuntimeError as e:  # pyarrow missing: one line, not a traceback
                 raise UsageError(str(e)) from None
-        else:
-            raise ValueError(f"OUTPUT must end in .csv or .parquet, got {out.name!r}")
     print(f"{n} rows -> {out}")
-    return 0
+    return _incomplete(args.run_dir, "export")

@@ -200,7 +200,7 @@ def run_experiment(
             store.abandon_redo(exp.name, generation)  # nothing new: the old results count as done again
     if generation is not None:
         counts["replaced"] = store.drop_superseded(exp.name, keys)
-        counts["kept_old"] = len(set(keys) - store.done_keys(exp.name))
+        counts["kept_old"] = len(set(keys) - recorded)  # not redone (e.g. no data): old results kept, if any
     return counts
 
 
