@@ -253,6 +253,10 @@ class Store:
         names = [r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         return {n: {r[1] for r in self._conn.execute(f"PRAGMA table_info('{n}')")} for n in names}
 
+    def _has_view(self) -> bool:
+        return self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='view' AND name='results'").fetchone() \
+            is not None
+
     def _prepare(self) -> int:
         """Check the schema version; create, repair (dropped tables) or migrate it when writable."""
         try:
@@ -278,6 +282,8 @@ class Store:
                 raise StoreError(f"{self.path} lacks table(s) {', '.join(missing)} (damaged); open it writable "
                                  "(`depthscope check RUN_DIR`) to recreate them and see which units lost rows")
             return SCHEMA_VERSION
+        if version == SCHEMA_VERSION and all(t in tables for t in _TABLES) and self._has_view():
+            return SCHEMA_VERSION  # nothing to write: opening a store never changes its bytes
         c = self._conn
         c.execute("BEGIN IMMEDIATE")  # one process creates or migrates; the others wait, then find it done
         try:

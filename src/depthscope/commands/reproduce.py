@@ -55,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from ..experiments import registry, run_experiment
+    from ..experiments.base import resolve
     from ..store import Store
     from ..sweep import resolve_device
 
@@ -71,6 +72,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if overrides and len(names) != 1:
         raise ValueError("--set applies to one experiment: name exactly one NAME")
     device = resolve_device(args.device)
+    for n in names:  # every experiment's parameters are checked before the store is opened
+        resolve(n, args.preset, overrides)
     kept: list[str] = []
     with Store(args.run_dir) as store:
         for n in names:

@@ -180,9 +180,7 @@ def run_experiment(
     all their measurements are redone (:meth:`Store.done_keys`).
     """
     exp = get_experiment(name)
-    params = exp.params(preset, overrides)
-    keys = unit_keys(exp, params)
-    exp.validate(params)
+    params, keys = resolve(name, preset, overrides)
     if store.readonly:
         raise ValueError(f"{store.path} is open read-only; cannot run {name!r} into it")
     t0 = time.time()
@@ -198,10 +196,22 @@ def run_experiment(
             store.set_meta(f"params:{exp.name}", {"preset": preset, "params": params})
         if generation is not None and not recorded:
             store.abandon_redo(exp.name, generation)  # nothing new: the old results count as done again
+    # also after a killed --force resumed without it: the old units go once every new one is in
+    dropped = store.drop_superseded(exp.name, keys)
     if generation is not None:
-        counts["replaced"] = store.drop_superseded(exp.name, keys)
+        counts["replaced"] = dropped
         counts["kept_old"] = len(set(keys) - recorded)  # not redone (e.g. no data): old results kept, if any
     return counts
+
+
+def resolve(name: str, preset: str = "quick", overrides: dict[str, Any] | None = None) -> tuple[dict, list[str]]:
+    """The checked parameters of experiment ``name`` and its unit keys; a ValueError (one line) for anything
+    it cannot run. Writes nothing: callers validate every experiment with it before touching a store."""
+    exp = get_experiment(name)
+    params = exp.params(preset, overrides)
+    keys = unit_keys(exp, params)
+    exp.validate(params)
+    return params, keys
 
 
 def unit_keys(exp: Experiment, params: dict) -> list[str]:
