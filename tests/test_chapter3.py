@@ -156,7 +156,8 @@ def test_fig32_whitened_mnist_within_20_percent_of_iid_on_real_mnist(tmp_path):
 def _units(run_dir: Path) -> dict[str, float]:
     con = sqlite3.connect(run_dir / "results.sqlite")
     try:
-        return dict(con.execute("SELECT key, finished FROM units WHERE experiment='effective-nodes'"))
+        return dict(con.execute("SELECT key, finished FROM units WHERE experiment = "
+                                "(SELECT id FROM experiments WHERE name='effective-nodes')"))
     finally:
         con.close()
 

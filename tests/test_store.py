@@ -784,6 +784,7 @@ def test_a_read_only_run_directory_is_read_and_exported(tmp_path):
     ("row_a", {"width": 0, "depths": [5]}, {"width": 200, "depths": [5, 50]}, "expected an integer >= 1"),
     ("row_a", {"height": 3}, {"width": 200, "depths": [5, 50]}, "unknown key 'height'"),
     ("settings", {"x": [2, 32]}, {"a": (2, 32, 0.05)}, "expected 3 items"),
+    ("lrs", {"sgd": [0.01, -0.2]}, {"sgd": "3e-2:3e-1:3"}, "expected a number > 0"),
     ("dataset", "", "mnist", "expected a non-empty string"),
     ("flag", 1, True, "expected true or false"),
 ])
@@ -797,6 +798,7 @@ def test_overrides_are_checked_against_the_preset(name, value, preset, needle):
     ("lr", 1, 0.5), ("bias_value", -2, -2.0), ("lrs", {"sgd": "1e-3:1e-2:3", "new": "1:2:2"}, {"sgd": "3e-2:3e-1:3"}),
     ("settings", {"y": [4, 8, 0.1]}, {"a": (2, 32, 0.05)}), ("n_train", 500, None), ("n_train", None, None),
     ("configs", [["tanh", 2.0]], [["sigmoid", None], ["sigmoid", 1.0]]), ("input_variance", 0.5, 0.1),
+    ("lrs", {"sgd": [0.01, 0.2]}, {"sgd": "3e-2:3e-1:3"}),  # a range parameter given as its values
 ])
 def test_overrides_of_the_preset_shape_pass(name, value, preset):
     check_override("exp", name, value, preset)

@@ -457,12 +457,14 @@ class Store:
         """After a forced run: if every one of ``keys`` is done in the current generation, delete the units of
         earlier generations (the old results the run replaced or no longer lists); returns how many."""
         wanted = set(keys)
-        if not wanted <= self.done_keys(experiment):
+        eid = self._experiment_id(experiment)
+        if eid is None or self.readonly or not self._conn.execute(
+                "SELECT 1 FROM units WHERE experiment=? AND generation<? LIMIT 1",
+                (eid, self._generation(eid))).fetchone() or not wanted <= self.done_keys(experiment):
             return 0
         c = self._conn
         self._begin()
         try:
-            eid = self._experiment_id(experiment)
             gen = c.execute("SELECT generation FROM experiments WHERE id=?", (eid,)).fetchone()[0]
             stale = "SELECT id FROM units WHERE experiment=? AND generation<?"
             n = c.execute(f"SELECT COUNT(*) FROM ({stale})", (eid, gen)).fetchone()[0]

@@ -274,6 +274,10 @@ def _check_like(value: Any, preset: Any, name: str, fail) -> None:
             fail("expected a number > 0")
         return
     if isinstance(preset, str):
+        if isinstance(value, list) and value and all(isinstance(v, (int, float, str)) for v in value):
+            for v in value:  # a range parameter given as its list of values ("1e-3:1e-1:3" or [0.001, 0.1])
+                _check_like(v, v if isinstance(v, str) else float(v), name, fail)
+            return
         if not isinstance(value, str) or not value:
             fail("expected a non-empty string")
         _check_name(value, name, fail)
