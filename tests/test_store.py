@@ -811,3 +811,44 @@ def test_every_preset_passes_its_own_check():
     for name, exp in registry().items():
         for preset, p in exp.presets.items():
             resolve(name, preset, p)  # every value overridden by itself
+
+
+def test_partial_force_keeps_the_old_units_it_could_not_redo(tmp_path, monkeypatch, capsys):
+    """fig3.2 --force without MNIST redoes its theory and i.i.d. units; the MNIST units' old results stay."""
+    monkeypatch.setattr(data, "DATASETS", {**data.DATASETS, "mnist": {**data.DATASETS["mnist"], "mirrors": ()}})
+    monkeypatch.setenv("DEPTHSCOPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("DEPTHSCOPE_DATA", raising=False)
+    over = {"widths": [20], "depths": [4], "seeds": 1, "n_iid": 50, "n_mnist": 50}
+    run_dir = tmp_path / "run"
+    base = ["reproduce", "fig3.2", "--run-dir", str(run_dir), *RUN, *_sets(over)]
+    assert main([*base, "--data-dir", str(_tiny_mnist(tmp_path / "mnist"))]) == 0
+    with Store(run_dir) as st:
+        old = {u.key: u.finished for u in st.units("fig3.2")}
+    assert len(old) == 4
+    capsys.readouterr()
+    assert main([*base, "--force", "--data-dir", str(tmp_path / "none")]) == 2
+    assert "fig3.2: 2 units could not be redone (2 need MNIST" in capsys.readouterr().err
+    with Store(run_dir) as st:
+        new = {u.key: u.finished for u in st.units("fig3.2")}
+        assert set(new) == set(old)  # nothing dropped
+        assert sum(new[k] > old[k] for k in old) == 2  # theory and i.i.d. redone, the MNIST units kept
+        assert len(st.done_keys("fig3.2")) == 2  # the kept ones wait for a run with the data
+    assert main([*base, "--data-dir", str(tmp_path / "mnist")]) == 0  # ... which finishes the forced rerun
+    with Store(run_dir) as st:
+        assert len(st.done_keys("fig3.2")) == 4 and len(st.units("fig3.2")) == 4
+
+
+def test_a_failing_export_leaves_the_old_file(tmp_path, monkeypatch):
+    with Store(tmp_path) as st:
+        _fill(st)
+    out = tmp_path / "keep.csv"
+    out.write_text("precious\n")
+
+    def broken(self, *a):
+        yield {c: None for c in FIXED}
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(Store, "_iter_flat", broken)
+    with Store(tmp_path) as st, pytest.raises(OSError, match="simulated"):
+        st.export_csv(out)
+    assert out.read_text() == "precious\n" and sorted(p.name for p in tmp_path.glob("*keep*")) == ["keep.csv"]
