@@ -198,3 +198,53 @@ def test_report_loads_in_headless_chromium(run_dir, tmp_path):
     assert 'data-probed="1"' in dom, res.stderr[-2000:]
     widths = re.findall(r'data-natural-width="(\d+)"', dom)
     assert len(widths) == 2 and all(int(w) > 0 for w in widths), widths
+
+
+#: every experiment's quick preset shrunk to seconds, for the main-job test
+TINY = {
+    "batchnorm": {"depths": [3, 6], "activations": ["tanh"], "width": 8, "batch": 16, "seeds": 1},
+    "gradients": {"configs": [["tanh", None]], "depths": [3], "width": 8, "seeds": 1, "steps": 5, "batch": 8,
+                  "n_train": 32, "n_probe": 8},
+    "xor": {"settings": {"tiny": [2, 8, 0.1]}, "seeds": 2, "steps": 20, "log_every": 10, "probe_per_corner": 4},
+    "fig3.1": {"widths": [6, 12], "depth": 5, "n": 50},
+    "fig3.2": {"widths": [16], "depths": [2, 4], "seeds": 2, "n_iid": 50, "n_mnist": 50},
+    "table3.1": {"width": 8, "n": 32, "max_depth": 20, "seeds": 1},
+    "effective-nodes": {"widths": [8, 16], "depth": 10, "n": 50, "seeds": 1},
+    "fig3.6": {"depth": 3, "width": 8, "seeds": 1, "steps": 4, "every": 2, "batch": 32},
+}
+NEEDS_MNIST = {"dvcnn", "fig3.3", "fig3.4", "fig3.5", "fig5"}
+
+
+def test_main_job_without_mnist_runs_the_rest_warns_once_and_reports_what_did_not_run(tmp_path, monkeypatch,
+                                                                                     capsys):
+    """Issue 14: without MNIST `reproduce` (what scripts/run.sh runs) stopped at fig3.4 with exit 2."""
+    from depthscope import cli, data
+    from depthscope.experiments import registry
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("DEPTHSCOPE_DATA", str(empty))
+    monkeypatch.setenv("DEPTHSCOPE_CACHE", str(empty / "cache"))
+    monkeypatch.setattr(data, "DATASETS", {**data.DATASETS, "mnist": {**data.DATASETS["mnist"], "mirrors": ()}})
+    reg = registry()
+    assert NEEDS_MNIST | set(TINY) == set(reg)  # a new experiment must be added here
+    for name, over in TINY.items():
+        monkeypatch.setitem(type(reg[name]).presets, "quick", {**type(reg[name]).presets["quick"], **over})
+    run = tmp_path / "run"
+    assert cli.main(["reproduce", "--run-dir", str(run), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    warnings = [l for l in err.splitlines() if l.startswith("warning:")]
+    assert len(warnings) == 1, err
+    for what in ("../shared/data/mnist", "--data-dir", "DEPTHSCOPE_DATA", "t10k-images-idx3-ubyte.gz", *NEEDS_MNIST):
+        assert what in warnings[0], what
+    text = (run / "report.html").read_text()
+    rows = verdict_rows(text)
+    not_run = {r["cells"][0].split(":")[0] for r in rows if r["verdict"] == "not run"}
+    assert NEEDS_MNIST <= not_run, not_run
+    mnist_row = [r for r in rows if r["cells"][0] == "fig3.2a: simulation with MNIST inputs matches the i.i.d. one"]
+    assert [r["verdict"] for r in mnist_row] == ["not run"]  # a missing series is not "differs"
+    for name in NEEDS_MNIST:
+        assert f'<a href="#{name}">{name}</a>: ' in text.split("What did not run, and why")[1]
+    with Store(run, create=False) as st:
+        ran = set(st.experiments())
+        assert set(TINY) <= ran and not (ran & NEEDS_MNIST)  # nothing trained on stand-in data
