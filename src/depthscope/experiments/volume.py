@@ -131,13 +131,13 @@ class DVCNN(Experiment):
             ds = sorted(d for a, d in last if a == act)
             ax1.plot(ds, [last[(act, d)][1] for d in ds], "-o", ms=4, label=act)
         failed_at = sorted((u.spec["activation"], u.spec["depth"]) for u in units if u.status == "failed")
-        for act, d in failed_at:  # units that blew up have no final error: marked on the axis
-            ax1.plot([d], [1.0], "x", color="tab:red", ms=7)
+        for i, (act, d) in enumerate(failed_at):  # units that blew up have no final error: marked at 1
+            ax1.plot([d], [1.0], "x", color="tab:red", ms=7, label="blew up (no error)" if i == 0 else None)
         ax1.set_xscale("log")
         ax1.set_xlabel("depth L")
         ax1.set_ylabel(f"training error after {max((e for e, _ in last.values()), default=0)} epochs")
         ax1.set_ylim(0, 1.02)
-        ax1.legend(fontsize=7, title="x: blew up" if failed_at else None, title_fontsize=7)
+        ax1.legend(fontsize=7)
         ax1.set_title("Training error vs depth (cf. seed 003 Fig. 1)", fontsize=9)
         sig = [r for r in rows if r["activation"] == "sigmoid"]
         dd = max((r["depth"] for r in sig), default=None)
