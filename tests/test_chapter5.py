@@ -240,3 +240,15 @@ def test_quick_learning_rates_lie_inside_the_thesis_range_at_width_500():
             at500 = width_lr(lr, quick["width"])
             assert lo * (1 - 1e-6) <= at500 <= hi * (1 + 1e-6), (opt, lr, at500)
     assert width_lr(3e-2, 64) == pytest.approx(3.84e-3)  # the issue's own numbers
+
+
+def test_figures_judge_only_the_presets_grid():
+    """A store that also holds the previous quick grid's rates is drawn and judged on the current grid."""
+    from depthscope.experiments.chapter5 import in_grid
+
+    exp = get_experiment("fig5")
+    params = exp.params("quick", TINY)
+    on = {"optimizer": "sgd", "depth": 8, "lr": 0.2}
+    off_lr = {"optimizer": "sgd", "depth": 8, "lr": 0.3}
+    off_depth = {"optimizer": "adam", "depth": 16, "lr": 0.001}
+    assert in_grid([on, off_lr, off_depth], exp.sweeps(params)) == [on]

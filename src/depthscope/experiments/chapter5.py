@@ -146,7 +146,8 @@ class Chapter5(Experiment):
 
     # -- figures -------------------------------------------------------------
     def figures(self, store: Store, outdir: Path, params: dict) -> list[FigureResult]:
-        runs = collect_runs(store, self.name, width=params["width"], max_epochs=params["epochs"])
+        runs = in_grid(collect_runs(store, self.name, width=params["width"], max_epochs=params["epochs"]),
+                       self.sweeps(params))
         if not runs:
             warnings.warn(f"{self.name}: no runs in the store for width {params['width']}; skipping its figures",
                           stacklevel=2)
@@ -164,6 +165,17 @@ class Chapter5(Experiment):
         figs.extend(sigma_figures(runs, outdir, cmd, protocol))
         figs.append(vni_histogram_figure(runs, outdir, cmd, protocol))
         return [f for f in figs if f is not None]
+
+
+def in_grid(runs: list[dict], sweeps: list[SweepSpec]) -> list[dict]:
+    """The runs whose (optimizer, depth, lr) lie on the preset's grid: a store that also holds an older grid
+    (e.g. the quick preset's previous learning rates) is drawn and judged on the current one only."""
+    axes = {}
+    for sw in sweeps:
+        for r in expand(sw):
+            axes.setdefault((r.optimizer, r.depth), []).append(r.lr)
+    return [r for r in runs if any(math.isclose(r["lr"], lr, rel_tol=1e-6)
+                                   for lr in axes.get((r["optimizer"], r["depth"]), ()))]
 
 
 def protocol_text(params: dict) -> str:
