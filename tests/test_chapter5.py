@@ -172,7 +172,7 @@ def test_only_failed_runs_still_draws(tmp_path):
     exp = get_experiment("fig5")
     params = exp.params("quick", TINY)
     with Store(tmp_path) as store:
-        spec = {"depth": 2, "width": 4, "activation": "tanh", "init": "gaussian", "optimizer": "sgd", "lr": 0.1,
+        spec = {"depth": 2, "width": 4, "activation": "tanh", "init": "gaussian", "optimizer": "sgd", "lr": 0.2,
                 "max_epochs": 3}
         store.record("fig5", "k", spec=spec, seed=0, values=[Value("success", 0.0), Value("vni_final", 0.99, layer=2),
                                                              Value("sigma_w2_mu1", 1.1, layer=1)])
