@@ -17,8 +17,10 @@ epochs. The figures read only the store:
   slow, stuck; Table 5.1 counts them).
 
 The ``quick`` preset is a miniature of that protocol (docs/sweeps.md says why):
-width 64, depths 8-64, the decade of learning rates around the top of the thesis'
-axis moved to width 64, 90 % within 30 epochs of 1000 images: 384 runs.
+width 64, depths 8-64, three learning rates per optimizer that lie inside the
+thesis' axis once mapped back to width 500 (lr x 64/500; SGD: the thesis' top
+decade 1e-3..1e-2), 90 % within 30 epochs of 1000 images: 384 runs. Table 5.1 is
+compared cell by cell (:func:`table_cells`).
 
 The ``paper`` preset is the thesis' protocol (section 5.1): width 500, depth 25-500
 and learning rate log-uniform (11 x 9 points; Adam/RMSProp two decades lower, as
