@@ -491,7 +491,8 @@ def table_figure(runs, params, outdir, cmd, protocol) -> FigureResult:
         verdict = (f"Under SGD the lowest failure rate is {', '.join(_cell_name(c) for c in least)} "
                    f"({100 * best:.0f}% failed; " + ", ".join(f"{c['key'][1]}+{c['key'][2]} {100 * c['rate']:.0f}%"
                                                                 for c in sorted(sgd, key=lambda c: c["key"])) +
-                   f"); thesis: tanh+orthogonal fails least (3%). {'Reproduced' if lowest else 'Not reproduced'}.")
+                   f"); thesis: tanh+orthogonal fails least (3%). The ordering {'holds' if lowest else 'does not hold'}; "
+                   "the rates are judged cell by cell in the table below and the verdict table.")
         claims.append(Claim("SGD: tanh + orthogonal init fails least", "3% failed (62 of 1980), the lowest cell",
                             (f"{100 * to['rate']:.0f}% ({to['failed']} of {to['runs']})" if to else "not run") +
                             f"; lowest: {', '.join(_cell_name(c) for c in least)}", scale,
@@ -583,7 +584,8 @@ def sigma_figures(runs, outdir, cmd, protocol) -> list[FigureResult]:
                    f"{'Reproduced' if 0.5 < med < 2 else 'Not reproduced'}.{gain}")
         caption = (f"Box: quartiles, whiskers: 5th-95th percentile of sigma_w^2 mu_1 (final weights) per layer "
                    f"{'bin' if len(edges) - 1 < max_depth else ''}, {len(sub)} {label} runs. {protocol}.")
-        claim = Claim(f"σ_w²μ1 per layer stays near 1 in {label} runs", "near 1 (box plots, no numbers)",
+        who = "failed trainings" if label == "failed" else "successful runs"
+        claim = Claim(f"σ_w²μ1 per layer stays near 1 in {who}", "near 1 (box plots, no numbers)",
                       f"median {med:.2f} (IQR {q1:.2f}-{q3:.2f}); {100 * near:.0f}% of layer values in (0.5, 2)",
                       "", "agree" if SIGMA_NEAR[0] < med < SIGMA_NEAR[1] else "differs",
                       f"tolerance: the median per-layer value in ({SIGMA_NEAR[0]:g}, {SIGMA_NEAR[1]:g}), the thesis' "
