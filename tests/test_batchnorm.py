@@ -26,3 +26,13 @@ def test_bn_gradients_explode_with_depth_relu():
             ratios[(bn, d)] = float(g[0] / g[-1])
     assert ratios[(True, 32)] > 10 * ratios[(True, 8)]
     assert ratios[(True, 32)] > 100 * ratios[(False, 32)]
+
+
+def test_bn_rate_claim_on_both_sides_of_its_tolerance():
+    from depthscope.experiments.batchnorm import BN_RATE_RTOL, BN_RELU_RATE, bn_rate_claim
+
+    inside, outside = BN_RELU_RATE * (1 + 0.99 * BN_RATE_RTOL), BN_RELU_RATE * (1 + 1.01 * BN_RATE_RTOL)
+    assert bn_rate_claim({("relu", True): inside, ("relu", False): 0.98}, 50).verdict == "agree"
+    assert bn_rate_claim({("relu", True): outside, ("relu", False): 0.98}, 50).verdict == "trend"
+    assert bn_rate_claim({("relu", True): 0.97, ("relu", False): 0.98}, 50).verdict == "differs"
+    assert bn_rate_claim({("tanh", True): 1.1}, 50).verdict == "not run"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -16,6 +17,7 @@ import torch
 
 from depthscope import data
 from depthscope.experiments import get_experiment, run_experiment
+from depthscope.experiments.base import VERDICTS
 from depthscope.experiments.chapter3 import cluster_order, stream_vni
 from depthscope.metrics import vni
 from depthscope.nets import NetSpec, build_net
@@ -109,8 +111,12 @@ def test_all_experiments_tiny(tmp_path, mnist_dir):
             figs = exp.figures(st, tmp_path / "figures", exp.params("quick", over))
             assert figs, name
             for f in figs:
-                assert f.paths[0].suffix == ".png" and f.paths[0].stat().st_size > 1000
-                assert f.verdict and f.command.startswith("depthscope reproduce") and f.agrees in (True, False)
+                if f.html:  # a table: HTML in the report, a CSV on disk
+                    assert f.paths[0].suffix == ".csv" and "<table" in f.html
+                else:
+                    assert f.paths[0].suffix == ".png" and f.paths[0].stat().st_size > 1000
+                assert f.verdict and f.command.startswith("depthscope reproduce") and f.claims
+                assert all(c.verdict in VERDICTS and c.ours and c.thesis for c in f.claims)
     # Table 3.1's residual rows never cross within 60 layers at width 8; the 0.9 crossing is recorded
     with Store(tmp_path) as st:
         lin = st.rows("table3.1", "max_depth@0.9", arch="feedforward", init="gaussian", activation="linear")
@@ -122,9 +128,17 @@ def test_fig32_without_mnist_skips_those_units_and_retries_later(tmp_path, monke
     over = {"widths": [20], "depths": [4], "seeds": 1, "n_iid": 50, "n_mnist": 50}
     with Store(tmp_path) as st:
         c = run_experiment("fig3.2", st, "quick", overrides=over, quiet=True, data_dir=str(tmp_path / "none"))
-        assert c["no_data"] == 2 and c["ran"] == 2  # whitened and centred MNIST wait; theory and i.i.d. ran
+        assert c["not_run"] == 2 and c["ran"] == 2  # whitened and centred MNIST wait; theory and i.i.d. ran
+        assert "mnist" in c["missing"] and "--data-dir" in c["missing"]["mnist"]
+        assert "../shared/data/mnist" in c["missing"]["mnist"]
+        assert st.get_meta("not_run:fig3.2")["units"] == 2
+        # without data the whitened-MNIST claim is "not run", not "differs"
+        figs = get_experiment("fig3.2").figures(st, tmp_path / "f", get_experiment("fig3.2").params("quick", over))
+        kinds = {c.claim: c.verdict for c in figs[0].claims}
+        assert kinds["simulation with MNIST inputs matches the i.i.d. one"] == "not run"
         c = run_experiment("fig3.2", st, "quick", overrides=over, quiet=True, data_dir=str(mnist_dir))
         assert c["ran"] == 2 and c["skipped"] == 2
+        assert st.get_meta("not_run:fig3.2") is None  # everything ran: nothing left to list
 
 
 @pytest.mark.skipif(_shared_mnist() is None, reason="../shared/data/mnist (the real MNIST test set) not present")
@@ -196,3 +210,103 @@ def test_kill_midway_and_rerun_loses_and_repeats_nothing(tmp_path):
     with Store(run_dir) as st:
         assert len({(r["key"], r["layer"]) for r in st.rows("effective-nodes", "vni")}) == len(
             st.rows("effective-nodes", "vni"))  # no duplicated measurements
+
+
+# ------------------------------------------------------------------ verdicts: each judged on both sides of its tolerance
+def test_judge_keeps_values_trend_and_differs_apart():
+    from depthscope.experiments.base import judge
+
+    assert judge(True, False) == "agree" and judge(True, None) == "agree"
+    assert judge(False, True) == "trend" and judge(None, True) == "trend"
+    assert judge(False, False) == "differs" and judge(False, None) == "differs" and judge(None, False) == "differs"
+    assert judge(None, None) == "not judged"
+
+
+def test_fig37_max_depth_an_ordering_alone_is_a_trend_not_agreement():
+    """Issue 14: tanh 154 vs the thesis' 4243 read 'Agrees' because relu < linear < tanh held."""
+    from depthscope.experiments.chapter3 import MAX_DEPTH_RTOL, depth_agrees, max_depth_claim
+
+    thesis = {"tanh": "4243", "linear": "2606", "relu": "262"}
+    p = {"threshold": 0.9, "width": 64, "seeds": 1}
+    ours = {"tanh": 154.0, "linear": 95.0, "relu": 12.0}
+    c = max_depth_claim(ours, thesis, 5000, True, "ordering relu < linear < tanh", "feedforward gaussian", p)
+    assert c.verdict == "trend" and "proportion to the width" in c.why and "154" in c.ours
+    # on both sides of the 25% tolerance
+    hi = 4243 * (1 + MAX_DEPTH_RTOL)
+    assert depth_agrees(hi - 1, "4243", 5000) and not depth_agrees(hi + 1, "4243", 5000)
+    lo = 4243 * (1 - MAX_DEPTH_RTOL)
+    assert depth_agrees(lo + 1, "4243", 5000) and not depth_agrees(lo - 1, "4243", 5000)
+    close = {"tanh": 4000.0, "linear": 2700.0, "relu": 250.0}
+    assert max_depth_claim(close, thesis, 5000, True, "o", "r", p).verdict == "agree"
+    assert max_depth_claim(ours, thesis, 5000, False, "o", "r", p).verdict == "differs"
+
+
+def test_fig38_orthogonal_relu_44_vs_325_is_not_agreement_and_lower_bounds_need_the_cap():
+    from depthscope.experiments.chapter3 import depth_agrees, max_depth_claim
+
+    thesis = {"tanh": "> 10000", "linear": "> 10000", "relu": "325"}
+    p = {"threshold": 0.9, "width": 64, "seeds": 1}
+    ours = {"tanh": math.inf, "linear": math.inf, "relu": 44.0}
+    c = max_depth_claim(ours, thesis, 5000, True, "orthogonal >= Gaussian", "feedforward orthogonal", p)
+    assert c.verdict == "trend" and "cap 5000 is below" in c.why
+    # '> 10000' is confirmed only by a run that went at least that deep
+    assert not depth_agrees(math.inf, "> 10000", 5000) and depth_agrees(math.inf, "> 10000", 10000)
+    assert not depth_agrees(9000.0, "> 10000", 10000)
+    ok = {"tanh": math.inf, "linear": math.inf, "relu": 330.0}
+    assert max_depth_claim(ok, thesis, 10000, True, "o", "r", p).verdict == "agree"
+
+
+def test_effective_nodes_share_that_falls_with_width_is_not_called_growing():
+    """Issue 14: 'grows with width' was claimed while the share was 0.20 at N=25 and 0.11 at N=50."""
+    from depthscope.experiments.chapter3 import EFFECTIVE_NODES_RTOL, effective_nodes_claims
+
+    final = {25: {1: 24.0, 200: 5.0}, 50: {1: 49.0, 200: 5.5}, 100: {1: 99.0, 200: 30.0}}
+    theory = {25: {200: 1.5}, 50: {200: 3.0}, 100: {200: 28.0}}
+    c1, c2, c3 = effective_nodes_claims(final, theory, 1, 200, "s")
+    assert c1.verdict == "trend"  # falls with depth at every width
+    assert c2.verdict == "differs" and "0.20 (N=25)" in c2.ours and "0.11 (N=50)" in c2.ours
+    assert "does NOT grow" in c2.why
+    assert c3.verdict == "differs"
+    # counts on eq. 3.7 within the tolerance agree; just outside it they differ; growing shares are a trend
+    th = {25: {200: 5.0}, 50: {200: 15.0}, 100: {200: 50.0}}
+    inside = {w: {1: w - 1.0, 200: th[w][200] * (1 + 0.99 * EFFECTIVE_NODES_RTOL)} for w in th}
+    outside = {w: {1: w - 1.0, 200: th[w][200] * (1 + 1.01 * EFFECTIVE_NODES_RTOL)} for w in th}
+    assert [c.verdict for c in effective_nodes_claims(inside, th, 1, 200, "s")] == ["trend", "trend", "agree"]
+    assert [c.verdict for c in effective_nodes_claims(outside, th, 1, 200, "s")] == ["trend", "trend", "differs"]
+    flat = {w: {1: 10.0, 200: 10.0} for w in th}  # no fall with depth
+    assert effective_nodes_claims(flat, th, 1, 200, "s")[0].verdict == "differs"
+
+
+def test_fig32_claims_on_both_sides_of_20_percent_and_not_run_without_mnist():
+    from depthscope.experiments.chapter3 import FIG32_RTOL, fig32_claims
+
+    iid = {10: (0.1, 0.0, 4), 20: (0.2, 0.0, 4)}
+
+    def curve(f):
+        return {l: (v[0] * f, 0.0, 4) for l, v in iid.items()}
+
+    inside = fig32_claims({"iid": iid, "theory": curve(1 + 0.99 * FIG32_RTOL),
+                           "mnist-whiten": curve(1 - 0.99 * FIG32_RTOL)}, "s", 200)
+    assert [c.verdict for c in inside] == ["agree", "agree"]
+    outside = fig32_claims({"iid": iid, "theory": curve(1.01 * (1 + FIG32_RTOL)),
+                            "mnist-whiten": curve(1 - 1.01 * FIG32_RTOL)}, "s", 200)
+    assert [c.verdict for c in outside] == ["differs", "differs"]
+    missing = fig32_claims({"iid": iid, "theory": curve(1.0)}, "s", 200)
+    assert [c.verdict for c in missing] == ["agree", "not run"] and "not found" in missing[1].why
+
+
+def test_fig31_claim_on_both_sides_of_its_reading():
+    from depthscope.experiments.chapter3 import FIG31_COLLAPSED, FIG31_UNCORRELATED, fig31_claim
+
+    p = {"depth": 100, "n": 1000}
+    assert fig31_claim({6: FIG31_COLLAPSED + 0.01, 100: FIG31_UNCORRELATED - 0.01}, p).verdict == "agree"
+    assert fig31_claim({6: FIG31_COLLAPSED - 0.01, 100: FIG31_UNCORRELATED - 0.01}, p).verdict == "trend"
+    assert fig31_claim({6: 0.9, 100: FIG31_UNCORRELATED + 0.01}, p).verdict == "trend"
+    assert fig31_claim({6: 0.1, 100: 0.5}, p).verdict == "differs"
+
+
+def test_fig35_share_claim_is_one_sided_at_70_percent():
+    from depthscope.experiments.training_dynamics import fig35_share_claim
+
+    assert fig35_share_claim(0.70, 10, "s").verdict == "agree"
+    assert fig35_share_claim(0.69, 10, "s").verdict == "differs" and fig35_share_claim(0.16, 10, "s").ours == "16%"

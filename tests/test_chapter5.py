@@ -13,7 +13,10 @@ from depthscope.experiments.chapter5 import (
     collect_runs,
     failure_counts,
     failure_split,
+    cell_agrees,
+    fig57_claims,
     log10_gain,
+    spearman,
     step_use,
     success_grid,
     table_counts,
@@ -128,9 +131,12 @@ def test_figures_from_store(filled, tmp_path):
     names = [f.name for f in figs]
     assert names == ["fig5.1", "fig5.3", "table5.1", "fig5.5", "fig5.6", "fig5.7"]
     for f in figs:
-        assert f.paths[0].suffix == ".png" and f.paths[1].suffix == ".svg"
+        if f.name == "table5.1":  # an HTML table in the report, and a CSV
+            assert f.paths[0].suffix == ".csv" and 'data-cell="sgd/tanh/orthogonal"' in f.html
+        else:
+            assert f.paths[0].suffix == ".png" and f.paths[1].suffix == ".svg"
         assert all(p.exists() and p.stat().st_size > 0 for p in f.paths)
-        assert f.verdict and f.caption
+        assert f.verdict and f.caption and f.claims
     by = {f.name: f for f in figs}
     # fake rule: success iff lr * depth < 1, so success falls with depth and lr
     assert "falls with depth" in by["fig5.1"].verdict
@@ -142,7 +148,8 @@ def test_figures_from_store(filled, tmp_path):
     assert f"mean {failed.mean():.4f}" in by["fig5.7"].verdict
     table = (tmp_path / "figs" / "table5.1.csv").read_text().splitlines()
     assert len(table) == 1 + 8 and "diverged,collapsed" in table[0]
-    assert "24 failed runs: 16 diverged (67%), 8 collapsed (output VNI > 0.9) (33%)" in by["table5.1"].verdict
+    assert ("24 failed trainings (below the target): 16 diverged (67%), 8 collapsed (output VNI > 0.9) (33%)"
+            in by["table5.1"].verdict)
     # the per-activation split, brute force from the fake's rule (failed: lr >= 1 diverged, else collapsed)
     for act in ("relu", "tanh"):
         failed = [r for r in runs if r["activation"] == act and not r["success"]]
@@ -165,7 +172,7 @@ def test_only_failed_runs_still_draws(tmp_path):
     exp = get_experiment("fig5")
     params = exp.params("quick", TINY)
     with Store(tmp_path) as store:
-        spec = {"depth": 2, "width": 4, "activation": "tanh", "init": "gaussian", "optimizer": "sgd", "lr": 0.1,
+        spec = {"depth": 2, "width": 4, "activation": "tanh", "init": "gaussian", "optimizer": "sgd", "lr": 0.2,
                 "max_epochs": 3}
         store.record("fig5", "k", spec=spec, seed=0, values=[Value("success", 0.0), Value("vni_final", 0.99, layer=2),
                                                              Value("sigma_w2_mu1", 1.1, layer=1)])
@@ -174,5 +181,74 @@ def test_only_failed_runs_still_draws(tmp_path):
     assert "fig5.6" in [f.name for f in figs] and "fig5.5" not in [f.name for f in figs]
     fig57 = [f for f in figs if f.name == "fig5.7"][0]
     # one failed run, collapsed (VNI 0.99) with sigma_w^2 mu_1 1.1: the claim holds on it
-    assert "1 failed run: 1 collapsed" in fig57.verdict and "- reproduced" in fig57.verdict
+    assert "1 failed training (below the target): 1 collapsed" in fig57.verdict and "- reproduced" in fig57.verdict
     assert "successful: none" in fig57.verdict and fig57.agrees is True
+
+
+# ------------------------------------------------------------------ verdicts judged on both sides of their tolerances
+def _run(act, failure, vni_out, sigma):
+    return {"activation": act, "failure": failure, "vni_out": vni_out, "sigma": np.asarray(sigma, dtype=float),
+            "success": failure is None, "max_epochs": 100}
+
+
+def test_fig57_splits_vni_claim_per_activation_and_keeps_the_sigma_claim_apart():
+    """Issue 14: tanh 95% collapsed holds, ReLU 38% does not; per-layer sigma_w^2 mu_1 near 1 but its product
+    over the layers 1e-11 in collapsed nets is not "gradients bounded"."""
+    L = 145  # 0.84^145 = 1e-11
+    tanh = [_run("tanh", "collapsed", 0.99, [0.84] * L)] * 19 + [_run("tanh", "stuck", 0.5, [0.84] * L)]
+    relu = ([_run("relu", "collapsed", 0.95, [0.6] * L)] * 3 + [_run("relu", "slow", 0.4, [0.6] * L)] * 5)
+    ok = [_run("tanh", None, 0.3, [1.0] * L)]
+    claims = fig57_claims(tanh + relu + ok)
+    by = {c.claim: c for c in claims}
+    t = by["failed trainings end with output VNI near 1 (tanh)"]
+    r = by["failed trainings end with output VNI near 1 (relu)"]
+    assert t.verdict == "agree" and t.ours.startswith("95% (19 of 20)")
+    assert r.verdict == "differs" and r.ours.startswith("38% (3 of 8)")
+    s = by["σ_w²μ1 stays near 1 in failed trainings (gradients bounded)"]
+    assert "0.60-0.84" in s.ours and "10^-11" in s.ours and s.verdict == "trend" and "still vanishes" in s.why
+    # the VNI share on both sides of 90%
+    nine = [_run("tanh", "collapsed", 0.99, [1.0])] * 9
+    assert fig57_claims(nine + [_run("tanh", "stuck", 0.5, [1.0])])[0].verdict == "agree"  # 90%
+    assert fig57_claims(nine + [_run("tanh", "stuck", 0.5, [1.0])] * 2)[0].verdict == "differs"  # 82%
+    # sigma: product within 2 decades agrees; per-layer median out of (0.5, 2) differs
+    assert fig57_claims([_run("tanh", "collapsed", 0.99, [0.9] * 40)])[-1].verdict == "agree"  # 10^-1.8
+    assert fig57_claims([_run("tanh", "collapsed", 0.99, [0.88] * 40)])[-1].verdict == "trend"  # 10^-2.2
+    assert fig57_claims([_run("tanh", "collapsed", 0.99, [0.49] * 3)])[-1].verdict == "differs"
+    assert fig57_claims([_run("tanh", "collapsed", 0.99, [0.51] * 3)])[-1].verdict == "agree"
+
+
+def test_table51_cell_tolerance_on_both_sides_and_spearman():
+    # thesis 3% failed (62 of 1980); 24 of our runs: 2 SE = 2 sqrt(.0313 * .9687 / 24) = 0.071
+    ok, tol = cell_agrees(2, 24, 62, 1980)
+    assert ok and tol == pytest.approx(2 * math.sqrt(62 / 1980 * (1 - 62 / 1980) / 24))
+    assert cell_agrees(2, 24, 62, 1980)[0] and not cell_agrees(3, 24, 62, 1980)[0]  # 8.3% vs 10.4% (> 3.1+7.1)
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(np.corrcoef([0.5, 0.5, 2], [0, 1, 2])[0, 1])
+    assert math.isnan(spearman([1, 1], [1, 2]))
+
+
+def test_quick_learning_rates_lie_inside_the_thesis_range_at_width_500():
+    """Issue 14: mapped back with lr x N/500, two of three quick SGD rates were at or above the thesis' 1e-2."""
+    from depthscope.experiments.chapter5 import THESIS_LR_RANGE, width_lr
+    from depthscope.sweep import parse_range
+
+    quick = get_experiment("fig5").params("quick")
+    for opt, text in quick["lrs"].items():
+        lo, hi = THESIS_LR_RANGE[opt]
+        for lr in parse_range(text):
+            at500 = width_lr(lr, quick["width"])
+            assert lo * (1 - 1e-6) <= at500 <= hi * (1 + 1e-6), (opt, lr, at500)
+    assert width_lr(3e-2, 64) == pytest.approx(3.84e-3)  # the issue's own numbers
+
+
+def test_figures_judge_only_the_presets_grid():
+    """A store that also holds the previous quick grid's rates is drawn and judged on the current grid."""
+    from depthscope.experiments.chapter5 import in_grid
+
+    exp = get_experiment("fig5")
+    params = exp.params("quick", TINY)
+    on = {"optimizer": "sgd", "depth": 8, "lr": 0.2}
+    off_lr = {"optimizer": "sgd", "depth": 8, "lr": 0.3}
+    off_depth = {"optimizer": "adam", "depth": 16, "lr": 0.001}
+    assert in_grid([on, off_lr, off_depth], exp.sweeps(params)) == [on]

@@ -58,3 +58,38 @@ def test_logdet_detects_a_broken_mask():
     assert float(ld[0]) == pytest.approx(4 * torch.log(torch.tensor(1.5)).item())
     with pytest.raises(ValueError, match="triangular"):
         volume_layer_logdet("linear", torch.zeros(1, 4), torch.ones(4, 4))
+
+
+def test_dvcnn_never_trains_on_stand_in_data_and_ignores_old_stand_in_units(tmp_path, monkeypatch):
+    """Issue 14: without MNIST dvcnn trained on Gaussian inputs with random labels, stored those units as
+    done, and a later run with the data did not redo them."""
+    import numpy as np
+
+    from depthscope import data
+    from depthscope.experiments import get_experiment, run_experiment
+    from depthscope.store import Store, Value
+
+    monkeypatch.setenv("DEPTHSCOPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("DEPTHSCOPE_DATA", raising=False)
+    monkeypatch.setattr(data, "DATASETS", {**data.DATASETS, "mnist": {**data.DATASETS["mnist"], "mirrors": ()}})
+    over = {"depths": [3], "activations": ["sigmoid"], "width": 8, "n_train": 40, "epochs": 1, "batch": 20,
+            "n_probe": 20}
+    exp = get_experiment("dvcnn")
+    params = exp.params("quick", over)
+    with Store(tmp_path / "run") as st:
+        # what an older version stored without MNIST: same parameters, no "data" field, status done
+        old = {k: v for k, v in exp.units(params)[0].spec.items() if k != "data"}
+        st.record("dvcnn", "stand-in", spec=old, seed=0, values=[Value("train_error", 0.9, None, 1)])
+        c = run_experiment("dvcnn", st, "quick", overrides=over, quiet=True, data_dir=str(tmp_path / "none"))
+        assert c["ran"] == 0 and c["not_run"] == 1 and "mnist" in c["missing"]
+        assert [u.key for u in st.units("dvcnn")] == ["stand-in"]  # nothing new stored
+        d = tmp_path / "mnist"
+        d.mkdir()
+        rng = np.random.default_rng(0)
+        data.write_idx(d / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (60, 28, 28), dtype=np.uint8))
+        data.write_idx(d / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, 60, dtype=np.uint8))
+        c = run_experiment("dvcnn", st, "quick", overrides=over, quiet=True, data_dir=str(d))
+        assert c["ran"] == 1 and c["skipped"] == 0  # the stand-in unit does not count as done
+        assert st.get_meta("not_run:dvcnn") is None
+        figs = exp.figures(st, tmp_path / "figs", params)
+        assert "0.90" not in figs[0].verdict.split("Seed 003")[0]  # the stand-in's error is not drawn or judged

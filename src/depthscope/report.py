@@ -5,10 +5,12 @@ its figures (PNG + SVG under ``RUN_DIR/figures``) from the store alone, then
 writes ``RUN_DIR/report.html``: self-contained (PNGs embedded as base64, no
 external scripts, styles or fonts), one section per figure with its title, the
 thesis figure it reproduces, the command that regenerates it, a one-line
-verdict (what we saw vs what the thesis claims) and its caption, preceded by a
-summary table and a plain list of where our numbers agree with the source and
-where they do not. A figure that fails to draw becomes a visible note, never a
-crash.
+verdict (what we saw vs what the thesis claims) and its caption. At the top,
+one verdict table holds every claim: claim | thesis value | our value | preset
+and scale | verdict, the verdicts kept apart (values agree within a stated
+tolerance / trend agrees, values differ / differs / not run / not judged); then
+a summary table, and what did not run and why (e.g. MNIST missing). A figure
+that fails to draw becomes a visible note, never a crash.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .experiments import FigureResult, registry
+from .experiments.base import VERDICTS, Claim
 from .progress import Progress
 from .store import Store
 
@@ -37,6 +40,8 @@ figure{margin:1.5em 0;padding:1em;border:1px solid #ddd;border-radius:6px}
 figure img{max-width:100%;height:auto;display:block;margin:0 auto}
 figcaption{margin-top:.6em;font-size:.92em}
 .verdict{font-weight:600;margin:.4em 0} .agree{color:#1b6e20} .differ{color:#b00020} .unjudged{color:#555}
+.trend{color:#8a5a00} .notrun{color:#555;font-style:italic}
+table.verdicts td.v{font-weight:600;white-space:nowrap} table.verdicts td.v span{font-weight:400;white-space:normal}
 .note{background:#fff4e5;border:1px solid #f0b35a;padding:.6em;border-radius:4px}
 .muted{color:#666;font-size:.9em}
 """
@@ -53,6 +58,7 @@ class _Section:
     versions: list[str]
     figures: list[FigureResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    not_run: dict | None = None  # store meta not_run:NAME: {"units", "of", "missing": {dataset: message}}
 
 
 def _img_tag(fig: FigureResult) -> tuple[str, str | None]:
@@ -86,12 +92,35 @@ def save_figure(fig, outdir: Path, name: str, dpi: int = 150) -> list[Path]:
     return paths
 
 
-def _verdict_class(agrees: bool | None) -> tuple[str, str]:
-    if agrees is True:
-        return "agree", "agrees"
-    if agrees is False:
-        return "differ", "differs"
-    return "unjudged", "not judged"
+def _figure_verdict(fig: FigureResult) -> tuple[str, str]:
+    """(CSS class, words) of a figure's claims taken together: the worst kind sets the colour."""
+    kinds = [c.verdict for c in claims_of(fig, "")]
+    words = ", ".join(dict.fromkeys(VERDICTS[k] for k in kinds))
+    for k in ("differs", "trend", "not run", "not judged"):
+        if k in kinds:
+            return _KIND_CLASS[k], words
+    return "agree", words
+
+
+#: CSS class of each verdict kind
+_KIND_CLASS = {"agree": "agree", "trend": "trend", "differs": "differ", "not run": "notrun", "not judged": "unjudged"}
+
+
+def claims_of(fig: FigureResult, scale: str) -> list[Claim]:
+    """The figure's claims; a figure without any gets one row from its verdict line: ``agrees`` True is a
+    qualitative check (kind "trend": values not compared), False "differs", None "not judged"."""
+    if fig.claims:
+        return [Claim(c.claim, c.thesis, c.ours, f"{scale}; {c.scale}" if c.scale and scale else c.scale or scale,
+                      c.verdict, c.why) for c in fig.claims]
+    kind = {True: "trend", False: "differs"}.get(fig.agrees, "not judged")
+    why = "a qualitative check only; the values are not compared" if fig.agrees is True else ""
+    return [Claim(fig.reproduces, "see the figure's verdict", fig.verdict, scale, kind, why)]
+
+
+def _not_run_why(info: dict) -> str:
+    missing = info.get("missing") or {}
+    need = ", ".join(missing) or "its data"
+    return f"{info.get('units')} of {info.get('of')} units need {need}, which is not on disk"
 
 
 def _collect(store: Store, outdir: Path, quiet: bool) -> tuple[list[_Section], list[str]]:
@@ -99,7 +128,8 @@ def _collect(store: Store, outdir: Path, quiet: bool) -> tuple[list[_Section], l
     stored = store.experiments()
     orphans = [f"experiment {n!r} has stored results but no module defines it (skipped)"
                for n in stored if n not in reg]
-    names = [n for n in reg if n in stored]
+    not_run = {n: store.get_meta(f"not_run:{n}") for n in reg}
+    names = [n for n in reg if n in stored or not_run[n]]
     sections = []
     with Progress(len(names), "report", quiet=quiet) as bar:
         for name in names:
@@ -113,7 +143,11 @@ def _collect(store: Store, outdir: Path, quiet: bool) -> tuple[list[_Section], l
                 params = dict(exp.presets.get(preset, {})) if preset else {}
             sec = _Section(name, exp.title, exp.reproduces, preset,
                            sum(u.status == "done" for u in units), sum(u.status == "failed" for u in units),
-                           sorted({u.code_version for u in units}))
+                           sorted({u.code_version for u in units}), not_run=not_run[name])
+            if not units:  # nothing stored: it did not run at all
+                sections.append(sec)
+                bar.update()
+                continue
             try:
                 sec.figures = list(exp.figures(store, outdir, params) or [])
             except Exception as e:  # a broken figure must not take the report down
@@ -137,29 +171,32 @@ def _render(run_dir: Path, sections: list[_Section], orphans: list[str]) -> str:
            "below is read from the run's results store (<code>results.sqlite</code>); each figure names the "
            "command that regenerates it.</p>"]
 
+    out += _verdict_table(sections)
+
     # Summary table.
     out.append("<h2>Summary</h2><table><tr><th>experiment</th><th>reproduces</th><th>preset</th>"
-               "<th>units done</th><th>failed</th><th>figures</th><th>code version</th></tr>")
+               "<th>units done</th><th title=\"store status failed: the unit diverged, overflowed or crashed "
+               "(for fig5 these runs are also among the failed trainings)\">units stopped early</th>"
+               "<th>not run</th><th>figures</th><th>code version</th></tr>")
     for s in sections:
+        nr = s.not_run or {}
         out.append(f"<tr><td><a href=\"#{esc(s.experiment)}\">{esc(s.experiment)}</a><br>"
                    f"<span class=muted>{esc(s.title)}</span></td><td>{esc(s.reproduces)}</td>"
                    f"<td>{esc(str(s.preset))}</td><td>{s.n_done}</td><td>{s.n_failed}</td>"
+                   f"<td>{esc(str(nr.get('units', 0)))}</td>"
                    f"<td>{len(s.figures)}</td><td>{esc(', '.join(s.versions))}</td></tr>")
     out.append("</table>")
 
-    # Agreement list.
+    lacking = [s for s in sections if s.not_run]
+    if lacking:
+        out.append('<h2 id="not-run">What did not run, and why</h2><ul>')
+        for s in lacking:
+            out.append(f'<li class="note"><a href="#{esc(s.experiment)}">{esc(s.experiment)}</a>: '
+                       f"{esc(_not_run_why(s.not_run))}.</li>")
+        messages = {m for s in lacking for m in (s.not_run.get("missing") or {}).values()}
+        out.append("</ul>" + "".join(f'<p class="muted">{esc(m)}.</p>' for m in sorted(messages)))
+
     figs = [f for s in sections for f in s.figures]
-    out.append("<h2>Where we agree with the thesis, and where we do not</h2>")
-    for label, want in (("Agrees", True), ("Differs", False), ("Not judged", None)):
-        chosen = [f for f in figs if f.agrees is want]
-        if not chosen:
-            continue
-        cls, _ = _verdict_class(want)
-        out.append(f'<h3 class="{cls}">{label} ({len(chosen)})</h3><ul>')
-        for f in chosen:
-            out.append(f'<li><a href="#fig-{esc(f.name)}">{esc(f.name)}</a> ({esc(f.reproduces)}): '
-                       f"{esc(f.verdict)}</li>")
-        out.append("</ul>")
     if not figs:
         out.append('<p class="note">No figure could be drawn from this store.</p>')
 
@@ -171,23 +208,56 @@ def _render(run_dir: Path, sections: list[_Section], orphans: list[str]) -> str:
     for s in sections:
         out.append(f'<h2 id="{esc(s.experiment)}">{esc(s.experiment)}: {esc(s.title)}</h2>')
         out.append(f'<p class="muted">Reproduces {esc(s.reproduces)}; preset {esc(str(s.preset))}; '
-                   f"{s.n_done} units done, {s.n_failed} failed.</p>")
+                   f"{s.n_done} units done, {s.n_failed} stopped early (diverged, overflowed or crashed).</p>")
+        if s.not_run:
+            out.append(f'<p class="note">Not run: {esc(_not_run_why(s.not_run))}.</p>')
         for n in s.notes:
             out.append(f'<p class="note">{esc(n)}</p>')
         for f in s.figures:
             img, problem = _img_tag(f)
-            cls, word = _verdict_class(f.agrees)
+            cls, word = _figure_verdict(f)
             out.append(f'<figure id="fig-{esc(f.name)}">')
-            out.append(img if img else f'<p class="note">{esc(problem or "")}</p>')
+            out.append(img if img or f.html else f'<p class="note">{esc(problem or "")}</p>')
             others = [_rel(p, run_dir) for p in f.paths if not str(p).lower().endswith(".png")]
             links = " ".join(f'<a href="{esc(n)}">{esc(n)}</a>' for n in others)
             out.append(f"<figcaption><b>{esc(f.name)}: {esc(f.title)}</b> (reproduces {esc(f.reproduces)})"
                        f'<p class="verdict {cls}">[{word}] {esc(f.verdict)}</p>'
-                       f"<p>{esc(f.caption)}</p>"
+                       f"<p>{esc(f.caption)}</p>" + (f.html or "") +
                        f"<p>Regenerate: <code>{esc(f.command)}</code>"
                        + (f"<br>Vector version: {links}" if links else "") + "</p></figcaption></figure>")
     out.append("</body></html>")
     return "\n".join(out)
+
+
+def _verdict_table(sections: list[_Section]) -> list[str]:
+    """The verdict table: one row per claim of every figure, and one per experiment that did not run."""
+    esc = html.escape
+    rows = []
+    for s in sections:
+        scale = f"preset {s.preset}"
+        for f in s.figures:
+            rows += [(s, f, c) for c in claims_of(f, scale)]
+        if s.not_run and not s.figures:
+            rows.append((s, None, Claim(f"{s.title}", s.reproduces, "-", scale, "not run", _not_run_why(s.not_run))))
+    out = ['<h2 id="verdicts">Verdicts: every claim, the thesis\' value and ours</h2>',
+           '<p class="muted">Verdicts: ' + "; ".join(f'<span class="{_KIND_CLASS[k]}">{esc(v)}</span>'
+                                                     for k, v in VERDICTS.items()) +
+           ". The tolerance, the scale reason or why a claim was not run stands under each verdict.</p>"]
+    if not rows:
+        return out + ['<p class="note">No claim could be judged from this store.</p>']
+    counts = {k: sum(c.verdict == k for _, _, c in rows) for k in VERDICTS}
+    out.append('<p>' + ", ".join(f"{n} {esc(VERDICTS[k])}" for k, n in counts.items() if n) + ".</p>")
+    out.append('<table class="verdicts"><tr><th>claim</th><th>thesis value</th><th>our value</th>'
+               "<th>preset and scale</th><th>verdict</th></tr>")
+    for s, f, c in rows:
+        where = (f'<a href="#fig-{esc(f.name)}">{esc(f.name)}</a>' if f is not None
+                 else f'<a href="#{esc(s.experiment)}">{esc(s.experiment)}</a>')
+        why = f"<br><span>{esc(c.why)}</span>" if c.why else ""
+        out.append(f'<tr data-verdict="{esc(c.verdict)}"><td>{where}: {esc(c.claim)}</td><td>{esc(c.thesis)}</td>'
+                   f"<td>{esc(c.ours)}</td><td>{esc(c.scale)}</td>"
+                   f'<td class="v {_KIND_CLASS[c.verdict]}">{esc(VERDICTS[c.verdict])}{why}</td></tr>')
+    out.append("</table>")
+    return out
 
 
 def write_report(run_dir: Path, quiet: bool = False) -> Path:

@@ -75,6 +75,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     for n in names:  # every experiment's parameters are checked before the store is opened
         resolve(n, args.preset, overrides)
     kept: list[str] = []
+    missing: dict[str, str] = {}  # dataset -> where its files go (one warning at the end, not one per experiment)
+    not_run: list[str] = []
     with Store(args.run_dir) as store:
         for n in names:
             t0 = time.time()
@@ -82,10 +84,20 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                                     quiet=args.quiet, device=device, data_dir=args.data_dir)
             if counts.get("kept_old"):
                 kept.append(f"{n}: {counts['kept_old']} units could not be redone"
-                            + (f" ({counts['no_data']} need MNIST; see --data-dir)" if counts.get("no_data") else ""))
+                            + (f" ({counts['not_run']} need {', '.join(counts.get('missing', {}))}; see --data-dir)"
+                               if counts.get("not_run") else ""))
+            for dataset, message in counts.get("missing", {}).items():
+                missing.setdefault(dataset, message)
+            if counts.get("not_run"):
+                not_run.append(f"{n} ({counts['not_run']} of {counts['total']} units)")
             if not args.quiet:
-                print(f"{n}: {counts['ran']} ran ({counts['failed']} failed), {counts['skipped']} already stored, "
-                      f"{time.time() - t0:.1f}s", file=sys.stderr)
+                lacking = (f", {counts['not_run']} not run (need {', '.join(counts.get('missing', {}))})"
+                           if counts.get("not_run") else "")
+                print(f"{n}: {counts['ran']} ran ({counts['failed']} units stopped early: diverged, overflowed "
+                      f"or errored){lacking}, {counts['skipped']} already stored, {time.time() - t0:.1f}s",
+                      file=sys.stderr)
+    for dataset, message in missing.items():
+        print(f"warning: not run for want of {dataset}: {', '.join(not_run)}. {message}.", file=sys.stderr)
     if not args.no_report:
         from ..report import write_report
 

@@ -51,9 +51,85 @@ class UnitFailed(Exception):
         self.values = values or []
 
 
+class DataMissing(Exception):
+    """Work that needs a dataset which is not on disk (and could not be downloaded).
+
+    Raised by :meth:`Experiment.run` (or :meth:`Experiment.run_unit`) instead of
+    training on a stand-in: :func:`run_experiment` records the experiment's
+    remaining units as *not run* (store meta ``not_run:NAME``, with ``message``),
+    never as done, so a later run with the data runs them, and the report lists
+    them with this reason.
+    """
+
+    def __init__(self, dataset: str, message: str):
+        super().__init__(message)
+        self.dataset = dataset
+        self.message = message
+
+
+#: The verdict kinds of a claim, kept apart (the report's verdict table shows these words).
+VERDICTS = {
+    "agree": "values agree within the stated tolerance",
+    "trend": "trend agrees, values differ",
+    "differs": "differs",
+    "not run": "not run",
+    "not judged": "not judged",
+}
+
+
+@dataclass
+class Claim:
+    """One row of the report's verdict table: a claim of the source, its value and ours, and the verdict.
+
+    ``verdict`` is a key of :data:`VERDICTS`: "agree" only when the *values* agree within the
+    tolerance stated in ``why``; "trend" when the direction / ordering agrees but the values do not
+    (``why`` gives the scale reason); "differs"; "not run" (``why`` says why); "not judged" (the
+    source gives nothing to compare with).
+    """
+
+    claim: str
+    thesis: str
+    ours: str
+    scale: str  # preset and scale: width, seeds, ...
+    verdict: str
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"claim verdict must be one of {', '.join(VERDICTS)}, got {self.verdict!r}")
+
+
+def judge(values_agree: bool | None, trend_agrees: bool | None) -> str:
+    """The verdict kind from two separate checks: the values within tolerance, and the trend / ordering.
+
+    Values agreeing implies "agree"; else a holding trend gives "trend"; a failing trend (or values
+    that differ where no trend is checked) gives "differs"; nothing checkable gives "not judged".
+    """
+    if values_agree:
+        return "agree"
+    if trend_agrees:
+        return "trend"
+    if trend_agrees is False or values_agree is False:
+        return "differs"
+    return "not judged"
+
+
+def within(ours: float | None, thesis: float, rtol: float) -> bool:
+    """|ours - thesis| <= rtol |thesis| (False when ours is missing or not finite)."""
+    import math
+
+    if ours is None or not math.isfinite(ours):
+        return False
+    return abs(ours - thesis) <= rtol * abs(thesis)
+
+
 @dataclass
 class FigureResult:
-    """A figure written to disk, and what the report says about it."""
+    """A figure written to disk, and what the report says about it.
+
+    ``claims`` are its rows in the report's verdict table; a figure without claims gets one row
+    built from ``verdict`` and ``agrees`` (kind "not judged" unless ``agrees`` says otherwise).
+    """
 
     name: str  # e.g. "fig3.2a"
     title: str
@@ -63,6 +139,8 @@ class FigureResult:
     verdict: str  # one line: what we saw vs what the source claims
     caption: str = ""
     agrees: bool | None = None  # does the data agree with the source's claim? None: not judged
+    claims: list[Claim] = field(default_factory=list)
+    html: str = ""  # extra HTML the report shows under the figure (e.g. a table), already escaped
 
 
 @dataclass
@@ -188,7 +266,7 @@ def run_experiment(
     ctx = RunContext(store=store, preset=preset, params=params, quiet=quiet, device=device, data_dir=data_dir)
     finished = False
     try:
-        counts = exp.run(ctx)
+        counts = run_noting_missing_data(exp, ctx)
         finished = True
     finally:
         recorded = store.recorded_since(exp.name, t0)
@@ -331,3 +409,26 @@ def _check_name(value: str, name: str, fail) -> None:
 
         if value not in INITS:
             fail(f"unknown init {value!r} (known: {', '.join(INITS)})")
+
+
+def run_noting_missing_data(exp: Experiment, ctx: RunContext) -> dict:
+    """``exp.run(ctx)``, turning :class:`DataMissing` into a skip that the store remembers.
+
+    The counts gain ``not_run`` (units left undone for want of data) and ``missing`` (dataset ->
+    the message naming where its files go); store meta ``not_run:NAME`` holds them for the report
+    (null once everything ran).
+    """
+    try:
+        counts = exp.run(ctx)
+    except DataMissing as e:
+        units = exp.units(ctx.params)
+        done = ctx.store.done_keys(exp.name)
+        todo = sum(u.key not in done for u in units)
+        counts = {"total": len(units), "skipped": len(units) - todo, "ran": 0, "failed": 0,
+                  "not_run": todo, "missing": {e.dataset: e.message}}
+    if counts.get("not_run"):
+        ctx.store.set_meta(f"not_run:{exp.name}", {"units": counts["not_run"], "of": counts.get("total"),
+                                                   "missing": counts.get("missing", {})})
+    else:
+        ctx.store.set_meta(f"not_run:{exp.name}", None)
+    return counts

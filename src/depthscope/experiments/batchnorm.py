@@ -21,7 +21,7 @@ from ..activations import get_activation
 from ..nets import NetSpec, layer_params, linear_from_params
 from ..store import Value
 from . import _plotting as P
-from .base import Experiment, FigureResult, RunContext, WorkUnit
+from .base import Claim, Experiment, FigureResult, RunContext, WorkUnit, judge
 
 
 class BNNet(nn.Module):
@@ -126,6 +126,29 @@ class BatchNorm(Experiment):
         verdict = (f"Gradient growth towards the input at L = {dmax}, init: {txt}. Thesis §4.3 (title only) and "
                    "Yang et al. 2019: BN makes gradients explode with depth at initialisation (they give a "
                    "ReLU rate of about sqrt(pi/(pi-1)) ~ 1.21 per layer in norm at large width and batch).")
+        claims = [bn_rate_claim({(a, bn): r for a, bn, r, _ in rates}, dmax)]
         return [FigureResult("batchnorm_gradients", self.title, paths, "depthscope reproduce batchnorm",
                              self.reproduces, verdict, "Per-layer weight-gradient norm at initialisation with "
-                             "(dashed) and without (solid) batch norm; right: first/last-layer ratio vs depth.")]
+                             "(dashed) and without (solid) batch norm; right: first/last-layer ratio vs depth.",
+                             claims=claims)]
+
+
+#: Yang et al. 2019: with batch norm a ReLU net's gradient norm grows by sqrt(pi / (pi - 1)) per layer
+#: towards the input at initialisation (large width and batch); ours agrees within BN_RATE_RTOL
+BN_RELU_RATE = math.sqrt(math.pi / (math.pi - 1))
+BN_RATE_RTOL = 0.1
+
+
+def bn_rate_claim(rates: dict[tuple[str, bool], float], depth: int) -> Claim:
+    """ReLU with BN: per-layer growth within BN_RATE_RTOL of sqrt(pi/(pi-1)) ~ 1.21 agrees; growing faster
+    with BN than without is the trend; else differs ("not run" without a ReLU pair)."""
+    bn, plain = rates.get(("relu", True)), rates.get(("relu", False))
+    claim = "batch norm makes gradients explode with depth at initialisation (ReLU)"
+    thesis = f"x{BN_RELU_RATE:.2f} per layer towards the input (Yang et al. 2019)"
+    if bn is None:
+        return Claim(claim, thesis, "no ReLU runs with BN", f"depth {depth}", "not run", "no ReLU + BN unit stored")
+    values = abs(bn - BN_RELU_RATE) <= BN_RATE_RTOL * BN_RELU_RATE
+    return Claim(claim, thesis, f"x{bn:.3g} per layer with BN" + (f", x{plain:.3g} without" if plain else ""),
+                 f"depth {depth}", judge(values, plain is not None and bn > plain and bn > 1),
+                 f"tolerance: within {100 * BN_RATE_RTOL:.0f}% of x{BN_RELU_RATE:.2f}; the rate is for large width "
+                 "and batch")

@@ -17,8 +17,10 @@ epochs. The figures read only the store:
   slow, stuck; Table 5.1 counts them).
 
 The ``quick`` preset is a miniature of that protocol (docs/sweeps.md says why):
-width 64, depths 8-64, the decade of learning rates around the top of the thesis'
-axis moved to width 64, 90 % within 30 epochs of 1000 images: 384 runs.
+width 64, depths 8-64, three learning rates per optimizer that lie inside the
+thesis' axis once mapped back to width 500 (lr x 64/500; SGD: the thesis' top
+decade 1e-3..1e-2), 90 % within 30 epochs of 1000 images: 384 runs. Table 5.1 is
+compared cell by cell (:func:`table_cells`).
 
 The ``paper`` preset is the thesis' protocol (section 5.1): width 500, depth 25-500
 and learning rate log-uniform (11 x 9 points; Adam/RMSProp two decades lower, as
@@ -35,7 +37,8 @@ import numpy as np
 from ..store import Store
 from ..sweep import DataSpec, SweepSpec, execute, expand, stored_spec
 from ..train import COLLAPSE_VNI, FAILURE_KINDS, failure_kind
-from .base import Experiment, FigureResult, RunContext, WorkUnit
+from ._needs import require_if_pending
+from .base import Claim, Experiment, FigureResult, RunContext, WorkUnit, judge
 
 #: thesis Table 5.1: (optimizer, activation, init) -> (failures, successes)
 THESIS_TABLE_5_1 = {
@@ -65,11 +68,23 @@ Q_STEPS = "steps"  # updates the run took
 KINDS = FAILURE_KINDS + ("crashed",)
 
 _PAPER_LRS = {"sgd": "1e-4:1e-2:9", "momentum": "1e-4:1e-2:9", "adam": "1e-6:1e-4:9", "rmsprop": "1e-6:1e-4:9"}
-# The quick axis (see docs/sweeps.md): the decade around the top of the thesis' SGD axis moved to width
-# 64 (lr x 500/N keeps the per-update change of the pre-activations: 1e-2 -> 8e-2), where its failures
-# are; lower rates cannot reach 90% within 300 updates. The other optimizers are offset as the thesis
-# measured (momentum 0.5 decade lower, Adam / RMSProp 2 decades lower).
-_QUICK_LRS = {"sgd": "3e-2:3e-1:3", "momentum": "1e-2:1e-1:3", "adam": "3e-4:3e-3:3", "rmsprop": "3e-4:3e-3:3"}
+#: The thesis' learning-rate axis per optimizer at width 500, (low, high): Fig. 5.1-5.4.
+THESIS_LR_RANGE = {"sgd": (1e-4, 1e-2), "momentum": (1e-4, 1e-2), "adam": (1e-6, 1e-4), "rmsprop": (1e-6, 1e-4)}
+#: The thesis' width: learning rates of a width-N preset map back to it as lr x N / 500 (see width_lr).
+THESIS_WIDTH = 500
+# The quick axis (docs/sweeps.md, "The fig5 quick grid"): 3 points per optimizer, each inside the thesis'
+# range once mapped back to width 500 with lr x N/500 (the preset's rule: lr x 500/N keeps the per-update
+# change of the pre-activations when the width changes). SGD: the thesis' top decade 1e-3..1e-2 (where its
+# failures are) -> x 500/64 = 7.8125; momentum half a decade lower (10^-3.5..10^-2.5), Adam / RMSProp two
+# decades lower (1e-5..1e-4), as the thesis' own axes are offset.
+_QUICK_LRS = {"sgd": "7.8125e-3:7.8125e-2:3", "momentum": "2.4705e-3:2.4705e-2:3",
+              "adam": "7.8125e-5:7.8125e-4:3", "rmsprop": "7.8125e-5:7.8125e-4:3"}
+
+
+def width_lr(lr: float, width: int, to_width: int = THESIS_WIDTH) -> float:
+    """A learning rate at ``width`` expressed at ``to_width``: lr x width / to_width (the inverse of the
+    presets' lr x 500/N rule, which keeps lr x N, the per-update change of a pre-activation, fixed)."""
+    return lr * width / to_width
 
 
 class Chapter5(Experiment):
@@ -121,17 +136,20 @@ class Chapter5(Experiment):
 
     def run(self, ctx: RunContext) -> dict:
         p = ctx.params
-        counts = {"total": 0, "skipped": 0, "ran": 0, "failed": 0}
-        for sw in self.sweeps(p):
-            s = execute(expand(sw), ctx.store, self.name, sw.data, backend=p["backend"], workers=p["workers"] or None,
-                        device=ctx.device, group_size=sw.group_size, data_dir=ctx.data_dir, quiet=ctx.quiet)
-            for k in counts:
-                counts[k] += getattr(s, k)
-        return counts
+        if p["dataset"] != "synthetic":
+            require_if_pending(self, ctx, p["dataset"], p["split"])
+        sweeps = self.sweeps(p)
+        # one execute over every optimizer's runs: one progress bar over all of them (not one per optimizer
+        # restarting at 1/96), and longest-first scheduling across the whole grid; the sweeps share data
+        runs = [r for sw in sweeps for r in expand(sw)]
+        s = execute(runs, ctx.store, self.name, sweeps[0].data, backend=p["backend"], workers=p["workers"] or None,
+                    device=ctx.device, group_size=p["group_size"], data_dir=ctx.data_dir, quiet=ctx.quiet)
+        return {k: getattr(s, k) for k in ("total", "skipped", "ran", "failed")}
 
     # -- figures -------------------------------------------------------------
     def figures(self, store: Store, outdir: Path, params: dict) -> list[FigureResult]:
-        runs = collect_runs(store, self.name, width=params["width"], max_epochs=params["epochs"])
+        runs = in_grid(collect_runs(store, self.name, width=params["width"], max_epochs=params["epochs"]),
+                       self.sweeps(params))
         if not runs:
             warnings.warn(f"{self.name}: no runs in the store for width {params['width']}; skipping its figures",
                           stacklevel=2)
@@ -149,6 +167,17 @@ class Chapter5(Experiment):
         figs.extend(sigma_figures(runs, outdir, cmd, protocol))
         figs.append(vni_histogram_figure(runs, outdir, cmd, protocol))
         return [f for f in figs if f is not None]
+
+
+def in_grid(runs: list[dict], sweeps: list[SweepSpec]) -> list[dict]:
+    """The runs whose (optimizer, depth, lr) lie on the preset's grid: a store that also holds an older grid
+    (e.g. the quick preset's previous learning rates) is drawn and judged on the current one only."""
+    axes = {}
+    for sw in sweeps:
+        for r in expand(sw):
+            axes.setdefault((r.optimizer, r.depth), []).append(r.lr)
+    return [r for r in runs if any(math.isclose(r["lr"], lr, rel_tol=1e-6)
+                                   for lr in axes.get((r["optimizer"], r["depth"]), ()))]
 
 
 def protocol_text(params: dict) -> str:
@@ -221,13 +250,13 @@ def step_use(runs: list[dict], steps_per_epoch: int) -> dict:
 
 
 def failure_line(runs: list[dict]) -> str:
-    """'N failed runs: a collapsed (output VNI > 0.9), b slow, ...' (kinds with a count only)."""
+    """'N failed trainings: a collapsed (output VNI > 0.9), b slow, ...' (kinds with a count only)."""
     c = failure_counts(runs)
     n = sum(c.values())
     label = {"collapsed": f"collapsed (output VNI > {COLLAPSE_VNI})", "slow": "slow (still learning at the end)",
              "stuck": f"stuck (no progress, VNI <= {COLLAPSE_VNI})", "dead": "dead (output nodes constant)"}
     parts = [f"{v} {label.get(k, k)} ({100 * v / n:.0f}%)" for k, v in c.items() if v]
-    return f"{n} failed run{'' if n == 1 else 's'}: " + (", ".join(parts) if parts else "none")
+    return f"{n} failed training{'' if n == 1 else 's'} (below the target): " + (", ".join(parts) if parts else "none")
 
 
 def failure_split(runs: list[dict], field: str = "activation") -> str:
@@ -308,8 +337,24 @@ def success_figure(runs, opt, params, outdir, cmd, protocol) -> FigureResult:
                f"{max(ps_l):.2f} at the best lr ({'large lr fails more, as in the thesis' if falls_l else 'not reproduced'}).")
     caption = (f"Success probability (fraction of seeds reaching the target) per depth x learning rate; black = 0. "
                f"{protocol}. Thesis: MNIST, width 500, depth 25-500, 20 seeds, 100 epochs, 90%.")
+    claim = Claim(f"{OPTIMIZER_TITLES[opt]}: success falls with depth and at large learning rates",
+                  "falls with depth; large lr fails (a figure, no numbers)",
+                  f"P(success) {ps_d[0]:.2f} at L={ds[0]} → {ps_d[-1]:.2f} at L={ds[-1]}; {ps_l[-1]:.2f} at lr "
+                  f"{ls[-1]:.2g} vs {max(ps_l):.2f} at the best lr", scale_text(params),
+                  judge(None, falls_d and falls_l), "a trend: the thesis gives the figure only")
     return FigureResult(name, f"Probability of success, {OPTIMIZER_TITLES[opt]}", paths, cmd,
-                        f"thesis Fig. {name[3:]}", verdict, caption, falls_d and falls_l)
+                        f"thesis Fig. {name[3:]}", verdict, caption, falls_d and falls_l, claims=[claim])
+
+
+def scale_text(params: dict) -> str:
+    """'width 64, depths 8-64, 2 seeds, 30 epochs of 1000 images' (the verdict table's scale column)."""
+    from ..sweep import parse_range
+
+    ds = params["depths"]
+    ds = parse_range(ds, integer=True) if isinstance(ds, str) else ds
+    n = "all" if params["n_train"] is None else params["n_train"]
+    return (f"width {params['width']}, depths {min(ds)}-{max(ds)}, {params['seeds']} seeds, "
+            f"{params['epochs']} epochs of {n} images")
 
 
 def table_counts(runs: list[dict]) -> dict[tuple, tuple[int, int]]:
@@ -320,48 +365,147 @@ def table_counts(runs: list[dict]) -> dict[tuple, tuple[int, int]]:
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
-def table_figure(runs, params, outdir, cmd, protocol) -> FigureResult:
-    from matplotlib.figure import Figure
+#: a Table 5.1 cell agrees when our failure rate is within this many binomial standard errors of the
+#: thesis' rate (the standard error of a rate measured on our cell's number of runs)
+CELL_SE = 2.0
+#: the cell-by-cell claim's values agree when at least this share of the cells do
+CELLS_AGREE = 0.8
 
+
+def cell_agrees(failed: int, n: int, thesis_failed: int, thesis_n: int, k: float = CELL_SE) -> tuple[bool, float]:
+    """(|ours - thesis| <= k * sqrt(p (1 - p) / n), that bound), p = the thesis' failure rate, n = our runs."""
+    p = thesis_failed / thesis_n
+    tol = k * math.sqrt(p * (1 - p) / n) if n else float("nan")
+    return (n > 0 and abs(failed / n - p) <= tol), tol
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN when either side is constant."""
+    def ranks(v):
+        v = np.asarray(v, dtype=float)
+        order = np.argsort(v, kind="mergesort")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v), dtype=float)
+        for x in np.unique(v):  # ties share their mean rank
+            r[v == x] = r[v == x].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    if len(ra) < 2 or ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def table_cells(runs: list[dict], params: dict) -> list[dict]:
+    """Table 5.1 cell by cell: per (optimizer, activation, init) our runs, failed trainings, failure rate,
+    the thesis' rate, the difference, the tolerance (:func:`cell_agrees`) and the failure kinds."""
     counts = table_counts(runs)
     keys = [(o, a, i) for o in params["optimizers"] for i in params["inits"] for a in params["activations"]
             if (o, a, i) in counts]
-    kinds = [k for k, v in failure_counts(runs).items() if v]
+    out = []
+    for k in keys:
+        f, ok = counts[k]
+        tf, ts = THESIS_TABLE_5_1.get(k, (0, 0))
+        n = f + ok
+        agree, tol = cell_agrees(f, n, tf, tf + ts) if tf + ts else (False, float("nan"))
+        kinds = failure_counts([r for r in runs if (r["optimizer"], r["activation"], r["init"]) == k])
+        decided = f - kinds["slow"]  # slow runs were still learning when the budget ended: not yet decided
+        out.append({"key": k, "runs": n, "failed": f, "rate": f / n if n else float("nan"),
+                    "thesis_failed": tf, "thesis_runs": tf + ts,
+                    "thesis_rate": tf / (tf + ts) if tf + ts else float("nan"), "tol": tol, "agrees": agree,
+                    "decided": decided, "decided_rate": decided / n if n else float("nan"),
+                    "decided_agrees": cell_agrees(decided, n, tf, tf + ts)[0] if tf + ts else False,
+                    "kinds": kinds})
+    return out
+
+
+def cells_claim(cells: list[dict], scale: str) -> Claim:
+    """Table 5.1 cell by cell: values agree when >= CELLS_AGREE of the cells are within tolerance; the trend
+    when our rates rank the cells as the thesis' do (Spearman >= 0.5); else differs."""
+    ok = sum(c["agrees"] for c in cells)
+    rho = spearman([c["rate"] for c in cells], [c["thesis_rate"] for c in cells])
+    values = bool(cells) and ok / len(cells) >= CELLS_AGREE
+    trend = bool(np.isfinite(rho) and rho >= 0.5)
+    nf, n = sum(c["failed"] for c in cells), sum(c["runs"] for c in cells)
+    tf, tn = sum(c["thesis_failed"] for c in cells), sum(c["thesis_runs"] for c in cells)
+    ok_decided = sum(c["decided_agrees"] for c in cells)
+    rho_decided = spearman([c["decided_rate"] for c in cells], [c["thesis_rate"] for c in cells])
+    return Claim("failure rate per optimizer x activation x init (Table 5.1, cell by cell)",
+                 f"{100 * tf / max(tn, 1):.0f}% of {tn} runs failed; per cell "
+                 f"{min(100 * c['thesis_rate'] for c in cells):.0f}-{max(100 * c['thesis_rate'] for c in cells):.0f}%",
+                 f"{100 * nf / max(n, 1):.0f}% of {n} failed; {ok} of {len(cells)} cells within tolerance; rank "
+                 f"correlation with the thesis' cells {rho:.2f}", scale, judge(values, trend),
+                 f"tolerance: a cell agrees within {CELL_SE:g} binomial standard errors (the thesis' rate, our runs "
+                 f"per cell); the values agree when {100 * CELLS_AGREE:.0f}% of the cells do; trend: rank "
+                 "correlation >= 0.5. Scale: far fewer updates (epochs x images) and shallower, narrower nets than "
+                 "the thesis; slow runs (still learning at the end) count as failed. Without them (runs still "
+                 f"learning when the budget ended, not failed for the thesis' reasons) {ok_decided} of "
+                 f"{len(cells)} cells agree, rank correlation {rho_decided:.2f}")
+
+
+def table_html(cells: list[dict]) -> str:
+    """Table 5.1 ours vs the thesis, one row per cell, as an HTML table for the report."""
+    from .chapter3 import html_table
+
+    kinds = [k for k in KINDS if any(c["kinds"][k] for c in cells)]
+    header = (["optimizer", "activation", "init", "runs", "failed", "fail %", "thesis fail %", "difference",
+               f"tolerance (±{CELL_SE:g} SE)", "agrees", "fail % without slow", "agrees without slow"] +
+              [f"{k}" for k in kinds])
+    rows, attrs = [], []
+    for c in cells:
+        o, a, i = c["key"]
+        rows.append([OPTIMIZER_TITLES[o], a, i, c["runs"], c["failed"], f"{100 * c['rate']:.0f}",
+                     f"{100 * c['thesis_rate']:.0f}", f"{100 * (c['rate'] - c['thesis_rate']):+.0f}",
+                     f"±{100 * c['tol']:.0f}", "yes" if c["agrees"] else "no", f"{100 * c['decided_rate']:.0f}",
+                     "yes" if c["decided_agrees"] else "no"] + [c["kinds"][k] for k in kinds])
+        attrs.append(f'data-cell="{o}/{a}/{i}"')
+    return html_table(header, rows, attrs)
+
+
+def _cell_name(cell: dict) -> str:
+    return f"{cell['key'][1]}+{cell['key'][2]}"
+
+
+def table_figure(runs, params, outdir, cmd, protocol) -> FigureResult:
+    cells = table_cells(runs, params)
+    kinds = [k for k in KINDS if any(c["kinds"][k] for c in cells)]
     header = (["optimizer", "activation", "init", "failed", "success", "fail %"] + kinds +
               ["thesis failed", "thesis success", "thesis fail %"])
-    rows = []
-    for k in keys:
-        f, s = counts[k]
-        tf, ts = THESIS_TABLE_5_1.get(k, (0, 0))
-        fc = failure_counts([r for r in runs if (r["optimizer"], r["activation"], r["init"]) == k])
-        rows.append([OPTIMIZER_TITLES[k[0]], k[1], k[2], f, s, f"{100 * f / max(f + s, 1):.0f}"] +
-                    [fc[kind] for kind in kinds] + [tf, ts, f"{100 * tf / max(tf + ts, 1):.0f}"])
+    rows = [[OPTIMIZER_TITLES[c["key"][0]], c["key"][1], c["key"][2], c["failed"], c["runs"] - c["failed"],
+             f"{100 * c['rate']:.0f}"] + [c["kinds"][k] for k in kinds] +
+            [c["thesis_failed"], c["thesis_runs"] - c["thesis_failed"], f"{100 * c['thesis_rate']:.0f}"]
+            for c in cells]
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
     csv_path = outdir / "table5.1.csv"
     csv_path.write_text("\n".join(",".join(str(c) for c in row) for row in [header] + rows) + "\n")
-    fig = Figure(figsize=(10 + 0.8 * len(kinds), 0.35 * len(rows) + 1))
-    ax = fig.subplots()
-    ax.axis("off")
-    tab = ax.table(cellText=rows, colLabels=header, loc="center")
-    tab.auto_set_font_size(False)
-    tab.set_fontsize(7)
-    fig.suptitle("Table 5.1: failed and successful runs (ours vs thesis)")
-    paths = _save(fig, outdir, "table5.1") + [csv_path]
+    scale = scale_text(params)
+    claims = []
     # tanh + orthogonal fails least under SGD?
-    sgd = {k: v for k, v in counts.items() if k[0] == "sgd"}
+    sgd = [c for c in cells if c["key"][0] == "sgd"]
     if sgd:
-        rate = {k: v[0] / max(sum(v), 1) for k, v in sgd.items()}
-        best = min(rate, key=rate.get)
-        least = [k for k, v in rate.items() if math.isclose(v, rate[best])]
-        ok = ("sgd", "tanh", "orthogonal") in least
-        verdict = (f"Under SGD the lowest failure rate is {', '.join(f'{k[1]}+{k[2]}' for k in least)} "
-                   f"({100 * rate[best]:.0f}% failed; " + ", ".join(f"{k[1]}+{k[2]} {100 * v:.0f}%"
-                                                                       for k, v in sorted(rate.items())) +
-                   f"); thesis: tanh+orthogonal fails least (3%). {'Reproduced' if ok else 'Not reproduced'}.")
+        best = min(c["rate"] for c in sgd)
+        least = [c for c in sgd if math.isclose(c["rate"], best)]
+        to = next((c for c in sgd if c["key"] == ("sgd", "tanh", "orthogonal")), None)
+        lowest = to is not None and to in least
+        verdict = (f"Under SGD the lowest failure rate is {', '.join(_cell_name(c) for c in least)} "
+                   f"({100 * best:.0f}% failed; " + ", ".join(f"{c['key'][1]}+{c['key'][2]} {100 * c['rate']:.0f}%"
+                                                                for c in sorted(sgd, key=lambda c: c["key"])) +
+                   f"); thesis: tanh+orthogonal fails least (3%). The ordering {'holds' if lowest else 'does not hold'}; "
+                   "the rates are judged cell by cell in the table below and the verdict table.")
+        claims.append(Claim("SGD: tanh + orthogonal init fails least", "3% failed (62 of 1980), the lowest cell",
+                            (f"{100 * to['rate']:.0f}% ({to['failed']} of {to['runs']})" if to else "not run") +
+                            f"; lowest: {', '.join(_cell_name(c) for c in least)}", scale,
+                            judge(bool(to and to["agrees"]) and lowest, lowest),
+                            f"tolerance: {CELL_SE:g} binomial standard errors (±{100 * to['tol']:.0f} points)"
+                            if to else ""))
+        ok = lowest
     else:
         ok = None
         verdict = "No SGD runs in the store: the thesis' tanh+orthogonal claim is not checked."
-    n = sum(sum(v) for v in counts.values())
-    nf = sum(v[0] for v in counts.values())
+    claims.append(cells_claim(cells, scale))
+    n = sum(c["runs"] for c in cells)
+    nf = sum(c["failed"] for c in cells)
     verdict += f" How they failed: {failure_line(runs)}."
     compute = ""
     if params["n_train"] is not None:
@@ -369,15 +513,27 @@ def table_figure(runs, params, outdir, cmd, protocol) -> FigureResult:
         if math.isfinite(use["share"]):
             compute = (f"The runs took {100 * use['share']:.0f}% of the updates a full budget allows (successful "
                        f"runs stop at their epoch of success: median {use['median_epoch']:.0f}, 90th percentile "
-                       f"{use['p90_epoch']:.0f} of {params['epochs']}; failed runs take {100 * use['failed_share']:.0f}% "
-                       f"of the updates). ")
-    caption = (f"{n} runs ({nf} failed, {n - nf} successful); thesis: 31,680 runs (13,101 failed). A diverged "
-               f"run counts as failed. Failure kinds (depthscope.train.failure_kind): diverged = non-finite loss; "
-               f"collapsed = output-layer VNI > {COLLAPSE_VNI} at the end; dead = every output node constant on the "
-               f"probe; slow = training accuracy still rising by > 2 points over the last quarter of the epochs; "
-               f"stuck = the rest. {compute}{protocol}.")
-    return FigureResult("table5.1", "Failed / successful runs per optimizer, activation, init", paths, cmd,
-                        "thesis Table 5.1", verdict, caption, ok)
+                       f"{use['p90_epoch']:.0f} of {params['epochs']}; failed trainings take "
+                       f"{100 * use['failed_share']:.0f}% of the updates). ")
+    lrs = params["lrs"]
+    mapped = ""
+    if isinstance(lrs, dict):
+        from ..sweep import parse_range
+
+        mapped = " Learning rates mapped back to width 500 (lr x N/500): " + "; ".join(
+            f"{OPTIMIZER_TITLES[o]} " + ", ".join(f"{width_lr(v, params['width']):.2g}" for v in
+                                                   (parse_range(r) if isinstance(r, str) else r))
+            + f" (thesis {THESIS_LR_RANGE[o][0]:g}-{THESIS_LR_RANGE[o][1]:g})"
+            for o, r in lrs.items() if o in params["optimizers"] and o in THESIS_LR_RANGE) + "."
+    caption = (f"{n} runs ({nf} failed trainings: below the target at the end, diverged ones included; "
+               f"{n - nf} successful); thesis: 31,680 runs (13,101 failed). Failure kinds "
+               f"(depthscope.train.failure_kind): diverged = non-finite loss; collapsed = output-layer VNI > "
+               f"{COLLAPSE_VNI} at the end; dead = every output node constant on the probe; slow = training accuracy "
+               f"still rising by > 2 points over the last quarter of the epochs; stuck = the rest. A cell agrees "
+               f"when our failure rate is within {CELL_SE:g} binomial standard errors of the thesis' (the standard "
+               f"error of a rate on our cell's runs). {compute}{protocol}.{mapped} Also as CSV: table5.1.csv.")
+    return FigureResult("table5.1", "Failed / successful runs per optimizer, activation, init", [csv_path], cmd,
+                        "thesis Table 5.1", verdict, caption, ok, claims=claims, html=table_html(cells))
 
 
 def _layer_bins(max_depth: int, max_boxes: int = 20) -> np.ndarray:
@@ -428,8 +584,14 @@ def sigma_figures(runs, outdir, cmd, protocol) -> list[FigureResult]:
                    f"{'Reproduced' if 0.5 < med < 2 else 'Not reproduced'}.{gain}")
         caption = (f"Box: quartiles, whiskers: 5th-95th percentile of sigma_w^2 mu_1 (final weights) per layer "
                    f"{'bin' if len(edges) - 1 < max_depth else ''}, {len(sub)} {label} runs. {protocol}.")
+        who = "failed trainings" if label == "failed" else "successful runs"
+        claim = Claim(f"σ_w²μ1 per layer stays near 1 in {who}", "near 1 (box plots, no numbers)",
+                      f"median {med:.2f} (IQR {q1:.2f}-{q3:.2f}); {100 * near:.0f}% of layer values in (0.5, 2)",
+                      "", "agree" if SIGMA_NEAR[0] < med < SIGMA_NEAR[1] else "differs",
+                      f"tolerance: the median per-layer value in ({SIGMA_NEAR[0]:g}, {SIGMA_NEAR[1]:g}), the thesis' "
+                      "box-plot reading of 'near 1'")
         out.append(FigureResult(name, f"sigma_w^2 mu_1 per layer, {label} runs", paths, cmd,
-                                f"thesis Fig. {name[3:]}", verdict, caption, bool(0.5 < med < 2)))
+                                f"thesis Fig. {name[3:]}", verdict, caption, bool(0.5 < med < 2), claims=[claim]))
     return out
 
 
@@ -466,11 +628,88 @@ def vni_histogram_figure(runs, outdir, cmd, protocol) -> FigureResult | None:
     paths = _save(fig, outdir, "fig5.7")
     claim, agrees = vni_claim(runs)
     verdict = "; ".join(parts) + f". {claim}"
+    claims = fig57_claims(runs)
     caption = (f"Histogram of the final VNI of the output (last hidden) layer x_L (eq. 3.5, on the probe batch of "
                f"training images), the quantity of the thesis' Fig. 5.7, of failed (blue) and successful (orange) "
                f"runs; runs without a finite VNI (diverged, dead) are left out. {protocol}.")
     return FigureResult("fig5.7", "VNI of failed vs successful runs", paths, cmd, "thesis Fig. 5.7", verdict,
-                        caption, agrees)
+                        caption, agrees, claims=claims)
+
+
+#: "near 1" for sigma_w^2 mu_1 per layer (the thesis reads its box plots so); its product over the layers
+#: (eq. 4.4's gradient factor) counts as bounded within this many decades of 1
+SIGMA_NEAR = (0.5, 2.0)
+GAIN_DECADES = 2.0
+#: failed trainings "end with VNI near 1" when at least this share of them end above COLLAPSE_VNI
+#: (the thesis: every failed run, min 0.9029)
+COLLAPSED_SHARE = 0.9
+
+
+def collapsed_share(failed: list[dict]) -> tuple[float, int, int]:
+    """(share, collapsed, counted): of the failed trainings with a finite final output VNI, the share
+    ending above COLLAPSE_VNI (diverged and dead runs have no VNI and are not counted)."""
+    v = np.array([r["vni_out"] for r in failed], dtype=float)
+    v = v[np.isfinite(v)]
+    return (float(np.mean(v > COLLAPSE_VNI)) if v.size else float("nan")), int(np.sum(v > COLLAPSE_VNI)), int(v.size)
+
+
+def fig57_claims(runs: list[dict]) -> list[Claim]:
+    """Fig 5.7's two claims, judged from the stored numbers, kept apart:
+
+    1. failed trainings end with output VNI near 1 - one row per activation: values agree when at least
+       COLLAPSED_SHARE of them end above COLLAPSE_VNI, else they differ;
+    2. sigma_w^2 mu_1 stays near 1 in failed trainings - values agree when the per-layer median lies in
+       SIGMA_NEAR for every activation *and* the median product over a run's layers (:func:`log10_gain`)
+       lies within GAIN_DECADES of 1; "trend" when only the per-layer median does; else differs.
+    """
+    out = []
+    failed = [r for r in runs if r["failure"] is not None]
+    acts = sorted({r["activation"] for r in runs})
+    epochs = max((r.get("max_epochs") or 0 for r in runs), default=0)
+    for act in acts:
+        fa = [r for r in failed if r["activation"] == act]
+        share, k, n = collapsed_share(fa)
+        n_div = sum(r["failure"] == "diverged" for r in fa)
+        if not n:
+            out.append(Claim(f"failed trainings end with output VNI near 1 ({act})", "every failed run: VNI >= 0.9029",
+                             f"no failed {act} training with a final VNI", f"{epochs} epochs", "not run",
+                             "nothing to judge"))
+            continue
+        out.append(Claim(f"failed trainings end with output VNI near 1 ({act})",
+                         "every failed run: VNI >= 0.9029 (mean 0.9949)",
+                         f"{100 * share:.0f}% ({k} of {n}) above {COLLAPSE_VNI}" +
+                         (f"; {n_div} diverged (no VNI)" if n_div else ""), f"{epochs} epochs",
+                         "agree" if share >= COLLAPSED_SHARE else "differs",
+                         f"tolerance: at least {100 * COLLAPSED_SHARE:.0f}% of the failed trainings end above "
+                         f"{COLLAPSE_VNI}"))
+    med = {}
+    for act in acts:
+        sig = np.concatenate([r["sigma"] for r in failed if r["activation"] == act] or [np.array([])])
+        sig = sig[np.isfinite(sig)]
+        if sig.size:
+            med[act] = float(np.median(sig))
+    coll = [r for r in failed if r["failure"] == "collapsed"]
+    gains = np.array([log10_gain(r) for r in coll], dtype=float)
+    gains = gains[np.isfinite(gains)]
+    if not med:
+        out.append(Claim("σ_w²μ1 stays near 1 in failed trainings (gradients bounded)", "near 1 (Figs 5.5, 5.6)",
+                         "no σ_w²μ1 of failed trainings in the store", "", "not run", "nothing to judge"))
+        return out
+    per_layer = all(SIGMA_NEAR[0] < m < SIGMA_NEAR[1] for m in med.values())
+    gain = float(np.median(gains)) if gains.size else float("nan")
+    through = bool(np.isfinite(gain) and abs(gain) <= GAIN_DECADES)
+    lo, hi = min(med.values()), max(med.values())
+    ours = (f"per-layer median {lo:.2f}" + (f"-{hi:.2f}" if hi > lo else "") + " (" +
+            ", ".join(f"{a} {m:.2f}" for a, m in med.items()) + ")" +
+            (f"; product over the layers median 10^{gain:.0f} in collapsed nets" if gains.size else ""))
+    out.append(Claim("σ_w²μ1 stays near 1 in failed trainings (gradients bounded)", "near 1 (Figs 5.5, 5.6)",
+                     ours, "", "agree" if per_layer and through else "trend" if per_layer else "differs",
+                     f"tolerance: per-layer median in ({SIGMA_NEAR[0]:g}, {SIGMA_NEAR[1]:g}) and its product over "
+                     f"a net's layers (eq. 4.4's gradient factor) within 10^±{GAIN_DECADES:g}" +
+                     ("" if through or not gains.size else
+                      ": per layer near 1, but the product is not, so the gradient still vanishes through the "
+                      "collapsed nets")))
+    return out
 
 
 def log10_gain(run: dict) -> float:

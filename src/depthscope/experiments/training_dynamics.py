@@ -24,7 +24,8 @@ import torch
 
 from ..store import Store, Value
 from ..sweep import SweepSpec, execute, expand, stored_spec
-from .base import Experiment, FigureResult, RunContext, WorkUnit
+from ._needs import require_if_pending
+from .base import Claim, Experiment, FigureResult, RunContext, WorkUnit, judge
 
 Q_TRACE = "vni"  # engine: VNI of layer l after `step` updates (step 0 = at initialisation); step None = final
 
@@ -57,6 +58,8 @@ class _TrainingSweep(Experiment):
 
     def run(self, ctx: RunContext) -> dict:
         sw = self.sweep(ctx.params)
+        if sw.data.dataset != "synthetic":
+            require_if_pending(self, ctx, sw.data.dataset, sw.data.split)
         s = execute(expand(sw), ctx.store, self.name, sw.data, backend=ctx.params["backend"],
                     workers=ctx.params.get("workers") or None, device=ctx.device, group_size=sw.group_size,
                     data_dir=ctx.data_dir, quiet=ctx.quiet)
@@ -158,12 +161,24 @@ class Fig34(_TrainingSweep):
                    f"rise to 1; otherwise it rises, then decreases to a value above its initial one. Here the "
                    f"largest lr's median {top}; {mid} ({word}).")
         agrees = True if word == "reproduced" else False if word == "not reproduced" else None
+        scale = f"L={p['depth']}, N={p['width']}, {p['seeds']} seeds, {p['epochs']} epochs, lrs {', '.join(f'{v:g}' for v in lrs)}"
+        claims = [
+            Claim(f"at the largest lr the output VNI rises to 1", "rises to ~1 (lr 1e-2, N=500, 100 epochs)",
+                  f"median {shapes[lrs[-1]]['final']:.2f} at the end (lr {lrs[-1]:g})", scale,
+                  "agree" if to_one else "differs", "tolerance: a final median above 0.9"),
+            Claim("at smaller lrs the VNI rises, then settles above its initial value",
+                  "rises, then decreases to a value above the initial one (no numbers)",
+                  "; ".join(f"lr {lr:g}: {shapes[lr]['start']:.2f} → peak {shapes[lr]['peak']:.2f} → "
+                            f"{shapes[lr]['final']:.2f}" for lr in lrs[:-1]), scale,
+                  judge(None, bool(settle)),
+                  "a trend (the thesis gives a figure only); our lrs are 10x the thesis' at 1/8 of its width "
+                  "(lr x 500/N keeps the per-update change of the pre-activations)")]
         caption = (f"Median (line) and quartiles (band) over seeds of the last hidden layer's VNI (eq. 3.5, probe "
                    f"of {p['probe_size']} training images) per epoch. {_protocol(p)}, {p['epochs']} epochs "
                    f"(thesis: L=100, N=500, 20 runs, full MNIST).")
         return [FigureResult("fig3.4", self.title, paths, f"depthscope reproduce fig3.4 --preset "
                              f"{'paper' if p['width'] == 500 else 'quick'}", self.reproduces, verdict, caption,
-                             agrees)]
+                             agrees, claims=claims)]
 
 
 class Fig35(_TrainingSweep):
@@ -224,9 +239,27 @@ class Fig35(_TrainingSweep):
         agrees = True if hi_last > 0.7 and from_output else None if from_output else False
         caption = (f"Mean over seeds of every hidden layer's VNI after 0..{T} SGD updates. {_protocol(p)} "
                    f"(thesis: L=100, N=500, 50 runs, full MNIST).")
+        scale = f"L={L}, N={p['width']}, {p['seeds']} seeds, lr {lrs[-1]:g}"
+        claims = [fig35_share_claim(hi_last, T, scale),
+                  Claim("the rise starts at the output layer and spreads toward the input", "output first",
+                        f"rise began at update {top_on:.1f} (top quarter of layers) vs {bottom_on:.1f} (bottom "
+                        f"quarter); {never} layers never rose", scale, judge(None, from_output),
+                        f"a trend: onset = first update with VNI > {ONSET_RISE} above its start")]
         return [FigureResult("fig3.5", self.title, paths, f"depthscope reproduce fig3.5 --preset "
                              f"{'paper' if p['width'] == 500 else 'quick'}", self.reproduces, verdict, caption,
-                             agrees)]
+                             agrees, claims=claims)]
+
+
+#: thesis Fig. 3.5: "over 70% of the hidden layers are highly intensified (VNI >= 0.9) within 10 updates"
+FIG35_THESIS_SHARE = 0.7
+
+
+def fig35_share_claim(share: float, updates: int, scale: str) -> Claim:
+    """Values agree when at least 70% of the hidden layers reach VNI >= 0.9 within the updates (the thesis'
+    one-sided number); otherwise they differ."""
+    return Claim(f"over 70% of hidden layers reach VNI >= 0.9 within {updates} updates", "> 70% (lr 1e-2, N=500)",
+                 f"{100 * share:.0f}%", scale, "agree" if share >= FIG35_THESIS_SHARE else "differs",
+                 "tolerance: at least 70% (a one-sided claim)")
 
 
 #: a layer's VNI counts as intensified once it is this much above its value at initialisation
@@ -377,10 +410,17 @@ class Fig36(Experiment):
                    f"correlation of each hidden layer is highly intensified. "
                    f"{'Reproduced' if up > 0.7 and ratio > 2 else 'Not reproduced at these sizes' if up <= 0.7 else 'Rises, but mildly'}.")
         agrees = True if up > 0.7 and ratio > 2 else False if up <= 0.7 else None
+        claims = [Claim("training with Gaussian inputs and output gradients intensifies every layer's correlation",
+                        "highly intensified (a figure, no numbers)",
+                        f"mean ρ² {mean[:, 0].mean():.4f} → {mean[:, -1].mean():.4f} (x{ratio:.2f}); rose in "
+                        f"{100 * up:.0f}% of layers",
+                        f"L={L}, N={p['width']}, {n_runs} seeds, {steps[-1]} updates", judge(None, up > 0.7),
+                        "a trend: rose in more than 70% of layers" + ("" if ratio > 2 else
+                                                                       ", but mildly (less than x2)"))]
         caption = (f"Mean over node pairs and over {n_runs} runs of rho_ij^2 (eq. 3.2) per layer, on a fixed probe "
                    f"batch, during SGD (lr {p['lr']:g}, gradient {'averaged' if p['reduction'] == 'mean' else 'summed'} "
                    f"over the batch of {p['batch']}) with inputs and output gradients drawn from N(0, {p['variance']}). "
                    f"L={L}, N={p['width']}, tanh, scaled-Gaussian (thesis: L=100, N=500, 50 runs).")
         return [FigureResult("fig3.6", self.title, paths, f"depthscope reproduce fig3.6 --preset "
                              f"{'paper' if p['width'] == 500 else 'quick'}", self.reproduces, verdict, caption,
-                             agrees)]
+                             agrees, claims=claims)]

@@ -6,8 +6,10 @@ softmax readout, cross-entropy, plain SGD. Data: MNIST (the 10k test images are 
 offline copy here; seed 003 used MNIST-bg-img, which we do not have). To keep CPU time in
 minutes the 784 pixels go through a fixed random Gaussian projection to ``width`` units
 (the net's input projection, frozen: it is not volume conserving and not trained); seed 003
-used width 784. When no MNIST files are found, Gaussian inputs with random labels stand in
-(recorded in the unit spec as ``data``).
+used width 784. Every unit's spec says ``data: "mnist"``; without the MNIST files the units are
+not run (reported as such), never trained on stand-in data. Units stored by older versions on
+Gaussian inputs with random labels have no ``data`` field: the figures ignore them and a run with
+the data runs the real ones (their keys differ).
 
 Per unit: training error per epoch, mean phi(h_l) per layer before and after training
 (seed 003 Figs. 2, 3), VNI per layer before/after (never measured in the seeds). ReLU units
@@ -27,18 +29,21 @@ from ..metrics.drift import layer_mean
 from ..nets import NetSpec, build_net
 from ..store import Value
 from . import _plotting as P
-from .base import Experiment, FigureResult, RunContext, UnitFailed, WorkUnit
+from ._needs import require, require_if_pending
+from .base import Claim, DataMissing, Experiment, FigureResult, RunContext, UnitFailed, WorkUnit
 
 
-def _data(n: int, data_dir, seed: int):
+def _data(n: int, data_dir) -> tuple[torch.Tensor, torch.Tensor]:
+    """n MNIST training images (test split when the training files are absent) and their labels, or
+    DataMissing: no stand-in data is ever trained on and stored as if it were MNIST."""
+    from ..data import DataNotFound, load_dataset
+
+    require("mnist", "any", data_dir)
     try:
-        from ..data import load_dataset
-
         x, y = load_dataset("mnist", split="any", data_dir=data_dir, limit=n)
-        return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64), "mnist"
-    except Exception:  # no data module or no files: a labelled stand-in, recorded as such
-        g = torch.Generator().manual_seed(seed)
-        return torch.randn(n, 784, generator=g), torch.randint(0, 10, (n,), generator=g), "gaussian-random-labels"
+    except DataNotFound as e:
+        raise DataMissing("mnist", str(e)) from None
+    return torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64)
 
 
 class DVCNN(Experiment):
@@ -56,8 +61,12 @@ class DVCNN(Experiment):
         keep = ("width", "n_train", "epochs", "batch", "lr", "n_probe")
         # seed 003 sets the bias to -2 for sigmoid; a ReLU with bias -2 is dead (f = 0) and never drifts
         return [WorkUnit({"activation": a, "depth": d, "bias_value": params["bias_value"] if a == "sigmoid" else 0.0,
-                          **{k: params[k] for k in keep}}, 0)
+                          "data": "mnist", **{k: params[k] for k in keep}}, 0)
                 for a in params["activations"] for d in params["depths"]]
+
+    def run(self, ctx: RunContext) -> dict:
+        require_if_pending(self, ctx, "mnist", "any")
+        return super().run(ctx)
 
     def run_unit(self, unit: WorkUnit, ctx: RunContext) -> list[Value]:
         with P.threads(1):
@@ -65,13 +74,13 @@ class DVCNN(Experiment):
 
     def _run(self, unit: WorkUnit, data_dir) -> list[Value]:
         sp = unit.spec
-        x, y, src = _data(sp["n_train"], data_dir, unit.seed)
+        x, y = _data(sp["n_train"], data_dir)
         spec = NetSpec(depth=sp["depth"], width=sp["width"], activation=sp["activation"], sigma_w2=1.0,
                        bias_value=sp["bias_value"], arch="volume", in_features=x.shape[1], out_features=10)
         net = build_net(spec, unit.seed)
         net.input_projection.weight.requires_grad_(False)
         probe = x[: sp["n_probe"]]
-        values = [Value("data_is_mnist", float(src == "mnist"))]
+        values = [Value("data_is_mnist", 1.0)]
 
         def snapshot(tag: str) -> None:
             with torch.no_grad():
@@ -106,18 +115,28 @@ class DVCNN(Experiment):
     def figures(self, store, outdir: Path, params: dict) -> list[FigureResult]:
         from matplotlib.figure import Figure
 
-        rows = store.rows(self.name, status="done")
-        units = store.units(self.name)
+        # MNIST units only: units of older versions trained on a Gaussian stand-in lack spec["data"]
+        rows = store.rows(self.name, status="done", data="mnist")
+        units = [u for u in store.units(self.name) if u.spec.get("data") == "mnist"]
         if not units:
             return P.missing(self.name, "DVCNN units")
         by = P.group(rows, "quantity")
         fig = Figure(figsize=(15, 3.8))
         ax1, ax2, ax3 = (fig.add_subplot(1, 3, i) for i in (1, 2, 3))
-        for (act, d), rs in sorted(P.group(by.get(("train_error",), []), "activation", "depth").items()):
-            rs = sorted(rs, key=lambda r: r["step"])
-            ax1.plot([r["step"] for r in rs], [r["value"] for r in rs], "-o", ms=3, label=f"{act}, L = {d}")
-        ax1.set_xlabel("epoch")
-        ax1.set_ylabel("training error")
+        last = {}  # (activation, depth) -> (epoch, training error) at the last epoch
+        for (act, d), rs in P.group(by.get(("train_error",), []), "activation", "depth").items():
+            r = max(rs, key=lambda r: r["step"])
+            last[(act, d)] = (r["step"], r["value"])
+        for act in sorted({a for a, _ in last}):
+            ds = sorted(d for a, d in last if a == act)
+            ax1.plot(ds, [last[(act, d)][1] for d in ds], "-o", ms=4, label=act)
+        failed_at = sorted((u.spec["activation"], u.spec["depth"]) for u in units if u.status == "failed")
+        for i, (act, d) in enumerate(failed_at):  # units that blew up have no final error: marked at 1
+            ax1.plot([d], [1.0], "x", color="tab:red", ms=7, label="blew up (no error)" if i == 0 else None)
+        ax1.set_xscale("log")
+        ax1.set_xlabel("depth L")
+        ax1.set_ylabel(f"training error after {max((e for e, _ in last.values()), default=0)} epochs")
+        ax1.set_ylim(0, 1.02)
         ax1.legend(fontsize=7)
         ax1.set_title("Training error vs depth (cf. seed 003 Fig. 1)", fontsize=9)
         sig = [r for r in rows if r["activation"] == "sigmoid"]
@@ -147,7 +166,6 @@ class DVCNN(Experiment):
         for (act, d), rs in P.group(by.get(("train_error",), []), "activation", "depth").items():
             finals[(act, d)] = max(rs, key=lambda r: r["step"])["value"]
         fails = [u for u in units if u.status == "failed"]
-        mnist = all(r["value"] > 0.5 for r in by.get(("data_is_mnist",), []))
         parts = [f"final training error {', '.join(f'{a} L={d}: {e:.2f}' for (a, d), e in sorted(finals.items()))}"]
         if drift:
             txt = ", ".join(f"{t} {v[0]:.2f} at layer 1 -> {sum(v[-5:]) / len(v[-5:]):.2f} at the top" for t, v in
@@ -158,10 +176,10 @@ class DVCNN(Experiment):
                      if fails else "no unit failed")
         verdict = ("; ".join(parts) + ". Seed 003: DVCNNs of hundreds of layers train without vanishing gradients; "
                    "the untrained sigmoid net drifts (mean f far above its bias-(-2) value 0.12 in high layers) and "
-                   "less so after training; ReLU DVCNNs blow up numerically."
-                   + ("" if mnist else " NOTE: no MNIST found, Gaussian inputs with random labels were used."))
+                   "less so after training; ReLU DVCNNs blow up numerically.")
         return [FigureResult("dvcnn", self.title, paths, "depthscope reproduce dvcnn", self.reproduces, verdict,
-                             "Left: training error per epoch for each depth/activation. Middle: mean of the "
+                             "Left: training error after the last epoch vs depth, per activation (x at error 1: the "
+                             "unit blew up numerically). Middle: mean of the "
                              "non-linearity f per layer before and after training. Right: VNI per layer. "
                              f"Width {params.get('width')} via a frozen random projection of the 784 MNIST "
                              "pixels (seed 003: width 784, MNIST-bg-img).")]

@@ -29,7 +29,7 @@ from ..metrics import vni
 from ..nets import NetSpec, layer_params
 from ..store import Value
 from . import _plotting as P
-from .base import Experiment, FigureResult, RunContext, WorkUnit
+from .base import Claim, Experiment, FigureResult, RunContext, WorkUnit
 
 #: name -> (depth, width, lr); the first is meant to keep VNI low, the others to drive it to 1.
 SETTINGS = {
@@ -225,11 +225,12 @@ class XOR(Experiment):
             if r["layer"] == r["depth"] and _finite(r["value"]):
                 last_layer_vni[r["key"]] = r["value"]
 
-        fig = Figure(figsize=(16, 3.8))
+        # constrained layout: each panel's y-label gets its own room instead of running into its neighbour
+        fig = Figure(figsize=(16, 3.8), layout="constrained")
         axs = [fig.add_subplot(1, 4, i + 1) for i in range(4)]
         colors = dict(zip(settings, ["tab:blue", "tab:red", "tab:orange", "tab:green", "tab:purple"]))
         for q, ax, ylab in (("loss", axs[0], "training loss"), ("vni_last", axs[1], "VNI of last hidden layer"),
-                            ("grad_rms", axs[2], "RMS over layers of ||dC/dW_l||")):
+                            ("grad_rms", axs[2], r"RMS over layers of $\|\partial C/\partial W_l\|$")):
             for key, rs in P.group(by.get((q,), []), "key").items():
                 rs = sorted(rs, key=lambda r: r["step"])
                 k = key[0]
@@ -271,9 +272,15 @@ class XOR(Experiment):
         n_div = len(early_all) - len(early)
         ok = [v for k, v in early.items() if succ.get(k)]
         bad = [v for k, v in early.items() if k in succ and not succ[k]]
+        claim = Claim("failing nets' gradients are comparable to succeeding nets' (walking dead)",
+                      "neither vanish nor explode", "no failing (or no succeeding) nets", "", "not judged",
+                      "nothing to compare")
         if ok and bad:
             ratio = median(bad) / median(ok)
             within = 0.1 <= ratio <= 10
+            claim = Claim(claim.claim, claim.thesis, f"median early gradient RMS failing / succeeding = {ratio:.2g} "
+                          f"({len(bad)} vs {len(ok)} nets)", "", "agree" if within else "differs",
+                          "tolerance: within a factor of 10")
             gtxt = (f"median early-training gradient RMS of failing nets / succeeding nets = {ratio:.2g} "
                     f"({len(bad)} vs {len(ok)} nets): " + ("within a factor of 10, i.e. the failures are not "
                                                           "vanishing/exploding gradients (walking dead)."
@@ -287,4 +294,5 @@ class XOR(Experiment):
         return [FigureResult("xor_walking_dead", self.title, paths, "depthscope reproduce xor", self.reproduces,
                              verdict, "Training loss, VNI of the last hidden layer (on a noisy probe set around "
                              "the four corners), and RMS gradient norm over training, one line per seed "
-                             "(dotted = failed to fit); right: success rate per setting with counts.")]
+                             "(dotted = failed to fit); right: success rate per setting with counts.",
+                             claims=[claim])]
