@@ -454,7 +454,7 @@ def test_force_without_mnist_exits_2_and_keeps_the_units_it_cannot_redo(tmp_path
     assert len(before[1]) == 3
     assert main([*base, "--force", "--data-dir", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert "--force incomplete: fig3.3: 3 units could not be redone (3 need MNIST" in err[-1]
+    assert "--force incomplete: fig3.3: 3 units could not be redone (3 need mnist; see --data-dir)" in err[-1]
     assert "earlier results are kept" in err[-1]
     assert _snapshot(run_dir)[1:] == before[1:]
     with Store(run_dir) as st:
@@ -827,7 +827,7 @@ def test_partial_force_keeps_the_old_units_it_could_not_redo(tmp_path, monkeypat
     assert len(old) == 4
     capsys.readouterr()
     assert main([*base, "--force", "--data-dir", str(tmp_path / "none")]) == 2
-    assert "fig3.2: 2 units could not be redone (2 need MNIST" in capsys.readouterr().err
+    assert "fig3.2: 2 units could not be redone (2 need mnist" in capsys.readouterr().err
     with Store(run_dir) as st:
         new = {u.key: u.finished for u in st.units("fig3.2")}
         assert set(new) == set(old)  # nothing dropped

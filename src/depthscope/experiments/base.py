@@ -279,7 +279,18 @@ def run_experiment(
     if generation is not None:
         counts["replaced"] = dropped
         counts["kept_old"] = len(set(keys) - recorded)  # not redone (e.g. no data): old results kept, if any
+    _note_not_run(store, exp.name, keys, counts)
     return counts
+
+
+def _note_not_run(store: Store, name: str, keys: list[str], counts: dict) -> None:
+    """Store meta ``not_run:NAME`` for the report: the units still without a result for want of data (null once
+    none lack). Counted after a failed --force has given the old results back, and written only when it
+    changes, so a run that could not redo anything leaves the store as it was."""
+    lacking = len(set(keys) - store.done_keys(name)) if counts.get("missing") else 0
+    value = ({"units": lacking, "of": counts.get("total"), "missing": counts["missing"]} if lacking else None)
+    if store.get_meta(f"not_run:{name}") != value:
+        store.set_meta(f"not_run:{name}", value)
 
 
 def resolve(name: str, preset: str = "quick", overrides: dict[str, Any] | None = None) -> tuple[dict, list[str]]:
@@ -412,11 +423,10 @@ def _check_name(value: str, name: str, fail) -> None:
 
 
 def run_noting_missing_data(exp: Experiment, ctx: RunContext) -> dict:
-    """``exp.run(ctx)``, turning :class:`DataMissing` into a skip that the store remembers.
+    """``exp.run(ctx)``, turning :class:`DataMissing` into a skip.
 
     The counts gain ``not_run`` (units left undone for want of data) and ``missing`` (dataset ->
-    the message naming where its files go); store meta ``not_run:NAME`` holds them for the report
-    (null once everything ran).
+    the message naming where its files go); :func:`run_experiment` notes them in the store for the report.
     """
     try:
         counts = exp.run(ctx)
@@ -426,9 +436,4 @@ def run_noting_missing_data(exp: Experiment, ctx: RunContext) -> dict:
         todo = sum(u.key not in done for u in units)
         counts = {"total": len(units), "skipped": len(units) - todo, "ran": 0, "failed": 0,
                   "not_run": todo, "missing": {e.dataset: e.message}}
-    if counts.get("not_run"):
-        ctx.store.set_meta(f"not_run:{exp.name}", {"units": counts["not_run"], "of": counts.get("total"),
-                                                   "missing": counts.get("missing", {})})
-    else:
-        ctx.store.set_meta(f"not_run:{exp.name}", None)
     return counts
