@@ -119,18 +119,19 @@ def test_inline_records_success_divergence_and_crash(tmp_path):
         assert succ[(20, 0.2, 0)] == 0.0 and succ[(2, 0.2, 0)] == 1.0
         # divergence: failed with its reason
         assert units[(2, 2.0, 1)].status == "failed" and "nan" in units[(2, 2.0, 1)].reason
-        assert summ.failed == 4 and summ.success == 2 * 2 + 2
+        # failed = did not reach the target (the thesis' meaning), diverged runs included
+        assert summ.failed == 6 and summ.diverged == 4 and summ.success == 2 * 2 + 2
         assert units[(2, 0.01, 0)].spec["dataset"] == "synthetic"
         before = {u.key: u.finished for u in store.units("sweep")}
         again = run_sweep(s, store, backend="inline", trainer=fake_train_group, quiet=True)
         assert again.ran == 0 and again.skipped == 12
         assert {u.key: u.finished for u in store.units("sweep")} == before
         assert store.get_meta("sweep:sweep")["lrs"] == [0.01, 0.2, 2.0]
-        # a crashing group: every member recorded failed with the exception; the sweep goes on
+        # a crashing group: every member stored as an error with the exception; the sweep goes on
         crash = SweepSpec(name="crash", depths=[2, 3], lrs=[0.777], seeds=2, dataset="synthetic", n_train=100)
         summ = run_sweep(crash, store, backend="inline", trainer=fake_train_group, quiet=True)
-        assert summ.ran == 4 and summ.failed == 4
-        assert {u.reason for u in store.units("crash")} == {"crash: RuntimeError: boom"}
+        assert summ.ran == 0 and summ.errors == 4 and summ.failed == 0 and summ.pending == 4
+        assert {(u.status, u.reason) for u in store.units("crash")} == {("error", "crash: RuntimeError: boom")}
 
 
 def test_failed_runs_keep_how_they_failed(tmp_path):
@@ -157,6 +158,174 @@ def test_duplicate_runs_rejected(tmp_path):
     s = SweepSpec(depths=[2, 2], dataset="synthetic")
     with Store(tmp_path) as store, pytest.raises(ValueError, match="same run twice"):
         execute(expand(s), store, "x", s.data, backend="inline", trainer=fake_train_group, quiet=True)
+
+
+# -- a crash is not a result (issue 11 section 6) ---------------------------------
+class _CrashFirstCall:
+    """fake_train_group that raises MemoryError on its first call (an allocation failure), then trains."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, specs, *a, **kw):
+        from sweep_fake import fake_train_group
+
+        self.calls += 1
+        if self.calls == 1:
+            raise MemoryError("CUDA out of memory")
+        return fake_train_group(specs, *a, **kw)
+
+
+def test_crash_is_stored_as_error_kept_out_of_statistics_and_retried(tmp_path):
+    from depthscope.experiments.chapter5 import collect_runs
+    from sweep_fake import fake_train_group
+
+    s = SweepSpec(depths=[2, 3], lrs=[0.01], seeds=2, dataset="synthetic", n_train=100, probe_size=50)
+    trainer = _CrashFirstCall()
+    with Store(tmp_path) as store:
+        first = run_sweep(s, store, backend="inline", trainer=trainer, quiet=True)
+        units = {u.key: u for u in store.units("sweep")}
+        errors = [u for u in units.values() if u.status == "error"]
+        # the costliest group (depth 3, both seeds) crashed: errors, no measurements, not done
+        assert [(u.spec["depth"], u.reason) for u in errors] == [(3, "crash: MemoryError: CUDA out of memory")] * 2
+        assert not [r for r in store.rows("sweep") if units[r["key"]].status == "error"]
+        assert all(not store.is_done("sweep", u.key) for u in errors)
+        # kept out of every statistic: the summary's and chapter 5's
+        assert (first.ran, first.success, first.failed, first.errors, first.pending) == (2, 2, 0, 2, 2)
+        assert {r["depth"] for r in collect_runs(store, "sweep")} == {2}
+        # retried (only they) on the next invocation, and then stored as results
+        depth2 = {u.key: u.finished for u in units.values() if u.status == "done"}
+        second = run_sweep(s, store, backend="inline", trainer=trainer, quiet=True)
+        assert (second.skipped, second.ran, second.errors, second.pending, second.success) == (2, 2, 0, 0, 4)
+        after = {u.key: u for u in store.units("sweep")}
+        assert {u.status for u in after.values()} == {"done"}
+        assert all(after[k].finished == t for k, t in depth2.items())
+        assert trainer.calls == 3
+        # the same numbers as a run that never crashed
+        with Store(tmp_path / "clean") as clean:
+            run_sweep(s, clean, backend="inline", trainer=fake_train_group, quiet=True)
+            assert _rows(store) == _rows(clean)
+
+
+def test_crash_in_a_local_worker_is_an_error_not_a_stuck_sweep(tmp_path):
+    """The local backend: a group whose trainer raises is stored as errors (the driver does not take
+    them for unfinished runs and give up), and the next invocation retries them."""
+    s = SweepSpec(depths=[2], lrs=[0.01, 0.777], seeds=1, dataset="synthetic", n_train=100, probe_size=50,
+                  group_size=1)
+    with Store(tmp_path) as store:
+        summ = run_sweep(s, store, backend="local", workers=1, trainer=FAKE, quiet=True)
+        assert (summ.ran, summ.errors, summ.pending, summ.restarts) == (1, 1, 1, 0)
+        err = [u for u in store.units("sweep") if u.status == "error"]
+        t = err[0].finished
+        again = run_sweep(s, store, backend="local", workers=1, trainer=FAKE, quiet=True)
+        assert (again.skipped, again.ran, again.errors) == (1, 0, 1)
+        assert [u.finished > t for u in store.units("sweep") if u.status == "error"] == [True]  # retried
+
+
+def test_resumed_summary_counts_the_whole_sweep(tmp_path):
+    """`sweep --json` on a resumed run: success counts every stored run of the grid (it was 0), split
+    into this invocation and before."""
+    from sweep_fake import fake_train_group
+
+    small = SweepSpec(depths=[2], lrs=[0.01, 2.0], seeds=2, dataset="synthetic", n_train=100, probe_size=50)
+    full = SweepSpec(depths=[2, 20], lrs=[0.01, 2.0], seeds=2, dataset="synthetic", n_train=100, probe_size=50)
+    with Store(tmp_path) as store:
+        run_sweep(small, store, backend="inline", trainer=fake_train_group, quiet=True)
+        again = run_sweep(small, store, backend="inline", trainer=fake_train_group, quiet=True)
+        assert (again.ran, again.skipped, again.success, again.failed, again.diverged) == (0, 4, 2, 2, 2)
+        assert again.before == {"runs": 4, "success": 2, "failed": 2, "diverged": 2}
+        assert again.this_invocation == {"runs": 0, "success": 0, "failed": 0, "diverged": 0}
+        grown = run_sweep(full, store, backend="inline", trainer=fake_train_group, quiet=True)
+        # depth 20: lr 0.01 x 20 < 1 succeeds, lr 2.0 diverges
+        assert (grown.total, grown.ran, grown.skipped, grown.success, grown.failed) == (8, 4, 4, 4, 4)
+        assert grown.this_invocation == {"runs": 4, "success": 2, "failed": 2, "diverged": 2}
+        assert grown.before == again.before
+
+
+def test_cli_resumed_json_reports_the_whole_sweep(tmp_path):
+    grid = ["--depths", "2", "--lrs", "0.01,2.0", "--seeds", "2", "--workers", "1"]
+    docs = []
+    for _ in range(2):
+        res = subprocess.run(_sweep_cmd(tmp_path, *grid), env=_env(), capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        docs.append(json.loads(res.stdout))
+    assert docs[0]["success"] == docs[1]["success"] == 2 and docs[1]["ran"] == 0 and docs[1]["skipped"] == 4
+    assert docs[1]["before"]["success"] == 2 and docs[1]["this_invocation"]["runs"] == 0
+
+
+def _interrupt_after(n: int):
+    """fake_train_group that raises KeyboardInterrupt (Ctrl-C: not caught as a crash) after n runs."""
+    from sweep_fake import fake_train_group
+
+    state = {"runs": 0}
+
+    def on_result_wrapper(specs, x, y, probe, device="cpu", on_result=None):
+        def counted(res):
+            if state["runs"] >= n:
+                raise KeyboardInterrupt
+            state["runs"] += 1
+            on_result(res)
+        return fake_train_group(specs, x, y, probe, device=device, on_result=counted)
+
+    return on_result_wrapper
+
+
+def test_force_checks_first_then_replaces_each_run_as_its_new_result_lands(tmp_path):
+    from sweep_fake import fake_train_group
+
+    s = SweepSpec(depths=[2, 3], lrs=[0.01, 0.02], seeds=1, dataset="synthetic", n_train=100, probe_size=50,
+                  group_size=1)
+    with Store(tmp_path) as store:
+        run_sweep(s, store, backend="inline", trainer=fake_train_group, quiet=True)
+        want = _rows(store)
+        old = {u.key: u.finished for u in store.units("sweep")}
+        # bad input under --force deletes nothing and writes nothing
+        for kwargs, err in (({"trainer": "nope:nothing"}, "cannot load trainer"),
+                            ({"device": "tpu"}, "device must be"),
+                            ({"backend": "slurm"}, "unknown backend")):
+            with pytest.raises(ValueError, match=err):
+                run_sweep(s, store, **{"backend": "inline", "trainer": fake_train_group, **kwargs}, force=True,
+                          quiet=True)
+        mnist = SweepSpec(**{**s.to_dict(), "dataset": "mnist"})
+        with pytest.raises(Exception, match="(?i)mnist|idx|no such|not found"):
+            execute(expand(mnist), store, "sweep", mnist.data, backend="inline", trainer=fake_train_group,
+                    data_dir=str(tmp_path / "empty"), force=True, quiet=True)
+        assert {u.key: u.finished for u in store.units("sweep")} == old and _rows(store) == want
+        assert store.get_meta("force:sweep") is None
+        # a forced rerun interrupted after 2 runs: the others keep their old results
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(s, store, backend="inline", trainer=_interrupt_after(2), force=True, quiet=True)
+        mid = {u.key: u.finished for u in store.units("sweep")}
+        replaced = {k for k in old if mid[k] != old[k]}
+        assert len(mid) == 4 and len(replaced) == 2 and _rows(store) == want
+        # resuming (without --force) finishes the forced rerun: only the 2 old runs are retrained
+        summ = run_sweep(s, store, backend="inline", trainer=fake_train_group, quiet=True)
+        assert (summ.skipped, summ.ran, summ.forced) == (2, 2, True)
+        end = {u.key: u.finished for u in store.units("sweep")}
+        assert all(end[k] == mid[k] for k in replaced) and all(end[k] != old[k] for k in old)
+        assert store.get_meta("force:sweep") is None and _rows(store) == want
+        # done: a plain rerun skips everything again; a new --force retrains all
+        assert run_sweep(s, store, backend="inline", trainer=fake_train_group, quiet=True).skipped == 4
+        again = run_sweep(s, store, backend="inline", trainer=fake_train_group, force=True, quiet=True)
+        assert (again.ran, again.skipped) == (4, 0)
+
+
+def test_cli_force(tmp_path):
+    grid = ["--depths", "2", "--lrs", "0.01", "--seeds", "2", "--workers", "1"]
+    res = subprocess.run(_sweep_cmd(tmp_path, *grid), env=_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    old = _finished(tmp_path)
+    bad = subprocess.run(_sweep_cmd(tmp_path, *grid, "--force", "--trainer", "nope:x"), env=_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "cannot load trainer" in bad.stderr and "Traceback" not in bad.stderr
+    assert _finished(tmp_path) == old
+    res = subprocess.run(_sweep_cmd(tmp_path, *grid, "--force"), env=_env(), capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["ran"] == 2 and doc["skipped"] == 0 and doc["forced"]
+    new = _finished(tmp_path)
+    assert new.keys() == old.keys() and all(new[k] > old[k] for k in old)
 
 
 # -- kills ---------------------------------------------------------------------

@@ -54,7 +54,9 @@ CREATE INDEX IF NOT EXISTS measurements_by_unit ON measurements (experiment, key
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-STATUSES = ("done", "failed")
+#: done: finished; failed: a training outcome (e.g. diverged); error: the code crashed (an exception), which
+#: is not a result: an error unit is not done (done_keys/is_done leave it out, so it is retried)
+STATUSES = ("done", "failed", "error")
 
 #: Columns of every export (CSV, Parquet) and of :meth:`Store.iter_all` rows; ``time`` is the unit's finish time.
 EXPORT_COLUMNS = ("experiment", "key", "quantity", "layer", "step", "value", "spec", "seed", "status",
@@ -192,12 +194,13 @@ class Store:
 
     # -- reading ---------------------------------------------------------------
     def done_keys(self, experiment: str) -> set[str]:
-        """Keys of every finished unit (status done or failed) of ``experiment``."""
-        rows = self._conn.execute("SELECT key FROM units WHERE experiment=?", (experiment,))
+        """Keys of every finished unit (status done or failed, not error) of ``experiment``."""
+        rows = self._conn.execute("SELECT key FROM units WHERE experiment=? AND status!='error'", (experiment,))
         return {r[0] for r in rows}
 
     def is_done(self, experiment: str, key: str) -> bool:
-        row = self._conn.execute("SELECT 1 FROM units WHERE experiment=? AND key=?", (experiment, key)).fetchone()
+        row = self._conn.execute("SELECT 1 FROM units WHERE experiment=? AND key=? AND status!='error'",
+                                 (experiment, key)).fetchone()
         return row is not None
 
     def experiments(self) -> list[str]:

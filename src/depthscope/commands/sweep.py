@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", default=None, help="directory holding the MNIST/Fashion-MNIST IDX files")
     p.add_argument("--trainer", default=None, metavar="MODULE:FUNCTION",
                    help="a train_group-compatible function (default depthscope.train:train_group)")
+    p.add_argument("--force", action="store_true",
+                   help="retrain every run of the grid; each stored run is replaced only when its new result "
+                   "is written (an interrupted --force resumes where it stopped)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved grid and group counts, train nothing")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -86,14 +89,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     with Store(args.run_dir) as store:
         summary = run_sweep(sweep, store, backend=args.backend, workers=args.workers or None, device=device,
                             trainer=args.trainer or DEFAULT_TRAINER, data_dir=args.data_dir, address=args.address,
-                            quiet=args.quiet)
+                            quiet=args.quiet, force=args.force)
     doc = summary.to_dict()
     doc["run_dir"] = args.run_dir
     if args.json:
         print_json(doc)
     else:
-        print(f"{summary.experiment}: {summary.ran} runs trained ({summary.success} reached "
-              f"{sweep.target_accuracy:.0%}, {summary.failed} diverged/crashed), {summary.skipped} already stored, "
-              f"{summary.seconds:.1f}s on {summary.device} ({summary.backend}, {summary.workers} workers) "
-              f"-> {args.run_dir}", file=sys.stderr)
+        now = summary.this_invocation
+        errors = (f"; {summary.errors} crashed (stored as errors, retried on the next run)" if summary.errors
+                  else "")
+        print(f"{summary.experiment}: {summary.success} of {summary.total} runs reached {sweep.target_accuracy:.0%}, "
+              f"{summary.failed} failed ({summary.diverged} diverged); {summary.ran} trained now ({now['success']} "
+              f"reached it), {summary.skipped} stored before{errors}; {summary.seconds:.1f}s on {summary.device} "
+              f"({summary.backend}, {summary.workers} workers) -> {args.run_dir}", file=sys.stderr)
     return 0
