@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -463,7 +465,8 @@ def test_ray_backend_on_local_ray(tmp_path, monkeypatch):
         run_sweep(real, local, backend="local", workers=2, quiet=True)
         want_fake, want_real = _rows(local), _rows(local, "real")
         want_status = sorted((u.key, u.status, u.reason) for u in local.units("real"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             _node_ip_address="127.0.0.1")  # "local": a new instance, never another process's cluster
     try:
         with Store(tmp_path / "ray") as store:
             summ = run_sweep(fake, store, backend="ray", trainer=FAKE, quiet=True)
@@ -479,6 +482,75 @@ def test_ray_backend_on_local_ray(tmp_path, monkeypatch):
     finally:
         ray.shutdown()
     assert not ray.is_initialized()
+
+
+def test_ray_cluster_of_three_nodes_loses_a_node_mid_sweep(tmp_path, monkeypatch):
+    """A simulated multi-node Ray cluster on loopback (a head without CPUs, where the driver and the
+    sink live, and two one-CPU worker nodes). Every group trains its first run and then waits at a
+    gate, so while no task can have returned the store must already hold one run per worker node
+    (results stream as runs finish). Then a worker node is removed mid-task: its task is retried on
+    the other node, skips the run already delivered, and the sweep ends with every run stored once,
+    none trained twice, the same numbers as an uninterrupted run."""
+    import collections
+    import threading
+
+    ray = pytest.importorskip("ray", reason="the ray backend needs Ray (pip install -e '.[test]' installs it)")
+    from ray.cluster_utils import Cluster
+    from sweep_fake import fake_train_group
+
+    gate, log = tmp_path / "gate", tmp_path / "trained.log"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SRC), str(HERE)]))
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    # loopback only (nodes and driver agree on 127.0.0.1), and a private temp dir: the cluster's address
+    # file never points another process's ray.init() at this cluster
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    monkeypatch.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", False)
+    ray_tmp = tempfile.mkdtemp(prefix="dsray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
+    monkeypatch.setenv("DEPTHSCOPE_FAKE_GATE", str(gate))
+    monkeypatch.setenv("DEPTHSCOPE_FAKE_LOG", str(log))
+    s = SweepSpec(depths=[2, 3], lrs=[0.01, 0.02, 2.0], seeds=2, dataset="synthetic", n_train=100, probe_size=50,
+                  group_size=3)  # 12 runs in 4 groups of 3
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": False, "node_ip_address": "127.0.0.1"})
+    nodes = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
+    out: dict = {}
+    try:
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False, _node_ip_address="127.0.0.1")
+
+        def drive() -> None:
+            try:
+                with Store(tmp_path / "ray") as store:
+                    out["summary"] = run_sweep(s, store, backend="ray", trainer=FAKE, quiet=True)
+            except BaseException as e:  # noqa: BLE001 - reported by the test
+                out["error"] = e
+
+        driver = threading.Thread(target=drive, daemon=True)
+        driver.start()
+        t0 = time.time()
+        while len(_finished(tmp_path / "ray") if (tmp_path / "ray" / "results.sqlite").exists() else {}) < 2:
+            assert driver.is_alive(), out
+            assert time.time() - t0 < 300, "no run reached the store while its task was running"
+            time.sleep(0.1)
+        # both tasks are held at the gate: these two results came while their tasks ran
+        assert len(_finished(tmp_path / "ray")) == 2
+        cluster.remove_node(nodes[1], allow_graceful=False)  # a node lost mid-task
+        gate.touch()
+        driver.join(timeout=300)
+        assert not driver.is_alive() and "error" not in out, out
+    finally:
+        gate.touch()
+        ray.shutdown()
+        cluster.shutdown()  # removes this cluster's own nodes (never `ray stop`)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    summ = out["summary"]
+    assert (summ.total, summ.ran, summ.pending, summ.errors) == (12, 12, 0, 0)
+    trained = collections.Counter(log.read_text().splitlines())
+    assert max(trained.values()) == 1, trained  # repeats nothing: no run trained twice
+    with Store(tmp_path / "ray") as got, Store(tmp_path / "clean") as clean:
+        run_sweep(s, clean, backend="inline", trainer=fake_train_group, quiet=True)
+        assert len(got.units("sweep")) == 12 and _rows(got) == _rows(clean)  # loses nothing
 
 
 def test_resolve_device_checks_names_and_cuda_indices(monkeypatch):

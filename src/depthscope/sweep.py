@@ -822,7 +822,8 @@ def _run_ray(groups, store, experiment, data, data_dir, device, trainer, workers
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(num_cpus=workers, log_to_driver=False, include_dashboard=False)
+            # "local": always a new instance (a bare ray.init() joins whatever cluster this machine last started)
+            ray.init(address="local", num_cpus=workers, log_to_driver=False, include_dashboard=False)
         started_here = True
     try:
         gpus = 1 if device.startswith("cuda") else 0
