@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .experiments import FigureResult, registry
+from .experiments.sweeps import user_sweeps
 from .progress import Progress
 from .store import Store
 
@@ -97,6 +98,7 @@ def _verdict_class(agrees: bool | None) -> tuple[str, str]:
 def _collect(store: Store, outdir: Path, quiet: bool) -> tuple[list[_Section], list[str]]:
     reg = registry()
     stored = store.experiments()
+    reg.update(user_sweeps(store, [n for n in stored if n not in reg]))  # a user's own grids: the study's figures
     orphans = [f"experiment {n!r} has stored results but no module defines it (skipped)"
                for n in stored if n not in reg]
     names = [n for n in reg if n in stored]

@@ -303,6 +303,7 @@ def sigma_figure(runs, experiment, stem, outdir, cmd, about) -> FigureResult | N
         gains = gains[np.isfinite(gains)]
         gain = f", product over a run's layers median 10^{np.median(gains):.1f}" if gains.size else ""
         parts.append(f"{label}: median {med:.3f} (IQR {q1:.3f}-{q3:.3f}){gain}")
+    fig.suptitle(f"{experiment}: " + r"$\sigma_w^2 \mu_1$ per layer (final weights)")
     name = f"{stem}-sigma"
     paths = _save(fig, outdir, name)
     verdict = "sigma_w^2 mu_1 per layer, " + "; ".join(parts) + " (thesis: near 1 in both)."
