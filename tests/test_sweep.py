@@ -475,7 +475,8 @@ def test_ray_backend_on_local_ray(tmp_path, monkeypatch):
             again = run_sweep(fake, store, backend="ray", trainer=FAKE, quiet=True)
             assert again.skipped == 8 and again.ran == 0
             summ = run_sweep(real, store, backend="ray", quiet=True)
-            assert summ.ran == 8 and summ.failed == 4  # lr 1e38 diverges, recorded as a failure
+            # target 100%: no run reaches it; lr 1e38 diverges (recorded as status failed)
+            assert summ.ran == 8 and summ.failed == 8 and summ.diverged == 4
             assert _rows(store) == want_fake
             assert _rows(store, "real") == want_real
             assert sorted((u.key, u.status, u.reason) for u in store.units("real")) == want_status
@@ -513,7 +514,8 @@ def test_ray_cluster_of_three_nodes_loses_a_node_mid_sweep(tmp_path, monkeypatch
                   group_size=3)  # 12 runs in 4 groups of 3
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "include_dashboard": False, "node_ip_address": "127.0.0.1"})
-    nodes = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
+    # the workers declare a (pretend) GPU each, the head none: device "auto" must follow the cluster
+    nodes = [cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
     out: dict = {}
     try:
         cluster.wait_for_nodes()
@@ -546,11 +548,27 @@ def test_ray_cluster_of_three_nodes_loses_a_node_mid_sweep(tmp_path, monkeypatch
         shutil.rmtree(ray_tmp, ignore_errors=True)
     summ = out["summary"]
     assert (summ.total, summ.ran, summ.pending, summ.errors) == (12, 12, 0, 0)
+    assert summ.device == "cuda"  # from the cluster's resources, though this driver has no GPU
     trained = collections.Counter(log.read_text().splitlines())
     assert max(trained.values()) == 1, trained  # repeats nothing: no run trained twice
     with Store(tmp_path / "ray") as got, Store(tmp_path / "clean") as clean:
         run_sweep(s, clean, backend="inline", trainer=fake_train_group, quiet=True)
         assert len(got.units("sweep")) == 12 and _rows(got) == _rows(clean)  # loses nothing
+
+
+def test_ray_device_is_checked_by_name_not_by_the_drivers_gpu(monkeypatch):
+    """A Ray head without a GPU drives GPU workers: `--backend ray --device cuda` must not be refused
+    because the driver's torch sees no CUDA; cuda:N is refused (Ray assigns each task its GPU)."""
+    import torch
+
+    from depthscope.sweep import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert check_device("cuda", "ray") == "cuda" and check_device("auto", "ray") == "auto"
+    with pytest.raises(ValueError, match="torch sees no CUDA"):
+        check_device("cuda", "local")
+    with pytest.raises(ValueError, match="with the ray backend the device must be auto, cpu or cuda"):
+        check_device("cuda:1", "ray")
 
 
 def test_resolve_device_checks_names_and_cuda_indices(monkeypatch):

@@ -673,6 +673,19 @@ def default_workers(device: str) -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
+def check_device(device: str, backend: str = "local") -> str:
+    """The device the runs train on: :func:`resolve_device` here, except on Ray, where the tasks run on
+    the cluster's nodes (a head without a GPU drives GPU workers): only the name is checked there
+    (auto, cpu or cuda; Ray gives each task its GPU, so no cuda:N), and ``auto`` is decided by the
+    cluster's resources when Ray is up (:func:`_run_ray`)."""
+    if backend != "ray":
+        return resolve_device(device)
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"with the ray backend the device must be auto, cpu or cuda (Ray gives each task its "
+                         f"GPU), got {device!r}")
+    return device
+
+
 def check_backend(backend: str, trainer: str | Callable, device: str, workers: int | None) -> tuple[str, int]:
     """Check the backend, trainer, device and worker count before anything is written; returns the
     resolved (device, workers)."""
@@ -681,7 +694,7 @@ def check_backend(backend: str, trainer: str | Callable, device: str, workers: i
     if backend != "inline" and not isinstance(trainer, str):
         raise ValueError("the local and ray backends need the trainer as 'module:function'")
     resolve_trainer(trainer)
-    device = resolve_device(device)
+    device = check_device(device, backend)
     if workers is None or workers == 0:
         workers = default_workers(device)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -746,7 +759,8 @@ def execute(
                 _run_local(groups, store, experiment, data, data_dir, device, trainer, workers, summary, bar,
                            max_restarts, t0)
             else:
-                _run_ray(groups, store, experiment, data, data_dir, device, trainer, workers, address, bar, done)
+                _run_ray(groups, store, experiment, data, data_dir, device, trainer, workers, address, bar, done,
+                         summary)
     _summarize(store, experiment, all_keys, before, summary)
     if summary.forced and summary.pending == 0:
         store.set_meta(_force_meta(experiment), None)  # the forced rerun is complete
@@ -809,15 +823,18 @@ def _run_local(groups, store, experiment, data, data_dir, device, trainer, worke
         pending_groups = make_groups(left, max(len(g) for g in pending_groups))
 
 
-def _run_ray(groups, store, experiment, data, data_dir, device, trainer, workers, address, bar, done) -> None:
+def _run_ray(groups, store, experiment, data, data_dir, device, trainer, workers, address, bar, done,
+             summary) -> None:
     """Each group a Ray task (retried up to twice when its node or worker dies); every run's record
-    reaches the store through :class:`_Sink` as the run finishes."""
+    reaches the store through :class:`_Sink` as the run finishes. Without ``address`` the cluster of
+    ``RAY_ADDRESS`` is used when set (as ``ray job submit`` sets it), else a new local Ray."""
     try:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     except ImportError:
         raise ValueError("the ray backend needs Ray: pip install 'depthscope[ray]'") from None
     started_here = False
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
         if address:
             ray.init(address=address, log_to_driver=False)
@@ -826,6 +843,9 @@ def _run_ray(groups, store, experiment, data, data_dir, device, trainer, workers
             ray.init(address="local", num_cpus=workers, log_to_driver=False, include_dashboard=False)
         started_here = True
     try:
+        if device == "auto":  # decided by the cluster, not by the driver's machine
+            device = "cuda" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
+        summary.device = device
         gpus = 1 if device.startswith("cuda") else 0
         # the sink lives on the driver's node: a worker node lost mid-sweep takes no delivered result with it
         here = ray.get_runtime_context().get_node_id()

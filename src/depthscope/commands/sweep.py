@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", default="depthscope-sweep", help="where the store goes (default ./depthscope-sweep)")
     p.add_argument("--backend", default="local", choices=["local", "inline", "ray"],
                    help="local worker processes (default), inline (this process, for debugging) or ray")
-    p.add_argument("--address", default=None, help="Ray cluster address (ray backend; default: start a local Ray)")
+    p.add_argument("--address", default=None, help="Ray cluster address, e.g. ray://HEAD:10001 or HEAD:6379 (ray backend; default: "
+                   "$RAY_ADDRESS, else a new local Ray); see docs/cluster.md")
     p.add_argument("--workers", type=int, default=0, help="worker processes / Ray CPUs (0: one per core; 1 on GPU)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
     p.add_argument("--data-dir", default=None, help="directory holding the MNIST/Fashion-MNIST IDX files")
@@ -71,7 +72,7 @@ def _overrides(args: argparse.Namespace) -> dict:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ..cli import print_json
     from ..store import Store
-    from ..sweep import DEFAULT_TRAINER, SweepSpec, expand, make_groups, resolve_device, run_sweep
+    from ..sweep import DEFAULT_TRAINER, SweepSpec, check_device, expand, make_groups, run_sweep
 
     over = _overrides(args)
     sweep = SweepSpec.from_toml(args.config, over) if args.config else SweepSpec.from_dict(over)
@@ -85,7 +86,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         else:
             print(f"{doc['runs']} runs in {doc['groups']} ensembles; grid: {doc['sweep']}")
         return 0
-    device = resolve_device(args.device)  # a bad device is an error before the run directory is made
+    device = check_device(args.device, args.backend)  # a bad device is an error before the run directory is made
     with Store(args.run_dir) as store:
         summary = run_sweep(sweep, store, backend=args.backend, workers=args.workers or None, device=device,
                             trainer=args.trainer or DEFAULT_TRAINER, data_dir=args.data_dir, address=args.address,
