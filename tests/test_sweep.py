@@ -556,6 +556,18 @@ def test_ray_cluster_of_three_nodes_loses_a_node_mid_sweep(tmp_path, monkeypatch
         assert len(got.units("sweep")) == 12 and _rows(got) == _rows(clean)  # loses nothing
 
 
+def test_example_ray_cluster_yaml_is_valid():
+    """examples/ray-cluster.yaml (docs/cluster.md) passes Ray's own cluster-config schema, as `ray up` checks it."""
+    pytest.importorskip("ray", reason="needs Ray")
+    yaml = pytest.importorskip("yaml", reason="Ray's cluster launcher needs PyYAML")
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((HERE.parent / "examples" / "ray-cluster.yaml").read_text())
+    validate_config(prepare_config(config))
+    assert config["available_node_types"]["gpu_worker"]["node_config"]["InstanceType"] == "g5.xlarge"
+    assert any("--num-cpus=0" in c for c in config["head_start_ray_commands"])  # the head trains nothing
+
+
 def test_ray_device_is_checked_by_name_not_by_the_drivers_gpu(monkeypatch):
     """A Ray head without a GPU drives GPU workers: `--backend ray --device cuda` must not be refused
     because the driver's torch sees no CUDA; cuda:N is refused (Ray assigns each task its GPU)."""
