@@ -17,13 +17,11 @@ import pytest
 
 from depthscope.store import Store
 from depthscope.sweep import (
-    DataSpec,
     SweepSpec,
     execute,
     expand,
     make_groups,
     parse_range,
-    run_key,
     run_sweep,
 )
 

@@ -41,12 +41,11 @@ import os
 import sys
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from .store import Store, Value, unit_key
+from .store import Store, unit_key
 
 BACKENDS = ("local", "inline", "ray")
 DATASETS = ("mnist", "fashion-mnist", "synthetic")

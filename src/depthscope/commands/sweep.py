@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", default="depthscope-sweep", help="where the store goes (default ./depthscope-sweep)")
     p.add_argument("--backend", default="local", choices=["local", "inline", "ray"],
                    help="local worker processes (default), inline (this process, for debugging) or ray")
-    p.add_argument("--address", default=None, help="Ray cluster address, e.g. ray://HEAD:10001 or HEAD:6379 (ray backend; default: "
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address, e.g. HEAD:6379, auto or ray://HEAD:10001 (ray backend; default: "
                    "$RAY_ADDRESS, else a new local Ray); see docs/cluster.md")
     p.add_argument("--workers", type=int, default=0, help="worker processes / Ray CPUs (0: one per core; 1 on GPU)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
