@@ -783,8 +783,8 @@ def _run_local(groups, store, experiment, data, data_dir, device, trainer, worke
     ctx = mp.get_context("spawn")
     all_keys = {run_key(r, data) for g in groups for r in g}
 
-    def progress() -> None:
-        n = len(_settled(store, experiment, all_keys, t0))
+    def progress() -> None:  # twice a second: only the cheap key query (errors are counted at the end)
+        n = len(done_keys(store, experiment) & all_keys)
         if n > bar.n:
             bar.update(n - bar.n)
 
@@ -811,6 +811,8 @@ def _run_local(groups, store, experiment, data, data_dir, device, trainer, worke
         progress()
         settled = _settled(store, experiment, all_keys, t0)
         left = [r for g in pending_groups for r in g if run_key(r, data) not in settled]
+        if len(settled) > bar.n:  # the errors too
+            bar.update(len(settled) - bar.n)
         if not left:
             break
         if not broken or summary.restarts >= max_restarts:
