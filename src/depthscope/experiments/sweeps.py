@@ -220,6 +220,7 @@ def vni_figure(runs, experiment, stem, outdir, cmd, about) -> FigureResult | Non
     ax.set_xlabel(r"VNI $R_{sq}$ of the output layer (after training)")
     ax.set_ylabel("runs")
     ax.legend()
+    ax.set_title(f"{experiment}: output-layer VNI of failed vs successful runs", fontsize=10)
     name = f"{stem}-vni"
     paths = _save(fig, outdir, name)
     claim, agrees = vni_claim(runs)
