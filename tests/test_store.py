@@ -288,7 +288,7 @@ def test_parquet_export_without_pyarrow_is_a_clear_error(tmp_path, monkeypatch, 
 
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("kwargs,needle", [
-    ({"status": "running"}, "status must be one of ('done', 'failed'), got 'running'"),
+    ({"status": "running"}, "status must be one of ('done', 'failed', 'error'), got 'running'"),
     ({"values": [Value("vni", "high")]}, "value of 'vni' must be a number, got 'high'"),
     ({"values": [Value("vni", None)]}, "value of 'vni' must be a number, got None"),
     ({"values": [Value("vni", 0.5, layer=1.5)]}, "layer of 'vni' must be an integer or None, got 1.5"),
