@@ -181,7 +181,7 @@ def test_kill_midway_and_rerun_loses_and_repeats_nothing(tmp_path):
     stored, and the rerun computes the rest without redoing them. Independent of timing: the run is held
     at that point (it was a race against a 60 s deadline that failed under load, `assert 3 <= 2`)."""
     run_dir = tmp_path / "run"
-    params = {"widths": [48, 64], "depth": 200, "n": 100, "seeds": 4}
+    params = {"widths": [48, 64], "depth": 100, "n": 100, "seeds": 2}  # small: the hold, not size, times the kill
     args = ["reproduce", "effective-nodes", "--run-dir", str(run_dir), "--quiet", "--no-report", "--device", "cpu"]
     args += sum((["--set", f"{k}={json.dumps(v)}"] for k, v in params.items()), [])
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
