@@ -5,7 +5,6 @@ import json
 import math
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -168,41 +167,53 @@ def test_fig32_whitened_mnist_within_20_percent_of_iid_on_real_mnist(tmp_path):
 
 
 def _units(run_dir: Path) -> dict[str, float]:
-    con = sqlite3.connect(run_dir / "results.sqlite")
-    try:
-        return dict(con.execute("SELECT key, finished FROM units WHERE experiment = "
-                                "(SELECT id FROM experiments WHERE name='effective-nodes')"))
-    finally:
-        con.close()
+    with Store(run_dir, create=False) as st:
+        return {u.key: u.finished for u in st.units("effective-nodes")}
+
+
+# Runs depthscope with Store.record patched: after N units are committed, the next record call (its unit
+# computed, not yet written) raises a flag file and blocks for ever, so the test kills at a known point.
+_HOLD_AFTER = """
+import runpy, sys, threading
+from depthscope.store import Store
+N, FLAG = int(sys.argv[1]), sys.argv[2]
+original, written = Store.record, [0]
+def record(self, *args, **kwargs):
+    if written[0] == N:
+        open(FLAG, "w").close()
+        threading.Event().wait()
+    original(self, *args, **kwargs)
+    written[0] += 1
+Store.record = record
+sys.argv = ["depthscope", *sys.argv[3:]]
+runpy.run_module("depthscope", run_name="__main__")
+"""
 
 
 def test_kill_midway_and_rerun_loses_and_repeats_nothing(tmp_path):
+    """Killed (SIGKILL) with 3 units committed and the 4th computed but not written: exactly those 3 are
+    stored, and the rerun computes the rest without redoing them. Independent of timing: the run is held
+    at that point (it was a race against a 60 s deadline that failed under load, `assert 3 <= 2`)."""
     run_dir = tmp_path / "run"
-    params = {"widths": [48, 64], "depth": 1500, "n": 200, "seeds": 4}
-    cmd = [sys.executable, "-m", "depthscope", "reproduce", "effective-nodes", "--run-dir", str(run_dir),
-           "--quiet", "--no-report", "--device", "cpu"]
-    cmd += sum((["--set", f"{k}={json.dumps(v)}"] for k, v in params.items()), [])
+    params = {"widths": [48, 64], "depth": 100, "n": 100, "seeds": 2}  # small: the hold, not size, times the kill
+    args = ["reproduce", "effective-nodes", "--run-dir", str(run_dir), "--quiet", "--no-report", "--device", "cpu"]
+    args += sum((["--set", f"{k}={json.dumps(v)}"] for k, v in params.items()), [])
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     total = len(params["widths"]) * (1 + params["seeds"])
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    before: dict[str, float] = {}
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None:
-        if (run_dir / "results.sqlite").exists():
-            try:
-                before = _units(run_dir)
-            except sqlite3.OperationalError:
-                before = {}
-            if len(before) >= 3:
-                break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed; make the units bigger"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    before = _units(run_dir)  # everything committed before the kill
-    assert 3 <= len(before) < total
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    flag = tmp_path / "held"
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_AFTER, "3", str(flag), *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        while not flag.exists():  # waits on the run's state, however slow the machine
+            assert proc.poll() is None, f"the run ended before it was held: {proc.stderr.read()!r}"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    before = _units(run_dir)
+    assert len(before) == 3
+    res = subprocess.run([sys.executable, "-m", "depthscope", *args], env=env, capture_output=True, text=True,
+                         timeout=600)
     assert res.returncode == 0, res.stderr
     after = _units(run_dir)
     assert len(after) == total

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,13 +17,11 @@ import pytest
 
 from depthscope.store import Store
 from depthscope.sweep import (
-    DataSpec,
     SweepSpec,
     execute,
     expand,
     make_groups,
     parse_range,
-    run_key,
     run_sweep,
 )
 
@@ -119,18 +119,19 @@ def test_inline_records_success_divergence_and_crash(tmp_path):
         assert succ[(20, 0.2, 0)] == 0.0 and succ[(2, 0.2, 0)] == 1.0
         # divergence: failed with its reason
         assert units[(2, 2.0, 1)].status == "failed" and "nan" in units[(2, 2.0, 1)].reason
-        assert summ.failed == 4 and summ.success == 2 * 2 + 2
+        # failed = did not reach the target (the thesis' meaning), diverged runs included
+        assert summ.failed == 6 and summ.diverged == 4 and summ.success == 2 * 2 + 2
         assert units[(2, 0.01, 0)].spec["dataset"] == "synthetic"
         before = {u.key: u.finished for u in store.units("sweep")}
         again = run_sweep(s, store, backend="inline", trainer=fake_train_group, quiet=True)
         assert again.ran == 0 and again.skipped == 12
         assert {u.key: u.finished for u in store.units("sweep")} == before
         assert store.get_meta("sweep:sweep")["lrs"] == [0.01, 0.2, 2.0]
-        # a crashing group: every member recorded failed with the exception; the sweep goes on
+        # a crashing group: every member stored as an error with the exception; the sweep goes on
         crash = SweepSpec(name="crash", depths=[2, 3], lrs=[0.777], seeds=2, dataset="synthetic", n_train=100)
         summ = run_sweep(crash, store, backend="inline", trainer=fake_train_group, quiet=True)
-        assert summ.ran == 4 and summ.failed == 4
-        assert {u.reason for u in store.units("crash")} == {"crash: RuntimeError: boom"}
+        assert summ.ran == 0 and summ.errors == 4 and summ.failed == 0 and summ.pending == 4
+        assert {(u.status, u.reason) for u in store.units("crash")} == {("error", "crash: RuntimeError: boom")}
 
 
 def test_failed_runs_keep_how_they_failed(tmp_path):
@@ -159,6 +160,174 @@ def test_duplicate_runs_rejected(tmp_path):
         execute(expand(s), store, "x", s.data, backend="inline", trainer=fake_train_group, quiet=True)
 
 
+# -- a crash is not a result (issue 11 section 6) ---------------------------------
+class _CrashFirstCall:
+    """fake_train_group that raises MemoryError on its first call (an allocation failure), then trains."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, specs, *a, **kw):
+        from sweep_fake import fake_train_group
+
+        self.calls += 1
+        if self.calls == 1:
+            raise MemoryError("CUDA out of memory")
+        return fake_train_group(specs, *a, **kw)
+
+
+def test_crash_is_stored_as_error_kept_out_of_statistics_and_retried(tmp_path):
+    from depthscope.experiments.chapter5 import collect_runs
+    from sweep_fake import fake_train_group
+
+    s = SweepSpec(depths=[2, 3], lrs=[0.01], seeds=2, dataset="synthetic", n_train=100, probe_size=50)
+    trainer = _CrashFirstCall()
+    with Store(tmp_path) as store:
+        first = run_sweep(s, store, backend="inline", trainer=trainer, quiet=True)
+        units = {u.key: u for u in store.units("sweep")}
+        errors = [u for u in units.values() if u.status == "error"]
+        # the costliest group (depth 3, both seeds) crashed: errors, no measurements, not done
+        assert [(u.spec["depth"], u.reason) for u in errors] == [(3, "crash: MemoryError: CUDA out of memory")] * 2
+        assert not [r for r in store.rows("sweep") if units[r["key"]].status == "error"]
+        assert all(not store.is_done("sweep", u.key) for u in errors)
+        # kept out of every statistic: the summary's and chapter 5's
+        assert (first.ran, first.success, first.failed, first.errors, first.pending) == (2, 2, 0, 2, 2)
+        assert {r["depth"] for r in collect_runs(store, "sweep")} == {2}
+        # retried (only they) on the next invocation, and then stored as results
+        depth2 = {u.key: u.finished for u in units.values() if u.status == "done"}
+        second = run_sweep(s, store, backend="inline", trainer=trainer, quiet=True)
+        assert (second.skipped, second.ran, second.errors, second.pending, second.success) == (2, 2, 0, 0, 4)
+        after = {u.key: u for u in store.units("sweep")}
+        assert {u.status for u in after.values()} == {"done"}
+        assert all(after[k].finished == t for k, t in depth2.items())
+        assert trainer.calls == 3
+        # the same numbers as a run that never crashed
+        with Store(tmp_path / "clean") as clean:
+            run_sweep(s, clean, backend="inline", trainer=fake_train_group, quiet=True)
+            assert _rows(store) == _rows(clean)
+
+
+def test_crash_in_a_local_worker_is_an_error_not_a_stuck_sweep(tmp_path):
+    """The local backend: a group whose trainer raises is stored as errors (the driver does not take
+    them for unfinished runs and give up), and the next invocation retries them."""
+    s = SweepSpec(depths=[2], lrs=[0.01, 0.777], seeds=1, dataset="synthetic", n_train=100, probe_size=50,
+                  group_size=1)
+    with Store(tmp_path) as store:
+        summ = run_sweep(s, store, backend="local", workers=1, trainer=FAKE, quiet=True)
+        assert (summ.ran, summ.errors, summ.pending, summ.restarts) == (1, 1, 1, 0)
+        err = [u for u in store.units("sweep") if u.status == "error"]
+        t = err[0].finished
+        again = run_sweep(s, store, backend="local", workers=1, trainer=FAKE, quiet=True)
+        assert (again.skipped, again.ran, again.errors) == (1, 0, 1)
+        assert [u.finished > t for u in store.units("sweep") if u.status == "error"] == [True]  # retried
+
+
+def test_resumed_summary_counts_the_whole_sweep(tmp_path):
+    """`sweep --json` on a resumed run: success counts every stored run of the grid (it was 0), split
+    into this invocation and before."""
+    from sweep_fake import fake_train_group
+
+    small = SweepSpec(depths=[2], lrs=[0.01, 2.0], seeds=2, dataset="synthetic", n_train=100, probe_size=50)
+    full = SweepSpec(depths=[2, 20], lrs=[0.01, 2.0], seeds=2, dataset="synthetic", n_train=100, probe_size=50)
+    with Store(tmp_path) as store:
+        run_sweep(small, store, backend="inline", trainer=fake_train_group, quiet=True)
+        again = run_sweep(small, store, backend="inline", trainer=fake_train_group, quiet=True)
+        assert (again.ran, again.skipped, again.success, again.failed, again.diverged) == (0, 4, 2, 2, 2)
+        assert again.before == {"runs": 4, "success": 2, "failed": 2, "diverged": 2}
+        assert again.this_invocation == {"runs": 0, "success": 0, "failed": 0, "diverged": 0}
+        grown = run_sweep(full, store, backend="inline", trainer=fake_train_group, quiet=True)
+        # depth 20: lr 0.01 x 20 < 1 succeeds, lr 2.0 diverges
+        assert (grown.total, grown.ran, grown.skipped, grown.success, grown.failed) == (8, 4, 4, 4, 4)
+        assert grown.this_invocation == {"runs": 4, "success": 2, "failed": 2, "diverged": 2}
+        assert grown.before == again.before
+
+
+def test_cli_resumed_json_reports_the_whole_sweep(tmp_path):
+    grid = ["--depths", "2", "--lrs", "0.01,2.0", "--seeds", "2", "--workers", "1"]
+    docs = []
+    for _ in range(2):
+        res = subprocess.run(_sweep_cmd(tmp_path, *grid), env=_env(), capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        docs.append(json.loads(res.stdout))
+    assert docs[0]["success"] == docs[1]["success"] == 2 and docs[1]["ran"] == 0 and docs[1]["skipped"] == 4
+    assert docs[1]["before"]["success"] == 2 and docs[1]["this_invocation"]["runs"] == 0
+
+
+def _interrupt_after(n: int):
+    """fake_train_group that raises KeyboardInterrupt (Ctrl-C: not caught as a crash) after n runs."""
+    from sweep_fake import fake_train_group
+
+    state = {"runs": 0}
+
+    def on_result_wrapper(specs, x, y, probe, device="cpu", on_result=None):
+        def counted(res):
+            if state["runs"] >= n:
+                raise KeyboardInterrupt
+            state["runs"] += 1
+            on_result(res)
+        return fake_train_group(specs, x, y, probe, device=device, on_result=counted)
+
+    return on_result_wrapper
+
+
+def test_force_checks_first_then_replaces_each_run_as_its_new_result_lands(tmp_path):
+    from sweep_fake import fake_train_group
+
+    s = SweepSpec(depths=[2, 3], lrs=[0.01, 0.02], seeds=1, dataset="synthetic", n_train=100, probe_size=50,
+                  group_size=1)
+    with Store(tmp_path) as store:
+        run_sweep(s, store, backend="inline", trainer=fake_train_group, quiet=True)
+        want = _rows(store)
+        old = {u.key: u.finished for u in store.units("sweep")}
+        # bad input under --force deletes nothing and writes nothing
+        for kwargs, err in (({"trainer": "nope:nothing"}, "cannot load trainer"),
+                            ({"device": "tpu"}, "device must be"),
+                            ({"backend": "slurm"}, "unknown backend")):
+            with pytest.raises(ValueError, match=err):
+                run_sweep(s, store, **{"backend": "inline", "trainer": fake_train_group, **kwargs}, force=True,
+                          quiet=True)
+        mnist = SweepSpec(**{**s.to_dict(), "dataset": "mnist"})
+        with pytest.raises(Exception, match="(?i)mnist|idx|no such|not found"):
+            execute(expand(mnist), store, "sweep", mnist.data, backend="inline", trainer=fake_train_group,
+                    data_dir=str(tmp_path / "empty"), force=True, quiet=True)
+        assert {u.key: u.finished for u in store.units("sweep")} == old and _rows(store) == want
+        assert store.get_meta("force:sweep") is None
+        # a forced rerun interrupted after 2 runs: the others keep their old results
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(s, store, backend="inline", trainer=_interrupt_after(2), force=True, quiet=True)
+        mid = {u.key: u.finished for u in store.units("sweep")}
+        replaced = {k for k in old if mid[k] != old[k]}
+        assert len(mid) == 4 and len(replaced) == 2 and _rows(store) == want
+        # resuming (without --force) finishes the forced rerun: only the 2 old runs are retrained
+        summ = run_sweep(s, store, backend="inline", trainer=fake_train_group, quiet=True)
+        assert (summ.skipped, summ.ran, summ.forced) == (2, 2, True)
+        end = {u.key: u.finished for u in store.units("sweep")}
+        assert all(end[k] == mid[k] for k in replaced) and all(end[k] != old[k] for k in old)
+        assert store.get_meta("force:sweep") is None and _rows(store) == want
+        # done: a plain rerun skips everything again; a new --force retrains all
+        assert run_sweep(s, store, backend="inline", trainer=fake_train_group, quiet=True).skipped == 4
+        again = run_sweep(s, store, backend="inline", trainer=fake_train_group, force=True, quiet=True)
+        assert (again.ran, again.skipped) == (4, 0)
+
+
+def test_cli_force(tmp_path):
+    grid = ["--depths", "2", "--lrs", "0.01", "--seeds", "2", "--workers", "1"]
+    res = subprocess.run(_sweep_cmd(tmp_path, *grid), env=_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    old = _finished(tmp_path)
+    bad = subprocess.run(_sweep_cmd(tmp_path, *grid, "--force", "--trainer", "nope:x"), env=_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "cannot load trainer" in bad.stderr and "Traceback" not in bad.stderr
+    assert _finished(tmp_path) == old
+    res = subprocess.run(_sweep_cmd(tmp_path, *grid, "--force"), env=_env(), capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["ran"] == 2 and doc["skipped"] == 0 and doc["forced"]
+    new = _finished(tmp_path)
+    assert new.keys() == old.keys() and all(new[k] > old[k] for k in old)
+
+
 # -- kills ---------------------------------------------------------------------
 def _children(pid: int) -> list[int]:
     out = []
@@ -175,7 +344,8 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _wait_units(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 40.0) -> None:
+def _wait_units(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 600.0) -> None:
+    """Wait on the store's state (n units), however slow the machine; the timeout only bounds a hang."""
     t0 = time.time()
     while time.time() - t0 < timeout:
         if (run_dir / "results.sqlite").exists() and len(_finished(run_dir)) >= n:
@@ -209,7 +379,8 @@ def test_kill_a_worker_then_the_driver_then_resume(tmp_path):
     from sweep_fake import fake_train_group
 
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen(_sweep_cmd(run_dir, *GRID), env=_env(0.3), stdout=subprocess.PIPE,
+    # 0.5 s per run: after the second wait at least 20 runs (5 s of two workers' time) remain to kill into
+    proc = subprocess.Popen(_sweep_cmd(run_dir, *GRID), env=_env(0.5), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         _wait_units(run_dir, 2, proc)
@@ -294,7 +465,8 @@ def test_ray_backend_on_local_ray(tmp_path, monkeypatch):
         run_sweep(real, local, backend="local", workers=2, quiet=True)
         want_fake, want_real = _rows(local), _rows(local, "real")
         want_status = sorted((u.key, u.status, u.reason) for u in local.units("real"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             _node_ip_address="127.0.0.1")  # "local": a new instance, never another process's cluster
     try:
         with Store(tmp_path / "ray") as store:
             summ = run_sweep(fake, store, backend="ray", trainer=FAKE, quiet=True)
@@ -303,13 +475,112 @@ def test_ray_backend_on_local_ray(tmp_path, monkeypatch):
             again = run_sweep(fake, store, backend="ray", trainer=FAKE, quiet=True)
             assert again.skipped == 8 and again.ran == 0
             summ = run_sweep(real, store, backend="ray", quiet=True)
-            assert summ.ran == 8 and summ.failed == 4  # lr 1e38 diverges, recorded as a failure
+            # target 100%: no run reaches it; lr 1e38 diverges (recorded as status failed)
+            assert summ.ran == 8 and summ.failed == 8 and summ.diverged == 4
             assert _rows(store) == want_fake
             assert _rows(store, "real") == want_real
             assert sorted((u.key, u.status, u.reason) for u in store.units("real")) == want_status
     finally:
         ray.shutdown()
     assert not ray.is_initialized()
+
+
+def test_ray_cluster_of_three_nodes_loses_a_node_mid_sweep(tmp_path, monkeypatch):
+    """A simulated multi-node Ray cluster on loopback (a head without CPUs, where the driver and the
+    sink live, and two one-CPU worker nodes). Every group trains its first run and then waits at a
+    gate, so while no task can have returned the store must already hold one run per worker node
+    (results stream as runs finish). Then a worker node is removed mid-task: its task is retried on
+    the other node, skips the run already delivered, and the sweep ends with every run stored once,
+    none trained twice, the same numbers as an uninterrupted run."""
+    import collections
+    import threading
+
+    ray = pytest.importorskip("ray", reason="the ray backend needs Ray (pip install -e '.[test]' installs it)")
+    from ray.cluster_utils import Cluster
+    from sweep_fake import fake_train_group
+
+    gate, log = tmp_path / "gate", tmp_path / "trained.log"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SRC), str(HERE)]))
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    # loopback only (nodes and driver agree on 127.0.0.1), and a private temp dir: the cluster's address
+    # file never points another process's ray.init() at this cluster
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    monkeypatch.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", False)
+    ray_tmp = tempfile.mkdtemp(prefix="dsray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
+    monkeypatch.setenv("DEPTHSCOPE_FAKE_GATE", str(gate))
+    monkeypatch.setenv("DEPTHSCOPE_FAKE_LOG", str(log))
+    s = SweepSpec(depths=[2, 3], lrs=[0.01, 0.02, 2.0], seeds=2, dataset="synthetic", n_train=100, probe_size=50,
+                  group_size=3)  # 12 runs in 4 groups of 3
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": False, "node_ip_address": "127.0.0.1"})
+    # the workers declare a (pretend) GPU each, the head none: device "auto" must follow the cluster
+    nodes = [cluster.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
+    out: dict = {}
+    try:
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False, _node_ip_address="127.0.0.1")
+
+        def drive() -> None:
+            try:
+                with Store(tmp_path / "ray") as store:
+                    out["summary"] = run_sweep(s, store, backend="ray", trainer=FAKE, quiet=True)
+            except BaseException as e:  # noqa: BLE001 - reported by the test
+                out["error"] = e
+
+        driver = threading.Thread(target=drive, daemon=True)
+        driver.start()
+        t0 = time.time()
+        while len(_finished(tmp_path / "ray") if (tmp_path / "ray" / "results.sqlite").exists() else {}) < 2:
+            assert driver.is_alive(), out
+            assert time.time() - t0 < 300, "no run reached the store while its task was running"
+            time.sleep(0.1)
+        # both tasks are held at the gate: these two results came while their tasks ran
+        assert len(_finished(tmp_path / "ray")) == 2
+        cluster.remove_node(nodes[1], allow_graceful=False)  # a node lost mid-task
+        gate.touch()
+        driver.join(timeout=300)
+        assert not driver.is_alive() and "error" not in out, out
+    finally:
+        gate.touch()
+        ray.shutdown()
+        cluster.shutdown()  # removes this cluster's own nodes (never `ray stop`)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    summ = out["summary"]
+    assert (summ.total, summ.ran, summ.pending, summ.errors) == (12, 12, 0, 0)
+    assert summ.device == "cuda"  # from the cluster's resources, though this driver has no GPU
+    trained = collections.Counter(log.read_text().splitlines())
+    assert max(trained.values()) == 1, trained  # repeats nothing: no run trained twice
+    with Store(tmp_path / "ray") as got, Store(tmp_path / "clean") as clean:
+        run_sweep(s, clean, backend="inline", trainer=fake_train_group, quiet=True)
+        assert len(got.units("sweep")) == 12 and _rows(got) == _rows(clean)  # loses nothing
+
+
+def test_example_ray_cluster_yaml_is_valid():
+    """examples/ray-cluster.yaml (docs/cluster.md) passes Ray's own cluster-config schema, as `ray up` checks it."""
+    pytest.importorskip("ray", reason="needs Ray")
+    yaml = pytest.importorskip("yaml", reason="Ray's cluster launcher needs PyYAML")
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((HERE.parent / "examples" / "ray-cluster.yaml").read_text())
+    validate_config(prepare_config(config))
+    assert config["available_node_types"]["gpu_worker"]["node_config"]["InstanceType"] == "g5.xlarge"
+    assert any("--num-cpus=0" in c for c in config["head_start_ray_commands"])  # the head trains nothing
+
+
+def test_ray_device_is_checked_by_name_not_by_the_drivers_gpu(monkeypatch):
+    """A Ray head without a GPU drives GPU workers: `--backend ray --device cuda` must not be refused
+    because the driver's torch sees no CUDA; cuda:N is refused (Ray assigns each task its GPU)."""
+    import torch
+
+    from depthscope.sweep import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert check_device("cuda", "ray") == "cuda" and check_device("auto", "ray") == "auto"
+    with pytest.raises(ValueError, match="torch sees no CUDA"):
+        check_device("cuda", "local")
+    with pytest.raises(ValueError, match="with the ray backend the device must be auto, cpu or cuda"):
+        check_device("cuda:1", "ray")
 
 
 def test_resolve_device_checks_names_and_cuda_indices(monkeypatch):

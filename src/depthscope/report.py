@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .experiments import FigureResult, registry
 from .experiments.base import VERDICTS, Claim
+from .experiments.sweeps import user_sweeps
 from .progress import Progress
 from .store import Store
 
@@ -126,6 +127,7 @@ def _not_run_why(info: dict) -> str:
 def _collect(store: Store, outdir: Path, quiet: bool) -> tuple[list[_Section], list[str]]:
     reg = registry()
     stored = store.experiments()
+    reg.update(user_sweeps(store, [n for n in stored if n not in reg]))  # a user's own grids: the study's figures
     orphans = [f"experiment {n!r} has stored results but no module defines it (skipped)"
                for n in stored if n not in reg]
     not_run = {n: store.get_meta(f"not_run:{n}") for n in reg}

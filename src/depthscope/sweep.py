@@ -10,9 +10,12 @@ Each finished run becomes one unit of the results store (``Store.record``,
 ``RunResult.to_values()``): status ``done`` when it trained to the end (whether
 it reached the target accuracy or not is the ``success`` measurement; a run that
 ended below target keeps ``RunResult.failure``, how it failed, as its reason), status
-``failed`` with its reason when it diverged or its group crashed. A unit is
-written the moment its run finishes, so a killed sweep resumes (rerun the same
-command) without losing or repeating a finished run.
+``failed`` with its reason when it diverged. A run whose trainer raised (an
+allocation failure, a bug) is status ``error``: not a result, in no statistic, and
+retried by the next invocation. A unit is written the moment its run finishes, so
+a killed sweep resumes (rerun the same command) without losing or repeating a
+finished run. ``force`` retrains the grid, replacing each old unit only as its new
+result is written (:func:`execute`).
 
 Backends (:func:`execute`):
 
@@ -22,7 +25,10 @@ Backends (:func:`execute`):
             had not finished; the driver restarts the pool and goes on. Workers
             exit when the driver dies.
 ``ray``     each group a Ray task (``--address`` of a cluster, else a local Ray);
-            a task returns its runs and the driver writes them as tasks finish.
+            each run's record goes to a sink actor on the driver's node as the run
+            finishes, and the driver stores it from there while tasks still run. A
+            task whose node dies is retried elsewhere and skips the runs the sink
+            already has (docs/cluster.md).
 """
 from __future__ import annotations
 
@@ -35,12 +41,11 @@ import os
 import sys
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from .store import Store, Value, unit_key
+from .store import Store, unit_key
 
 BACKENDS = ("local", "inline", "ray")
 DATASETS = ("mnist", "fashion-mnist", "synthetic")
@@ -426,30 +431,63 @@ def result_record(result, data: DataSpec) -> dict:
 
 
 def crash_records(runs: Iterable, data: DataSpec, reason: str) -> list[dict]:
+    """Records of runs whose trainer raised: status ``error`` (the code crashed; not a training outcome),
+    no measurements, the exception as reason. An error unit is not done: the next invocation retries it,
+    and no statistic counts it."""
     out = []
+    now = time.time()
     for r in runs:
         spec, seed = stored_spec(r, data)
-        out.append({"key": unit_key(spec, seed), "spec": spec, "seed": seed,
-                    "values": [Value("success", 0.0)], "status": "failed", "reason": reason,
-                    "started": time.time(), "success": False})
+        out.append({"key": unit_key(spec, seed), "spec": spec, "seed": seed, "values": [], "status": "error",
+                    "reason": reason, "started": now, "success": False})
     return out
 
 
-def write_record(store: Store, experiment: str, rec: dict) -> bool:
-    """Record a run unless the store already has it (then nothing is repeated); True if written."""
-    if store.is_done(experiment, rec["key"]):
+def write_record(store: Store, experiment: str, rec: dict, done: set[str] | None = None) -> bool:
+    """Record a run unless it is already done (then nothing is repeated); True if written.
+
+    ``done`` is the caller's set of done keys (kept up to date here). Without a forced rerun under way
+    the store is asked too, so a unit another writer finished meanwhile is never replaced; during one
+    (:func:`forced_since`) an old unit is replaced in the transaction that writes its new result. An
+    error never replaces a result.
+    """
+    key = rec["key"]
+    if done is not None and key in done:
         return False
-    store.record(experiment, rec["key"], spec=rec["spec"], seed=rec["seed"], values=rec["values"],
+    if (done is None or forced_since(store, experiment) is None) and store.is_done(experiment, key):
+        return False
+    store.record(experiment, key, spec=rec["spec"], seed=rec["seed"], values=rec["values"],
                  status=rec["status"], reason=rec["reason"], started=rec["started"])
+    if done is not None and rec["status"] != "error":
+        done.add(key)
     return True
+
+
+def _force_meta(experiment: str) -> str:
+    return f"force:{experiment}"
+
+
+def forced_since(store: Store, experiment: str) -> float | None:
+    """When the forced rerun of ``experiment`` under way began (None: none is)."""
+    v = store.get_meta(_force_meta(experiment))
+    return float(v) if v is not None else None
+
+
+def done_keys(store: Store, experiment: str) -> set[str]:
+    """Keys of the runs of ``experiment`` that count as done: stored as done or failed (an error is
+    retried) and, while a forced rerun is under way, finished since it began."""
+    since = forced_since(store, experiment)
+    if since is None:
+        return store.done_keys(experiment)
+    return {u.key for u in store.units(experiment) if u.status != "error" and u.finished >= since}
 
 
 def train_one_group(runs: list, x, y, probe, device: str, trainer: Callable, data: DataSpec,
                     emit: Callable[[dict], None]) -> None:
     """Train ``runs`` as one ensemble, calling ``emit(record)`` as each run finishes.
 
-    An exception from the trainer records the group's unfinished runs as failed
-    with the exception as reason (a crash never stops the sweep).
+    An exception from the trainer records the group's unfinished runs with status ``error`` and the
+    exception as reason (a crash never stops the sweep, and is retried by the next invocation).
     """
     emitted: set[str] = set()
 
@@ -489,35 +527,68 @@ def _worker_init(threads: int, ppid: int) -> None:
 
 
 def _local_task(run_dir: str, experiment: str, runs: list, data: DataSpec, data_dir: str | None,
-                device: str, trainer_path: str) -> dict:
-    """One group in a worker process: skip runs already stored, train the rest, write each as it ends."""
+                device: str, trainer_path: str) -> int:
+    """One group in a worker process: skip runs already done, train the rest, write each as it ends.
+    Returns how many runs it wrote (the driver reads the outcomes back from the store)."""
     key = (data, data_dir)
     if key not in _WORKER_DATA:
         _WORKER_DATA.clear()
         _WORKER_DATA[key] = load_data(data, data_dir)
     x, y, probe = _WORKER_DATA[key]
     trainer = resolve_trainer(trainer_path)
-    counts = {"written": 0, "success": 0, "failed": 0}
+    written = 0
     with Store(run_dir) as store:
-        done = store.done_keys(experiment)
+        done = done_keys(store, experiment)
         todo = [r for r in runs if run_key(r, data) not in done]
 
         def emit(rec: dict) -> None:
-            if write_record(store, experiment, rec):
-                counts["written"] += 1
-                counts["success"] += rec["success"]
-                counts["failed"] += rec["status"] == "failed"
+            nonlocal written
+            written += write_record(store, experiment, rec, done)
 
         if todo:
             train_one_group(todo, x, y, probe, device, trainer, data, emit)
-    return counts
+    return written
 
 
-def _ray_task(runs: list, xyp, device: str, trainer_path: str, data: DataSpec) -> list[dict]:
+# -- Ray -------------------------------------------------------------------------
+class _Sink:
+    """A Ray actor on the driver's node that receives each run's record the moment the run finishes
+    (tasks call :meth:`put` and wait for it), so the driver stores results as runs end, not when a task
+    returns, and a task retried after its node died skips the runs already delivered (:meth:`seen`)."""
+
+    def __init__(self) -> None:
+        self._buffer: list[dict] = []
+        self._seen: set[str] = set()
+
+    def put(self, rec: dict) -> bool:
+        if rec["status"] != "error" and rec["key"] in self._seen:
+            return False
+        if rec["status"] != "error":
+            self._seen.add(rec["key"])
+        self._buffer.append(rec)
+        return True
+
+    def seen(self, keys: list[str]) -> list[str]:
+        return [k for k in keys if k in self._seen]
+
+    def drain(self) -> list[dict]:
+        out, self._buffer = self._buffer, []
+        return out
+
+
+def _ray_task(runs: list, xyp, device: str, trainer_path: str, data: DataSpec, sink) -> int:
+    """One group as a Ray task: train the runs the sink has not received yet, handing each record to
+    the sink as its run finishes. Returns how many runs it trained."""
+    import ray
+
     x, y, probe = xyp
-    out: list[dict] = []
-    train_one_group(runs, x, y, probe, device, resolve_trainer(trainer_path), data, out.append)
-    return out
+    keys = [run_key(r, data) for r in runs]
+    seen = set(ray.get(sink.seen.remote(keys)))  # a retry after a lost node: skip what was delivered
+    todo = [r for r, k in zip(runs, keys) if k not in seen]
+    if todo:
+        train_one_group(todo, x, y, probe, device, resolve_trainer(trainer_path), data,
+                        lambda rec: ray.get(sink.put.remote(rec)))
+    return len(todo)
 
 
 # ---------------------------------------------------------------------------
@@ -525,6 +596,17 @@ def _ray_task(runs: list, xyp, device: str, trainer_path: str, data: DataSpec) -
 # ---------------------------------------------------------------------------
 @dataclass
 class SweepSummary:
+    """What a sweep invocation did, and where the whole sweep stands.
+
+    ``success``/``failed``/``diverged`` count the whole sweep's stored results (runs of this grid
+    stored before this invocation and those trained in it): ``failed`` = trained without reaching the
+    target (diverged runs included; the thesis' "failed run"), ``diverged`` = of those, the ones whose
+    loss went non-finite. ``this_invocation`` and ``before`` split them ({runs, success, failed,
+    diverged}). ``ran`` = runs trained to a result now, ``skipped`` = runs already done before,
+    ``errors`` = runs of the grid stored as ``error`` (the code crashed: not a result, in no statistic,
+    retried by the next invocation), ``pending`` = runs of the grid without a result (rerun to finish).
+    """
+
     experiment: str
     backend: str
     device: str
@@ -534,12 +616,53 @@ class SweepSummary:
     ran: int = 0
     success: int = 0
     failed: int = 0
+    diverged: int = 0
+    errors: int = 0
+    pending: int = 0
+    this_invocation: dict = field(default_factory=dict)
+    before: dict = field(default_factory=dict)
     groups: int = 0
     restarts: int = 0
+    forced: bool = False
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _outcomes(store: Store, experiment: str, keys: set[str]) -> dict[str, dict]:
+    """Per stored run of ``keys``: its status, when it finished and whether it reached the target."""
+    out = {u.key: {"status": u.status, "finished": u.finished, "success": False}
+           for u in store.units(experiment) if u.key in keys}
+    for row in store.rows(experiment, "success"):
+        o = out.get(row["key"])
+        if o is not None and o["status"] == "done" and row["value"] >= 0.5:
+            o["success"] = True
+    return out
+
+
+def _tally(outcomes: Iterable[dict]) -> dict:
+    out = {"runs": 0, "success": 0, "failed": 0, "diverged": 0}
+    for o in outcomes:
+        out["runs"] += 1
+        out["success"] += o["success"]
+        out["failed"] += not o["success"]
+        out["diverged"] += o["status"] == "failed"
+    return out
+
+
+def _summarize(store: Store, experiment: str, keys: set[str], before: set[str], summary: SweepSummary) -> None:
+    """Fill ``summary``'s counts from the store: the whole sweep, split into this invocation and before."""
+    outs = _outcomes(store, experiment, keys)
+    done = done_keys(store, experiment) & keys
+    results = {k: outs[k] for k in done}
+    summary.before = _tally(o for k, o in results.items() if k in before)
+    summary.this_invocation = _tally(o for k, o in results.items() if k not in before)
+    whole = _tally(results.values())
+    summary.success, summary.failed, summary.diverged = whole["success"], whole["failed"], whole["diverged"]
+    summary.ran = summary.this_invocation["runs"]
+    summary.errors = sum(o["status"] == "error" for o in outs.values())
+    summary.pending = len(keys) - len(done)
 
 
 def default_workers(device: str) -> int:
@@ -547,6 +670,35 @@ def default_workers(device: str) -> int:
     if device.startswith("cuda"):
         return 1
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def check_device(device: str, backend: str = "local") -> str:
+    """The device the runs train on: :func:`resolve_device` here, except on Ray, where the tasks run on
+    the cluster's nodes (a head without a GPU drives GPU workers): only the name is checked there
+    (auto, cpu or cuda; Ray gives each task its GPU, so no cuda:N), and ``auto`` is decided by the
+    cluster's resources when Ray is up (:func:`_run_ray`)."""
+    if backend != "ray":
+        return resolve_device(device)
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"with the ray backend the device must be auto, cpu or cuda (Ray gives each task its "
+                         f"GPU), got {device!r}")
+    return device
+
+
+def check_backend(backend: str, trainer: str | Callable, device: str, workers: int | None) -> tuple[str, int]:
+    """Check the backend, trainer, device and worker count before anything is written; returns the
+    resolved (device, workers)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of: {', '.join(BACKENDS)}")
+    if backend != "inline" and not isinstance(trainer, str):
+        raise ValueError("the local and ray backends need the trainer as 'module:function'")
+    resolve_trainer(trainer)
+    device = check_device(device, backend)
+    if workers is None or workers == 0:
+        workers = default_workers(device)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1 (or 0: one per core), got {workers!r}")
+    return device, 1 if backend == "inline" else workers
 
 
 def execute(
@@ -564,71 +716,75 @@ def execute(
     address: str | None = None,
     quiet: bool = False,
     max_restarts: int = 3,
+    force: bool = False,
 ) -> SweepSummary:
-    """Train every run of ``runs`` not yet in ``store`` under ``experiment``; returns counts.
+    """Train every run of ``runs`` not yet done in ``store`` under ``experiment``; returns counts.
 
     ``trainer`` is train_group or anything with its signature (a callable works
     only with the inline backend; the others need ``"module:function"``).
+    Runs stored as ``error`` (a crash) are retried. ``force`` retrains every run: everything
+    (backend, trainer, device, the data) is checked first, then the rerun is marked in the store's
+    meta (``force:EXPERIMENT``) and each old unit is replaced in the transaction that writes its new
+    result, so an interrupted forced rerun loses nothing and resumes (with or without ``force``)
+    where it stopped; the mark is removed when every run of the grid has its new result.
     """
     from .progress import Progress
 
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; expected one of: {', '.join(BACKENDS)}")
-    if backend != "inline" and not isinstance(trainer, str):
-        raise ValueError("the local and ray backends need the trainer as 'module:function'")
-    device = resolve_device(device)
-    if workers is None or workers == 0:
-        workers = default_workers(device)
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    if backend == "inline":
-        workers = 1
+    device, workers = check_backend(backend, trainer, device, workers)
     t0 = time.time()
-    done = store.done_keys(experiment)
     keys = [run_key(r, data) for r in runs]
     if len(set(keys)) != len(keys):
         raise ValueError("the sweep lists the same run twice; check for repeated values in its axes")
+    if force and forced_since(store, experiment) is None:
+        load_data(data, data_dir)  # the data must be there before old results stop counting
+        store.set_meta(_force_meta(experiment), t0)
+    all_keys = set(keys)
+    done = done_keys(store, experiment)
+    before = done & all_keys
     todo = [r for r, k in zip(runs, keys) if k not in done]
-    summary = SweepSummary(experiment, backend, device, workers, total=len(runs), skipped=len(runs) - len(todo))
-    if not todo:
-        summary.seconds = time.time() - t0
-        return summary
-    groups = make_groups(todo, group_size)
-    summary.groups = len(groups)
-    with Progress(len(todo), experiment, quiet=quiet) as bar:
-        def count(rec: dict) -> None:
-            summary.ran += 1
-            summary.success += rec["success"]
-            summary.failed += rec["status"] == "failed"
-            bar.update()
-
-        if backend == "inline":
-            x, y, probe = load_data(data, data_dir)
-            fn = resolve_trainer(trainer)
-            for g in groups:
-                train_one_group(g, x, y, probe, device, fn, data,
-                                lambda rec: write_record(store, experiment, rec) and count(rec))
-        elif backend == "local":
-            _run_local(groups, store, experiment, data, data_dir, device, trainer, workers, summary, bar,
-                       max_restarts)
-        else:
-            _run_ray(groups, store, experiment, data, data_dir, device, trainer, workers, address, count)
+    summary = SweepSummary(experiment, backend, device, workers, total=len(runs), skipped=len(before),
+                           forced=forced_since(store, experiment) is not None)
+    if todo:
+        groups = make_groups(todo, group_size)
+        summary.groups = len(groups)
+        with Progress(len(todo), experiment, quiet=quiet) as bar:
+            if backend == "inline":
+                x, y, probe = load_data(data, data_dir)
+                fn = resolve_trainer(trainer)
+                for g in groups:
+                    train_one_group(g, x, y, probe, device, fn, data,
+                                    lambda rec: write_record(store, experiment, rec, done) and bar.update())
+            elif backend == "local":
+                _run_local(groups, store, experiment, data, data_dir, device, trainer, workers, summary, bar,
+                           max_restarts, t0)
+            else:
+                _run_ray(groups, store, experiment, data, data_dir, device, trainer, workers, address, bar, done,
+                         summary)
+    _summarize(store, experiment, all_keys, before, summary)
+    if summary.forced and summary.pending == 0:
+        store.set_meta(_force_meta(experiment), None)  # the forced rerun is complete
     summary.seconds = time.time() - t0
     return summary
 
 
+def _settled(store: Store, experiment: str, keys: set[str], since: float) -> set[str]:
+    """Keys of ``keys`` with a result, or stored as an error by this invocation (begun at ``since``)."""
+    done = done_keys(store, experiment)
+    errors = {u.key for u in store.units(experiment) if u.status == "error" and u.finished >= since}
+    return (done | errors) & keys
+
+
 def _run_local(groups, store, experiment, data, data_dir, device, trainer, workers, summary, bar,
-               max_restarts) -> None:
+               max_restarts, t0) -> None:
     from concurrent.futures.process import BrokenProcessPool
 
     cores = default_workers("cpu")
     threads = max(1, cores // workers) if not device.startswith("cuda") else cores
     ctx = mp.get_context("spawn")
     all_keys = {run_key(r, data) for g in groups for r in g}
-    base_done = len(store.done_keys(experiment) & all_keys)  # 0 on a fresh start
 
-    def progress() -> None:
-        n = len(store.done_keys(experiment) & all_keys) - base_done
+    def progress() -> None:  # twice a second: only the cheap key query (errors are counted at the end)
+        n = len(done_keys(store, experiment) & all_keys)
         if n > bar.n:
             bar.update(n - bar.n)
 
@@ -649,17 +805,14 @@ def _run_local(groups, store, experiment, data, data_dir, device, trainer, worke
                         broken = True
                     elif exc is not None:
                         raise exc
-                    else:
-                        c = f.result()
-                        summary.success += c["success"]
-                        summary.failed += c["failed"]
                 progress()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         progress()
-        stored = store.done_keys(experiment)
-        left = [r for g in pending_groups for r in g if run_key(r, data) not in stored]
-        summary.ran = len(stored & all_keys) - base_done
+        settled = _settled(store, experiment, all_keys, t0)
+        left = [r for g in pending_groups for r in g if run_key(r, data) not in settled]
+        if len(settled) > bar.n:  # the errors too
+            bar.update(len(settled) - bar.n)
         if not left:
             break
         if not broken or summary.restarts >= max_restarts:
@@ -669,39 +822,59 @@ def _run_local(groups, store, experiment, data, data_dir, device, trainer, worke
         print(f"{experiment}: a worker died; restarting the pool for the {len(left)} unfinished runs",
               file=sys.stderr)
         pending_groups = make_groups(left, max(len(g) for g in pending_groups))
-    # success/failed counts of groups cut short by a dead worker are read back from the store
-    _recount(store, experiment, all_keys, base_done, summary)
 
 
-def _recount(store: Store, experiment: str, keys: set[str], base_done: int, summary: SweepSummary) -> None:
-    succ = {r["key"] for r in store.rows(experiment, "success") if r["key"] in keys and r["value"] >= 0.5}
-    failed = {u.key for u in store.units(experiment) if u.key in keys and u.status == "failed"}
-    summary.success, summary.failed = len(succ), len(failed)
-    summary.ran = len(store.done_keys(experiment) & keys) - base_done
-
-
-def _run_ray(groups, store, experiment, data, data_dir, device, trainer, workers, address, count) -> None:
+def _run_ray(groups, store, experiment, data, data_dir, device, trainer, workers, address, bar, done,
+             summary) -> None:
+    """Each group a Ray task (retried up to twice when its node or worker dies); every run's record
+    reaches the store through :class:`_Sink` as the run finishes. Without ``address`` the cluster of
+    ``RAY_ADDRESS`` is used when set (as ``ray job submit`` sets it), else a new local Ray."""
     try:
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     except ImportError:
         raise ValueError("the ray backend needs Ray: pip install 'depthscope[ray]'") from None
     started_here = False
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(num_cpus=workers, log_to_driver=False, include_dashboard=False)
+            # "local": always a new instance (a bare ray.init() joins whatever cluster this machine last started)
+            ray.init(address="local", num_cpus=workers, log_to_driver=False, include_dashboard=False)
         started_here = True
     try:
+        if device == "auto":  # decided by the cluster, not by the driver's machine
+            device = "cuda" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
+        summary.device = device
         gpus = 1 if device.startswith("cuda") else 0
+        # the sink lives on the driver's node: a worker node lost mid-sweep takes no delivered result with it
+        here = ray.get_runtime_context().get_node_id()
+        sink = ray.remote(num_cpus=0, max_restarts=0)(_Sink).options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)).remote()
         task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=2)(_ray_task)
         xyp = ray.put(load_data(data, data_dir))
-        refs = [task.remote(g, xyp, device, trainer, data) for g in groups]
+        refs = [task.remote(g, xyp, device, trainer, data, sink) for g in groups]
+        lost: list[str] = []
+
+        def drain() -> None:
+            for rec in ray.get(sink.drain.remote()):
+                if write_record(store, experiment, rec, done):
+                    bar.update()
+
         while refs:
-            ready, refs = ray.wait(refs, num_returns=1)
-            for rec in ray.get(ready[0]):
-                if write_record(store, experiment, rec):
-                    count(rec)
+            ready, refs = ray.wait(refs, num_returns=len(refs), timeout=0.25)
+            drain()
+            for ref in ready:
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayError as e:  # retries exhausted: its runs stay unfinished
+                    lost.append(str(e).splitlines()[0][:200])
+        drain()
+        ray.kill(sink)
+        if lost:
+            raise RuntimeError(f"{len(lost)} Ray tasks failed after their retries ({lost[0]}); "
+                               "rerun the same command to resume")
     finally:
         if started_here:
             ray.shutdown()
@@ -710,6 +883,8 @@ def _run_ray(groups, store, experiment, data, data_dir, device, trainer, workers
 def run_sweep(sweep: SweepSpec, store: Store, **kwargs) -> SweepSummary:
     """Expand ``sweep`` and :func:`execute` it under experiment ``sweep.name``, saving the resolved
     config in the store's meta (``sweep:NAME``)."""
+    check_backend(kwargs.get("backend", "local"), kwargs.get("trainer", DEFAULT_TRAINER),
+                  kwargs.get("device", "auto"), kwargs.get("workers"))  # before the config is written
     store.set_meta(f"sweep:{sweep.name}", sweep.to_dict())
     kwargs.setdefault("group_size", sweep.group_size)
     return execute(expand(sweep), store, sweep.name, sweep.data, **kwargs)

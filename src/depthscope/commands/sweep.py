@@ -38,12 +38,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", default="depthscope-sweep", help="where the store goes (default ./depthscope-sweep)")
     p.add_argument("--backend", default="local", choices=["local", "inline", "ray"],
                    help="local worker processes (default), inline (this process, for debugging) or ray")
-    p.add_argument("--address", default=None, help="Ray cluster address (ray backend; default: start a local Ray)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address, e.g. HEAD:6379, auto or ray://HEAD:10001 (ray backend; default: "
+                   "$RAY_ADDRESS, else a new local Ray); see docs/cluster.md")
     p.add_argument("--workers", type=int, default=0, help="worker processes / Ray CPUs (0: one per core; 1 on GPU)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
     p.add_argument("--data-dir", default=None, help="directory holding the MNIST/Fashion-MNIST IDX files")
     p.add_argument("--trainer", default=None, metavar="MODULE:FUNCTION",
                    help="a train_group-compatible function (default depthscope.train:train_group)")
+    p.add_argument("--force", action="store_true",
+                   help="retrain every run of the grid; each stored run is replaced only when its new result "
+                   "is written (an interrupted --force resumes where it stopped)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved grid and group counts, train nothing")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -68,7 +73,7 @@ def _overrides(args: argparse.Namespace) -> dict:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ..cli import print_json
     from ..store import Store
-    from ..sweep import DEFAULT_TRAINER, SweepSpec, expand, make_groups, resolve_device, run_sweep
+    from ..sweep import DEFAULT_TRAINER, SweepSpec, check_device, expand, make_groups, run_sweep
 
     over = _overrides(args)
     sweep = SweepSpec.from_toml(args.config, over) if args.config else SweepSpec.from_dict(over)
@@ -82,18 +87,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         else:
             print(f"{doc['runs']} runs in {doc['groups']} ensembles; grid: {doc['sweep']}")
         return 0
-    device = resolve_device(args.device)  # a bad device is an error before the run directory is made
+    device = check_device(args.device, args.backend)  # a bad device is an error before the run directory is made
     with Store(args.run_dir) as store:
         summary = run_sweep(sweep, store, backend=args.backend, workers=args.workers or None, device=device,
                             trainer=args.trainer or DEFAULT_TRAINER, data_dir=args.data_dir, address=args.address,
-                            quiet=args.quiet)
+                            quiet=args.quiet, force=args.force)
     doc = summary.to_dict()
     doc["run_dir"] = args.run_dir
     if args.json:
         print_json(doc)
     else:
-        print(f"{summary.experiment}: {summary.ran} runs trained ({summary.success} reached "
-              f"{sweep.target_accuracy:.0%}, {summary.failed} diverged/crashed), {summary.skipped} already stored, "
-              f"{summary.seconds:.1f}s on {summary.device} ({summary.backend}, {summary.workers} workers) "
-              f"-> {args.run_dir}", file=sys.stderr)
+        now = summary.this_invocation
+        errors = (f"; {summary.errors} crashed (stored as errors, retried on the next run)" if summary.errors
+                  else "")
+        print(f"{summary.experiment}: {summary.success} of {summary.total} runs reached {sweep.target_accuracy:.0%}, "
+              f"{summary.failed} failed ({summary.diverged} diverged); {summary.ran} trained now ({now['success']} "
+              f"reached it), {summary.skipped} stored before{errors}; {summary.seconds:.1f}s on {summary.device} "
+              f"({summary.backend}, {summary.workers} workers) -> {args.run_dir}", file=sys.stderr)
     return 0

@@ -195,6 +195,8 @@ def collect_runs(store: Store, experiment: str, **where) -> list[dict]:
     units = {u.key: u for u in store.units(experiment)}
     runs: dict[str, dict] = {}
     for key, u in units.items():
+        if u.status == "error":  # the code crashed: not a result, in no statistic (retried by the next run)
+            continue
         if all(u.spec.get(k) == v for k, v in where.items()):
             runs[key] = dict(u.spec, seed=u.seed, status=u.status, reason=u.reason, success=0.0, diverged=False,
                              steps=None,
