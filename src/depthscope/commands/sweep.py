@@ -17,7 +17,7 @@ _GRID_FLAGS = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..cli import positive_int
+    from ..cli import nonneg_int, positive_int
 
     p = sub.add_parser(
         "sweep", help="train a grid of networks (depth x lr x optimizer x ...) into a results store",
@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="local", choices=["local", "inline", "ray"],
                    help="local worker processes (default), inline (this process, for debugging) or ray")
     p.add_argument("--address", default=None, help="Ray cluster address (ray backend; default: start a local Ray)")
-    p.add_argument("--workers", type=int, default=0, help="worker processes / Ray CPUs (0: one per core; 1 on GPU)")
+    p.add_argument("--workers", type=nonneg_int, default=0, help="worker processes / Ray CPUs (0: one per core; 1 on GPU)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
     p.add_argument("--data-dir", default=None, help="directory holding the MNIST/Fashion-MNIST IDX files")
     p.add_argument("--trainer", default=None, metavar="MODULE:FUNCTION",
@@ -68,12 +68,17 @@ def _overrides(args: argparse.Namespace) -> dict:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ..cli import print_json
     from ..store import Store
-    from ..sweep import DEFAULT_TRAINER, SweepSpec, expand, make_groups, resolve_device, run_sweep
+    from ..sweep import (DEFAULT_TRAINER, SweepSpec, default_workers, expand, make_groups, resolve_device,
+                         run_sweep)
 
     over = _overrides(args)
     sweep = SweepSpec.from_toml(args.config, over) if args.config else SweepSpec.from_dict(over)
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    # everything is checked before the run directory is made: the device, then whether the grid and
+    # the largest runs fit in memory (a dry run checks as much as a real one, and trains nothing)
+    device = resolve_device(args.device)
+    sweep.check_memory(1 if args.backend == "inline" else (args.workers or default_workers(device)), device)
     if args.dry_run:
         runs = expand(sweep)
         doc = {"sweep": sweep.to_dict(), "runs": len(runs), "groups": len(make_groups(runs, sweep.group_size))}
@@ -82,7 +87,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         else:
             print(f"{doc['runs']} runs in {doc['groups']} ensembles; grid: {doc['sweep']}")
         return 0
-    device = resolve_device(args.device)  # a bad device is an error before the run directory is made
     with Store(args.run_dir) as store:
         summary = run_sweep(sweep, store, backend=args.backend, workers=args.workers or None, device=device,
                             trainer=args.trainer or DEFAULT_TRAINER, data_dir=args.data_dir, address=args.address,
