@@ -142,7 +142,7 @@ def test_split_any_prefers_train_and_falls_back_to_test_with_a_note(tmp_path):
     assert info.split == "test" and x.shape[0] == 12 and "used the test split" in info.note
     write_fake_split(tmp_path, "train", 20)
     x, _, info = data.load_dataset_info("mnist", "any", tmp_path, download=False)
-    assert info.split == "train" and x.shape[0] == 20 and info.note == ""
+    assert info.split == "train" and x.shape[0] == 20 and "test split" not in info.note and not info.verified
 
 
 def test_search_order_data_dir_then_env_then_cache(tmp_path, monkeypatch):
