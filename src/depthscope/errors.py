@@ -26,12 +26,21 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["InputError", "TooBig", "check_name", "check_input_file", "check_input_dir", "check_output_dir",
+__all__ = ["OneLineError", "InputError", "WorkersDied", "TooBig", "describe_exit", "check_name", "check_input_file", "check_input_dir", "check_output_dir",
            "check_output_file", "confined", "user_message", "NAME_PATTERN"]
 
 
-class InputError(ValueError):
+class OneLineError(Exception):
+    """An error the CLI prints as one line (exit 2): the user can act on its message, a traceback adds nothing."""
+
+
+class InputError(OneLineError, ValueError):
     """Input that cannot be used (a value, a path, a size): the CLI prints it as one line and exits 2."""
+
+
+class WorkersDied(OneLineError, RuntimeError):
+    """Worker processes kept dying (killed, out of memory, a crash in native code): the message says which
+    signal or exit code, how many times, and where their log is."""
 
 
 class TooBig(InputError):
@@ -144,6 +153,21 @@ def check_output_file(path: str | os.PathLike, what: str) -> Path:
     return p
 
 
+def describe_exit(code: int | None) -> str:
+    """A process exit code in words: -9 -> 'killed by signal 9 (SIGKILL)'."""
+    import signal
+
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown signal"
+        return f"killed by signal {-code} ({name})"
+    return f"exit code {code}"
+
+
 # ----------------------------------------------------------------------------- classifying
 #: OSError numbers that describe the user's paths or machine, not a bug in depthscope.
 USER_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EEXIST,
@@ -176,7 +200,7 @@ def _oom(exc: BaseException) -> bool:
 
 def user_message(exc: BaseException) -> str | None:
     """The one-line message for an error caused by the user's input or machine; None for a bug."""
-    if isinstance(exc, InputError):
+    if isinstance(exc, OneLineError):
         return _one_line(str(exc))
     if isinstance(exc, OSError) and exc.errno is None and _raised_in_depthscope(exc):
         return _one_line(str(exc))  # e.g. FileNotFoundError("no results store at ...") from our own checks

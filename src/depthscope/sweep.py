@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from .errors import check_input_file, check_name
+from .errors import WorkersDied, check_input_file, check_name
 from .memory import check_fits, grid_bytes, train_member_bytes
 from .store import Store, Value, unit_key
 
@@ -548,6 +548,7 @@ def _worker_init(threads: int, ppid: int) -> None:
 def _local_task(run_dir: str, experiment: str, runs: list, data: DataSpec, data_dir: str | None,
                 device: str, trainer_path: str) -> dict:
     """One group in a worker process: skip runs already stored, train the rest, write each as it ends."""
+    _open_worker_log(run_dir)
     key = (data, data_dir)
     if key not in _WORKER_DATA:
         _WORKER_DATA.clear()
@@ -690,8 +691,9 @@ def _run_local(groups, store, experiment, data, data_dir, device, trainer, worke
             bar.update(n - bar.n)
 
     pending_groups = groups
+    deaths: list[int | None] = []  # exit codes of dead workers, one pool after another
     while pending_groups:
-        broken = False
+        broken, procs = False, []
         pool = cf.ProcessPoolExecutor(max_workers=min(workers, len(pending_groups)), mp_context=ctx,
                                       initializer=_worker_init, initargs=(threads, os.getpid()))
         try:
@@ -703,6 +705,8 @@ def _run_local(groups, store, experiment, data, data_dir, device, trainer, worke
                 for f in finished:
                     exc = f.exception()
                     if isinstance(exc, BrokenProcessPool):
+                        if not broken:  # errors helper: remember the workers, to say how they died
+                            procs = list((getattr(pool, "_processes", None) or {}).values())
                         broken = True
                     elif exc is not None:
                         raise exc
@@ -713,13 +717,17 @@ def _run_local(groups, store, experiment, data, data_dir, device, trainer, worke
                 progress()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+        if broken:
+            deaths += [p.exitcode for p in procs if p.exitcode not in (None, 0)] or [None]
         progress()
         stored = store.done_keys(experiment)
         left = [r for g in pending_groups for r in g if run_key(r, data) not in stored]
         summary.ran = len(stored & all_keys) - base_done
         if not left:
             break
-        if not broken or summary.restarts >= max_restarts:
+        if broken and summary.restarts >= max_restarts:
+            raise WorkersDied(_deaths_message(deaths, len(left), summary.restarts, store.run_dir))
+        if not broken:
             raise RuntimeError(f"{len(left)} runs unfinished after {summary.restarts} worker restarts; "
                                "rerun the same command to resume")
         summary.restarts += 1
@@ -728,6 +736,40 @@ def _run_local(groups, store, experiment, data, data_dir, device, trainer, worke
         pending_groups = make_groups(left, max(len(g) for g in pending_groups))
     # success/failed counts of groups cut short by a dead worker are read back from the store
     _recount(store, experiment, all_keys, base_done, summary)
+
+
+def _deaths_message(deaths: list[int | None], left: int, restarts: int, run_dir: Path) -> str:
+    """One line: how the workers died, how often, what is left, where their log is (errors helper)."""
+    from collections import Counter
+
+    from .errors import describe_exit
+
+    how = ", ".join(f"{n} x {describe_exit(c) if c is not None else 'unknown cause'}"
+                    for c, n in Counter(deaths).most_common())
+    hint = " (SIGKILL is usually the kernel's out-of-memory killer: see dmesg)" if -9 in deaths else ""
+    return (f"local sweep workers died {len(deaths)} times ({how}){hint}; gave up after {restarts} restarts with "
+            f"{left} runs unfinished (finished runs are kept); the workers' log (Python tracebacks, native "
+            f"crashes) is {Path(run_dir) / WORKER_LOG}; rerun the same command to resume")
+
+
+#: Where local workers write their errors (faulthandler for native crashes, stderr), inside the run directory.
+WORKER_LOG = "logs/workers.log"
+
+
+def _open_worker_log(run_dir: str) -> None:
+    """Send this worker's stderr and native-crash tracebacks to RUN_DIR/logs/workers.log (once per process)."""
+    import faulthandler
+
+    if getattr(_open_worker_log, "done", False):
+        return
+    path = Path(run_dir) / WORKER_LOG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(path, "a", buffering=1)
+    log.write(f"--- worker {os.getpid()} started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    os.dup2(log.fileno(), 2)  # also what native code writes to fd 2
+    sys.stderr = log
+    faulthandler.enable(file=log)
+    _open_worker_log.done = True  # type: ignore[attr-defined]
 
 
 def _recount(store: Store, experiment: str, keys: set[str], base_done: int, summary: SweepSummary) -> None:
