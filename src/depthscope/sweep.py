@@ -95,7 +95,10 @@ def _as_list(name: str, value: Any, kind: type, *, range_ok: bool) -> list:
     """Coerce a TOML/flag value into a list of ``kind``; ranges allowed for numeric axes."""
     if isinstance(value, str):
         if range_ok:
-            return parse_range(value, integer=kind is int)
+            try:
+                return parse_range(value, integer=kind is int)
+            except ValueError as e:  # name the field: "lrs: expected a comma list ..."
+                raise ValueError(f"{name}: {e}") from None
         value = [v.strip() for v in value.split(",") if v.strip()]
         if kind is int:  # a comma list from a flag ("0,1"): its items are integers written as text
             try:

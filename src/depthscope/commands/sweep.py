@@ -69,7 +69,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ..cli import print_json
     from ..store import Store
     from ..sweep import (DEFAULT_TRAINER, SweepSpec, default_workers, expand, make_groups, resolve_device,
-                         run_sweep)
+                         resolve_trainer, run_sweep)
 
     over = _overrides(args)
     sweep = SweepSpec.from_toml(args.config, over) if args.config else SweepSpec.from_dict(over)
@@ -78,6 +78,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     # everything is checked before the run directory is made: the device, then whether the grid and
     # the largest runs fit in memory (a dry run checks as much as a real one, and trains nothing)
     device = resolve_device(args.device)
+    resolve_trainer(args.trainer or DEFAULT_TRAINER)  # an unknown trainer is an error before the store is opened
     sweep.check_memory(1 if args.backend == "inline" else (args.workers or default_workers(device)), device)
     if args.dry_run:
         runs = expand(sweep)
