@@ -552,3 +552,25 @@ def test_four_worker_deaths_end_in_one_line_naming_the_cause_and_the_log(tmp_pat
     last = proc.stderr.strip().splitlines()[-1]
     assert "died 4 times (4 x killed by signal 9 (SIGKILL))" in last, last
     assert str(run / "logs" / "workers.log") in last and (run / "logs" / "workers.log").is_file()
+
+
+def test_vni_size_is_refused_before_the_inputs_are_loaded(monkeypatch, capsys, tmp_path):
+    """The CLI refuses the size before it reads any dataset (an empty data dir would be a different error)."""
+    from depthscope import memory
+
+    monkeypatch.setattr(memory, "machine_memory", lambda: (8_000_000_000, 16_000_000_000))
+    monkeypatch.setenv("DEPTHSCOPE_CACHE", str(tmp_path / "cache"))
+    rc, err = run_cli(["vni", "--depth", "2", "--width", "100000", "--inputs", "mnist", "--data-dir", str(tmp_path),
+                       "--samples", "100", "--seeds", "1"], capsys)
+    assert_one_line(rc, err, "--width 100000 with --samples 100 needs about")
+
+
+def test_measure_vni_refuses_sizes_that_cannot_fit(monkeypatch):
+    from depthscope import memory
+    from depthscope.errors import TooBig
+    from depthscope.measure import measure_vni
+    from depthscope.nets import NetSpec
+
+    monkeypatch.setattr(memory, "machine_memory", lambda: (1_000_000, 2_000_000))
+    with pytest.raises(TooBig, match="measuring the VNI at width 300 on 1000 samples needs about"):
+        measure_vni(NetSpec(depth=1, width=300), "gaussian", 1000, 1, 0.1)
