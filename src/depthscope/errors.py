@@ -26,8 +26,8 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["OneLineError", "InputError", "WorkersDied", "TooBig", "describe_exit", "check_name", "check_input_file", "check_input_dir", "check_output_dir",
-           "check_output_file", "confined", "user_message", "NAME_PATTERN"]
+__all__ = ["OneLineError", "InputError", "WorkersDied", "TooBig", "describe_exit", "check_name", "check_input_file",
+           "check_input_dir", "check_output_dir", "check_output_file", "confined", "user_message", "NAME_PATTERN"]
 
 
 class OneLineError(Exception):

@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="local", choices=["local", "inline", "ray"],
                    help="local worker processes (default), inline (this process, for debugging) or ray")
     p.add_argument("--address", default=None, help="Ray cluster address (ray backend; default: start a local Ray)")
-    p.add_argument("--workers", type=nonneg_int, default=0, help="worker processes / Ray CPUs (0: one per core; 1 on GPU)")
+    p.add_argument("--workers", type=nonneg_int, default=0,
+                   help="worker processes / Ray CPUs (0: one per core; 1 on GPU)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
     p.add_argument("--data-dir", default=None, help="directory holding the MNIST/Fashion-MNIST IDX files")
     p.add_argument("--trainer", default=None, metavar="MODULE:FUNCTION",
