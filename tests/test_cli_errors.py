@@ -574,3 +574,16 @@ def test_measure_vni_refuses_sizes_that_cannot_fit(monkeypatch):
     monkeypatch.setattr(memory, "machine_memory", lambda: (1_000_000, 2_000_000))
     with pytest.raises(TooBig, match="measuring the VNI at width 300 on 1000 samples needs about"):
         measure_vni(NetSpec(depth=1, width=300), "gaussian", 1000, 1, 0.1)
+
+
+def test_sweep_ray_backend_without_ray_leaves_the_store_alone(places, capsys, monkeypatch):
+    """Without Ray the sweep used to open the store and write its config before the import failed."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    before = store_hashes(places["run"])
+    rc, err = run_cli(["sweep", "--dataset", "synthetic", "--run-dir", places["run"], "--depths", "2", "--backend",
+                       "ray", "--quiet"], capsys)
+    assert_one_line(rc, err, "needs Ray")
+    assert store_hashes(places["run"]) == before
