@@ -80,6 +80,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     # the largest runs fit in memory (a dry run checks as much as a real one, and trains nothing)
     device = resolve_device(args.device)
     resolve_trainer(args.trainer or DEFAULT_TRAINER)  # an unknown trainer is an error before the store is opened
+    if args.backend == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise ValueError("the ray backend needs Ray: pip install 'depthscope[ray]'")
     sweep.check_memory(1 if args.backend == "inline" else (args.workers or default_workers(device)), device)
     if args.dry_run:
         runs = expand(sweep)
