@@ -492,6 +492,8 @@ def test_check_override_shapes_and_ranges():
                "paper": {"depths": "25:500:11", "lrs": {"sgd": "1e-4:1e-2:9"}, "n_train": None, "seeds": 20}}
     check_overrides("x", presets, {"depths": [3], "n_train": None, "seeds": 1, "lrs": {"sgd": "1e-3:1e-2:2"}})
     check_overrides("x", presets, {"depths": "10:100:3"})
+    check_overrides("x", presets, {"lrs": {"sgd": [0.1, 0.2]}})  # a range in the presets: its values fit too
+    check_overrides("x", presets, {"depths": [4, 8]})
     for bad in ({"depths": [0]}, {"depths": [2.5]}, {"depths": None}, {"seeds": -1}, {"seeds": True},
                 {"lrs": [0.1]}, {"seeds": float("nan")}, {"nope": 1}):
         with pytest.raises(InputError):

@@ -12,6 +12,7 @@ and what is allowed; nothing about the run has been touched when it is raised.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Iterable, Mapping
 
 from .errors import InputError
@@ -27,6 +28,9 @@ POSITIVE = frozenset({"lr", "lrs", "input_variance", "variance", "threshold", "t
                       "residual_scale"})
 #: Parameters that are numbers >= 0.
 NONNEGATIVE = frozenset({"seed", "workers", "vni_dense_steps", "probe_noise"})
+
+
+_RANGE = re.compile(r"[0-9.eE+-]+:[0-9.eE+-]+:[0-9]+")
 
 
 def _kind(v: Any) -> str:
@@ -61,6 +65,8 @@ def _fits(value: Any, example: Any) -> bool:
     if isinstance(example, float):
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if isinstance(example, str):
+        if _RANGE.fullmatch(example):  # a "LO:HI:COUNT" range stands for numbers: a number or a list fits too
+            return isinstance(value, str) or _fits(value, 1.0) or _fits(value, [1.0])
         return isinstance(value, str)
     if isinstance(example, (list, tuple)):
         if not isinstance(value, (list, tuple)):
