@@ -106,22 +106,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: What each path argument must be, checked before a command runs (so nothing is written on a bad path):
-#: (command, argument) -> "in-dir" (an existing directory), "out-dir" (a directory that exists and is
+#: (command, argument) -> "in-dir" (an existing directory), "store-dir" (the same, holding a results store: the
+#: store itself is checked when it is opened), "out-dir" (a directory that exists and is
 #: writable, or can be made), "in-file" (a readable file) or "out-file" (a file we can write). Commands
 #: that are not registered are ignored (the table may name one before it exists).
 PATH_ARGS: dict[tuple[str, str], tuple[str, str]] = {
     ("vni", "data_dir"): ("in-dir", "--data-dir"),
     ("reproduce", "run_dir"): ("out-dir", "--run-dir"),
     ("reproduce", "data_dir"): ("in-dir", "--data-dir"),
-    ("report", "run_dir"): ("in-dir", "RUN_DIR"),
-    ("export", "run_dir"): ("in-dir", "RUN_DIR"),
+    ("report", "run_dir"): ("store-dir", "RUN_DIR"),
+    ("export", "run_dir"): ("store-dir", "RUN_DIR"),
     ("export", "output"): ("out-file", "OUTPUT"),
     ("sweep", "config"): ("in-file", "CONFIG"),
     ("sweep", "run_dir"): ("out-dir", "--run-dir"),
     ("sweep", "data_dir"): ("in-dir", "--data-dir"),
-    ("watch-report", "run_dir"): ("in-dir", "RUN_DIR"),
+    ("watch-report", "run_dir"): ("store-dir", "RUN_DIR"),
     ("watch-report", "out"): ("out-dir", "--out"),
-    ("check", "run_dir"): ("in-dir", "RUN_DIR"),
+    ("check", "run_dir"): ("store-dir", "RUN_DIR"),
 }
 
 
@@ -131,8 +132,13 @@ def check_paths(args: argparse.Namespace) -> None:
 
     if getattr(args, "list", False):  # reproduce --list reads no path
         return
-    checks = {"in-dir": check_input_dir, "out-dir": check_output_dir, "in-file": check_input_file,
-              "out-file": check_output_file}
+    def store_dir(value: str, flag: str) -> None:
+        if not os.path.lexists(value):
+            raise InputError(f"no results store at {value}: {flag} {value} does not exist")
+        check_input_dir(value, flag)
+
+    checks = {"in-dir": check_input_dir, "store-dir": store_dir, "out-dir": check_output_dir,
+              "in-file": check_input_file, "out-file": check_output_file}
     for (command, dest), (kind, flag) in PATH_ARGS.items():
         if command != args.command:
             continue
