@@ -6,6 +6,7 @@ import functools
 import gzip
 import hashlib
 import http.server
+import re
 import struct
 import threading
 from pathlib import Path
@@ -142,7 +143,7 @@ def test_split_any_prefers_train_and_falls_back_to_test_with_a_note(tmp_path):
     assert info.split == "test" and x.shape[0] == 12 and "used the test split" in info.note
     write_fake_split(tmp_path, "train", 20)
     x, _, info = data.load_dataset_info("mnist", "any", tmp_path, download=False)
-    assert info.split == "train" and x.shape[0] == 20 and info.note == ""
+    assert info.split == "train" and x.shape[0] == 20 and "test split" not in info.note and not info.verified
 
 
 def test_search_order_data_dir_then_env_then_cache(tmp_path, monkeypatch):
@@ -435,3 +436,75 @@ def test_real_mnist_whitened():
 
     # the point of whitening: input VNI falls from 0.034 (correlated pixels) to 1/k
     assert float(vni(centred)) > 0.03 and float(vni(x)) == pytest.approx(1 / 649, rel=1e-3)
+
+
+# ----------------------------------------------------------------------------- issue 11: crafted headers, identity
+def _raw_idx(path: Path, code: int, dims: tuple[int, ...], body: bytes = b"") -> Path:
+    import struct
+
+    path.write_bytes(bytes([0, 0, code, len(dims)]) + struct.pack(f">{len(dims)}I", *dims) + body)
+    return path
+
+
+@pytest.mark.parametrize("dims,needle", [
+    ((10, 0, 28), "field 'dimension 2 of 3' is 0"),
+    ((0,), "field 'dimension 1 of 1' is 0"),
+    # 2^16 ^ 4 = 2^64: numpy's int64 product wrapped to 0, so an empty body "matched" and reshape then failed
+    ((65536, 65536, 65536, 65536), "need 18446744073709551636 bytes"),
+    ((2**32 - 1, 2**32 - 1, 2**32 - 1), "IDX file truncated"),
+], ids=["zero-middle", "zero-count", "wraps-int64", "huge"])
+def test_crafted_idx_headers_name_the_file_and_field(tmp_path, dims, needle):
+    p = _raw_idx(tmp_path / "crafted-idx", 0x08, dims)
+    with pytest.raises(data.DataError, match=re.escape(needle)) as e:
+        data.read_idx(p)
+    assert str(p) in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="../shared/data/mnist not present")
+def test_fashion_mnist_refuses_mnist_files(tmp_path):
+    """`--inputs fashion-mnist` with a directory of MNIST files used to read MNIST silently."""
+    import gzip
+    import shutil
+
+    with pytest.raises(data.DataError, match=r"is MNIST's t10k-images-idx3-ubyte.gz \(by its MD5\), not "
+                                             r"Fashion-MNIST's"):
+        data.load_dataset("fashion-mnist", "test", SHARED_MNIST, download=False, limit=10)
+    # a gunzipped copy is identified by the MD5 of its content
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for fn in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / fn).write_bytes(gzip.decompress((SHARED_MNIST / f"{fn}.gz").read_bytes()))
+    with pytest.raises(data.DataError, match="is MNIST's t10k-images-idx3-ubyte"):
+        data.load_dataset("fashion-mnist", "test", raw, download=False, limit=10)
+    # a re-compressed copy (unknown MD5) is told apart by its pixels
+    regz = tmp_path / "regz"
+    regz.mkdir()
+    for fn in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (regz / f"{fn}.gz").write_bytes(gzip.compress((raw / fn).read_bytes(), mtime=0))
+    with pytest.raises(data.DataError, match="look like MNIST's, not Fashion-MNIST's"):
+        data.load_dataset("fashion-mnist", "test", regz, download=False, limit=10)
+    # and the same files serve MNIST: verified when they are the distribution's, noted when not
+    _, _, info = data.load_dataset_info("mnist", "test", SHARED_MNIST, download=False, limit=10)
+    assert info.verified and "MD5" not in info.note
+    _, _, info = data.load_dataset_info("mnist", "test", regz, download=False, limit=10)
+    assert not info.verified and "MD5 is not the distribution's" in info.note
+    shutil.rmtree(regz)
+
+
+def test_labels_in_place_of_images_are_refused(tmp_path):
+    """A known file under another name (here MNIST's test labels named as its images) is refused by identity."""
+    if not SHARED_MNIST.is_dir():
+        pytest.skip("../shared/data/mnist not present")
+    d = tmp_path / "swap"
+    d.mkdir()
+    (d / "t10k-images-idx3-ubyte.gz").write_bytes((SHARED_MNIST / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    (d / "t10k-labels-idx1-ubyte.gz").write_bytes((SHARED_MNIST / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    with pytest.raises(data.DataError, match="is MNIST's t10k-labels-idx1-ubyte.gz"):
+        data.load_dataset("mnist", "test", d, download=False)
+
+
+def test_data_dir_that_is_a_file_is_an_error(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    with pytest.raises(data.DataError, match="is a file, expected a directory"):
+        data.load_dataset("mnist", "test", f, download=False)

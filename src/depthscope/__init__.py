@@ -10,6 +10,7 @@ from .inits import INITS, init_weight
 from .nets import NetSpec, build_net, stream_layers
 from .metrics import effective_nodes, participation_ratio, rho_squared, vni
 from . import theory
+from .measure import measure_vni
 from .watch import watch  # noqa: F401  (depthscope.watch(model, ...))
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "effective_nodes",
     "get_activation",
     "init_weight",
+    "measure_vni",
     "participation_ratio",
     "register_activation",
     "rho_squared",

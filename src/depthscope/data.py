@@ -85,6 +85,18 @@ DATASETS: dict[str, dict] = {
     },
 }
 
+#: MD5 of the decompressed IDX files that are known here (computed from the distribution's .gz files);
+#: lets a gunzipped copy be identified too. Files not listed are identified by their .gz MD5 only.
+RAW_MD5: dict[str, tuple[str, str]] = {
+    "2646ac647ad5339dbf082846283269ea": ("mnist", "t10k-images-idx3-ubyte"),
+    "27ae3e4e09519cfbb04c329615203637": ("mnist", "t10k-labels-idx1-ubyte"),
+}
+
+#: Mean pixel (scaled to [0, 1]) and share of zero pixels of each dataset's images (train and test agree to
+#: 0.002): MNIST's digits leave most of the frame black, Fashion-MNIST's garments fill it. Used to tell
+#: one dataset's images from the other's when a file's checksum is unknown (a re-compressed or raw copy).
+PIXEL_SIGNATURE = {"mnist": (0.131, 0.81), "fashion-mnist": (0.286, 0.50)}
+
 # IDX type codes (third magic byte) -> big-endian numpy dtype.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -133,10 +145,16 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: truncated IDX header ({len(buf)} bytes, need {header})")
     dims = tuple(int(d) for d in np.frombuffer(buf, dtype=">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_DTYPES[code])
-    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    for i, d in enumerate(dims):
+        if d == 0:  # an array with a zero dimension would load as an empty (or featureless) dataset
+            raise DataError(f"{path}: IDX header field 'dimension {i + 1} of {ndim}' is 0 (dimensions {dims}); "
+                            "the header is corrupt")
+    # exact integer product: numpy's int64 product wraps around for crafted sizes such as 3 x 2^32-1
+    expected = header + math.prod(dims) * dtype.itemsize
     if len(buf) != expected:
         what = "truncated" if len(buf) < expected else "has trailing bytes"
-        raise DataError(f"{path}: IDX file {what}: dimensions {dims} need {expected} bytes, file has {len(buf)}")
+        raise DataError(f"{path}: IDX file {what}: its header's dimensions {dims} need {expected} bytes, "
+                        f"the file has {len(buf)}")
     return np.frombuffer(buf, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -200,6 +218,7 @@ class DatasetInfo:
     note: str = ""
     downloaded: bool = False
     preprocess: str = ""  # how the returned inputs were preprocessed (one phrase)
+    verified: bool = False  # both files' checksums are the distribution's (see identify_file)
 
 
 def _check_name(name: str) -> None:
@@ -213,6 +232,61 @@ def _locate_split(name: str, split: str, data_dir) -> tuple[Path, Path] | None:
         if all(found):
             return found[0], found[1]
     return None
+
+
+def _known_files() -> dict[str, tuple[str, str]]:
+    """MD5 -> (dataset, file name) of every distribution file, gzipped and (where known) raw."""
+    out = {md5: (ds, fn) for ds, spec in DATASETS.items() for files in spec["files"].values()
+           for fn, md5 in files}
+    out.update(RAW_MD5)
+    return out
+
+
+_IDENTITY_CACHE: dict[tuple, tuple[str, str] | None] = {}
+
+
+def identify_file(path: str | os.PathLike) -> tuple[str, str] | None:
+    """(dataset, file name) of a distribution file, by the MD5 of the file (.gz) or of its content (raw);
+    None when the checksum is not a known one (a custom or re-compressed copy). Cached per path, size and mtime."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _IDENTITY_CACHE:
+        _IDENTITY_CACHE[key] = _known_files().get(md5sum(p))
+    return _IDENTITY_CACHE[key]
+
+
+def check_identity(name: str, split: str, images: Path, labels: Path) -> bool:
+    """Refuse files that are another dataset's (or another split's, or labels for images); True when both
+    are the distribution's own files (checksum verified), False when their checksums are unknown."""
+    title = DATASETS[name]["title"]
+    verified = True
+    for path, (fn, _) in zip((images, labels), DATASETS[name]["files"][split]):
+        ident = identify_file(path)
+        if ident is None:
+            verified = False
+            continue
+        ds, real = ident
+        if ds != name or real.removesuffix(".gz") != fn.removesuffix(".gz"):
+            raise DataError(f"{path} is {DATASETS[ds]['title']}'s {real} (by its MD5), not {title}'s {fn}; "
+                            f"put {title}'s files there, or pass the directory that holds them with --data-dir")
+    return verified
+
+
+def _check_pixels(name: str, images: np.ndarray, path: Path) -> None:
+    """For images of unknown checksum: refuse them when their pixel statistics are the *other* dataset's."""
+    if images.ndim != 3 or images.shape[0] < 1000 or name not in PIXEL_SIGNATURE:
+        return  # too few images for the statistics to be clear
+    sample = images[:2000]
+    mean, zeros = float(sample.mean()) / 255.0, float((sample == 0).mean())
+    for other, (m, z) in PIXEL_SIGNATURE.items():
+        own_m, own_z = PIXEL_SIGNATURE[name]
+        if other != name and abs(mean - m) < 0.02 and abs(zeros - z) < 0.05 \
+                and abs(mean - own_m) > 0.1:
+            raise DataError(f"{path}: these images look like {DATASETS[other]['title']}'s, not "
+                            f"{DATASETS[name]['title']}'s (mean pixel {mean:.3f} and {zeros:.0%} zero pixels; "
+                            f"{DATASETS[other]['title']}: {m:.3f}, {z:.0%}; {DATASETS[name]['title']}: "
+                            f"{own_m:.3f}, {own_z:.0%}); put {DATASETS[name]['title']}'s files there")
 
 
 def missing_message(name: str, split: str, data_dir=None) -> str:
@@ -232,14 +306,20 @@ def locate(name: str, split: str = "train", data_dir=None, *, download: bool = T
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of: {', '.join(SPLITS)}")
     title = DATASETS[name]["title"]
+    if data_dir is not None and Path(data_dir).exists() and not Path(data_dir).is_dir():
+        raise DataError(f"data directory {data_dir} is a file, expected a directory")
     order = ("train", "test") if split == "any" else (split,)
     for s in order:
         found = _locate_split(name, s, data_dir)
         if found:
+            verified = check_identity(name, s, found[0], found[1])  # before use: MNIST is not Fashion-MNIST
             note = ""
             if split == "any" and s == "test":
                 note = f"{title} training files not found; used the test split instead"
-            return DatasetInfo(name, s, split, found[0], found[1], note=note)
+            if not verified:
+                note = (note + "; " if note else "") + \
+                    f"local files whose MD5 is not the distribution's ({found[0].parent})"
+            return DatasetInfo(name, s, split, found[0], found[1], note=note, verified=verified)
     if download:
         errors = []
         for s in order:
@@ -249,7 +329,7 @@ def locate(name: str, split: str = "train", data_dir=None, *, download: bool = T
                 errors.append(str(e))
                 continue
             note = f"{title} {s} split downloaded to {paths[0].parent}"
-            return DatasetInfo(name, s, split, paths[0], paths[1], note=note, downloaded=True)
+            return DatasetInfo(name, s, split, paths[0], paths[1], note=note, downloaded=True, verified=True)
     raise DataNotFound(missing_message(name, split, data_dir))
 
 
@@ -433,7 +513,10 @@ def load_dataset_info(name: str, split: str = "train", data_dir=None, *, limit: 
     if limit is not None and (isinstance(limit, bool) or int(limit) < 1):
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
     info = locate(name, split, data_dir, download=download, mirrors=mirrors, quiet=quiet)
-    x, y = _to_tensors(read_idx(info.images), read_idx(info.labels), info)
+    images = read_idx(info.images)
+    if not info.verified:
+        _check_pixels(name, images, info.images)
+    x, y = _to_tensors(images, read_idx(info.labels), info)
     if limit is not None:
         x, y = x[: int(limit)], y[: int(limit)]
     info.n = int(x.shape[0])

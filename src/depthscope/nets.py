@@ -35,6 +35,9 @@ from .theory import critical_sigma_w2
 
 ARCHS = ("feedforward", "residual", "volume")
 
+#: The largest sigma_b whose square is a finite float64 (with room): sigma_b^2 enters every variance map.
+SIGMA_B_MAX = 1e154
+
 
 @dataclass(frozen=True)
 class NetSpec:
@@ -65,14 +68,24 @@ class NetSpec:
         check_init(self.init)
         if self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; expected one of: {', '.join(ARCHS)}")
-        if self.sigma_w2 is not None and not (self.sigma_w2 >= 0 and math.isfinite(self.sigma_w2)):
-            raise ValueError(f"sigma_w2 must be a finite number >= 0, got {self.sigma_w2}")
+        for name in ("sigma_w2", "sigma_b", "bias_value", "residual_scale"):
+            v = getattr(self, name)
+            if name == "sigma_w2" and v is None:
+                continue
+            # NaN passes every comparison and a string fails with a TypeError, so type and finiteness come
+            # first; sigma_b enters squared (sigma_b^2), so it is bounded where its square stays finite
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                    or not math.isfinite(v) or (name == "sigma_b" and abs(v) > SIGMA_B_MAX):
+                extra = {"sigma_w2": " >= 0", "sigma_b": f" in [0, {SIGMA_B_MAX:g}] (its square must be finite)"}
+                raise ValueError(f"NetSpec.{name} must be a finite number{extra.get(name, '')}, got {v!r}")
+        if self.sigma_w2 is not None and self.sigma_w2 < 0:
+            raise ValueError(f"NetSpec.sigma_w2 must be a finite number >= 0, got {self.sigma_w2!r}")
         if self.sigma_b < 0:
-            raise ValueError(f"sigma_b must be >= 0, got {self.sigma_b}")
+            raise ValueError(f"NetSpec.sigma_b must be a finite number >= 0, got {self.sigma_b!r}")
         for name in ("in_features", "out_features"):
             v = getattr(self, name)
-            if v is not None and v < 1:
-                raise ValueError(f"{name} must be >= 1 or None, got {v}")
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+                raise ValueError(f"NetSpec.{name} must be an integer >= 1 or None, got {v!r}")
 
     @property
     def resolved_sigma_w2(self) -> float:

@@ -45,6 +45,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from .errors import WorkersDied, check_input_file, check_name
+from .memory import check_fits, grid_bytes, train_member_bytes
 from .store import Store, unit_key
 
 BACKENDS = ("local", "inline", "ray")
@@ -98,8 +100,16 @@ def _as_list(name: str, value: Any, kind: type, *, range_ok: bool) -> list:
     """Coerce a TOML/flag value into a list of ``kind``; ranges allowed for numeric axes."""
     if isinstance(value, str):
         if range_ok:
-            return parse_range(value, integer=kind is int)
+            try:
+                return parse_range(value, integer=kind is int)
+            except ValueError as e:  # name the field: "lrs: expected a comma list ..."
+                raise ValueError(f"{name}: {e}") from None
         value = [v.strip() for v in value.split(",") if v.strip()]
+        if kind is int:  # a comma list from a flag ("0,1"): its items are integers written as text
+            try:
+                value = [int(v) for v in value]
+            except ValueError:
+                raise ValueError(f"{name} must be a comma list of integers, got {value!r}") from None
     elif isinstance(value, Mapping) and range_ok:
         unknown = set(value) - {"min", "max", "count"}
         if unknown or not {"min", "max", "count"} <= set(value):
@@ -122,6 +132,34 @@ def _as_list(name: str, value: Any, kind: type, *, range_ok: bool) -> list:
     if not out:
         raise ValueError(f"{name} must not be empty")
     return out
+
+
+def _seeds(value: Any, grid_points: int) -> list[int]:
+    """``seeds`` as a list: a count n (an integer, or its digits as text) means seeds 0..n-1; a list
+    (or comma text "0,1") is taken as is. A count is checked against memory before the list is made:
+    ``seeds = 100000000`` would need gigabytes for the list and the expanded grid."""
+    count = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        count = value
+    elif isinstance(value, str) and "," not in value:
+        try:
+            count = int(value.strip())
+        except ValueError:
+            raise ValueError(f"seeds must be a count n >= 1 (seeds 0..n-1) or a comma list of seeds >= 0, "
+                             f"got {value!r}") from None
+    if count is not None:
+        if count < 1:
+            raise ValueError(f"seeds must be a count n >= 1 (seeds 0..n-1) or a comma list of seeds >= 0, "
+                             f"got {value!r}")
+        check_fits(grid_bytes(count * grid_points), f"seeds = {count} ({count * grid_points} runs in the grid)")
+        return list(range(count))
+    seeds = _as_list("seeds", value, int, range_ok=False)
+    for s in seeds:
+        if s < 0:
+            raise ValueError(f"seeds must be >= 0, got {s}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds lists a seed twice: {seeds}")
+    return seeds
 
 
 @dataclass
@@ -166,22 +204,15 @@ class SweepSpec:
         from .inits import check_init
         from .train import OPTIMIZERS
 
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"name must be a non-empty string, got {self.name!r}")
+        check_name(self.name, "sweep name")  # it names the store's experiment, and files drawn from it
         self.depths = _as_list("depths", self.depths, int, range_ok=True)
         self.widths = _as_list("widths", self.widths, int, range_ok=True)
         self.lrs = _as_list("lrs", self.lrs, float, range_ok=True)
         self.optimizers = _as_list("optimizers", self.optimizers, str, range_ok=False)
         self.activations = _as_list("activations", self.activations, str, range_ok=False)
         self.inits = _as_list("inits", self.inits, str, range_ok=False)
-        if isinstance(self.seeds, int) and not isinstance(self.seeds, bool):
-            if self.seeds < 1:
-                raise ValueError(f"seeds as a count must be >= 1, got {self.seeds}")
-            self.seeds = list(range(self.seeds))
-        elif isinstance(self.seeds, str) and self.seeds.strip().isdigit():
-            self.seeds = list(range(int(self.seeds)))
-        else:
-            self.seeds = _as_list("seeds", self.seeds, int, range_ok=False)
+        self.seeds = _seeds(self.seeds, len(self.depths) * len(self.widths) * len(self.lrs)
+                            * len(self.optimizers) * len(self.activations) * len(self.inits))
         for d in self.depths:
             if d < 1:
                 raise ValueError(f"depths must be >= 1, got {d}")
@@ -201,9 +232,6 @@ class SweepSpec:
                 raise ValueError(f"unknown activation {a!r}; expected one of: {', '.join(activation_names())}") from None
         for i in self.inits:
             check_init(i)
-        for s in self.seeds:
-            if s < 0:
-                raise ValueError(f"seeds must be >= 0, got {s}")
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; expected one of: {', '.join(DATASETS)}")
         if self.split not in ("train", "test", "any"):
@@ -242,11 +270,15 @@ class SweepSpec:
         p = Path(path)
         if not p.exists():
             raise FileNotFoundError(f"no sweep config at {p}")
+        check_input_file(p, "sweep config")
         try:
             with open(p, "rb") as f:
                 doc = tomllib.load(f)
         except tomllib.TOMLDecodeError as e:
             raise ValueError(f"{p}: not valid TOML: {e}") from None
+        except UnicodeDecodeError as e:  # tomllib decodes the whole file as UTF-8 first
+            raise ValueError(f"{p}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                             "a TOML file must be UTF-8") from None
         if "sweep" in doc and isinstance(doc["sweep"], dict):
             extra = set(doc) - {"sweep"}
             if extra:
@@ -266,6 +298,34 @@ class SweepSpec:
     def n_runs(self) -> int:
         return (len(self.depths) * len(self.widths) * len(self.lrs) * len(self.optimizers)
                 * len(self.activations) * len(self.inits) * len(self.seeds))
+
+    def run_bytes(self, in_features: int = 784) -> int:
+        """Estimated memory of one worker training this grid's largest run: the training data and one
+        member of its ensemble (weights, gradients, optimizer state, one minibatch's activations; see
+        :func:`depthscope.memory.train_member_bytes`). A worker stacks more members only while they fit."""
+        from .train import RunSpec
+
+        biggest = max(train_member_bytes(RunSpec(depth=max(self.depths), width=max(self.widths),
+                                                 activation=self.activations[0], init=self.inits[0], optimizer=o,
+                                                 lr=self.lrs[0], seed=0, batch_size=self.batch_size,
+                                                 max_epochs=self.epochs, target_accuracy=self.target_accuracy),
+                                         in_features)
+                      for o in self.optimizers)
+        return biggest + 4 * in_features * ((self.n_train or 70_000) + self.probe_size)
+
+    def check_memory(self, workers: int = 1, device: str = "cpu") -> None:
+        """Raise :class:`~depthscope.errors.TooBig` when the sweep cannot fit: the driver's expanded grid
+        (:func:`depthscope.memory.grid_bytes`) plus, on CPU, ``workers`` concurrent runs of
+        :meth:`run_bytes` in RAM; on a GPU, one run in the GPU's free memory."""
+        sizes = f"depth up to {max(self.depths)}, width up to {max(self.widths)}, {self.n_runs()} runs"
+        run = self.run_bytes()
+        if str(device).startswith("cuda"):
+            check_fits(grid_bytes(self.n_runs()), f"this sweep's grid ({sizes})")
+            check_fits(run, f"one run of this sweep ({sizes})", device)
+        else:
+            k = max(1, min(workers, self.n_runs()))
+            check_fits(grid_bytes(self.n_runs()) + k * run,
+                       f"this sweep ({sizes}, {k} worker{'s' if k != 1 else ''} at once)")
 
 
 @dataclass(frozen=True)
@@ -530,6 +590,7 @@ def _local_task(run_dir: str, experiment: str, runs: list, data: DataSpec, data_
                 device: str, trainer_path: str) -> int:
     """One group in a worker process: skip runs already done, train the rest, write each as it ends.
     Returns how many runs it wrote (the driver reads the outcomes back from the store)."""
+    _open_worker_log(run_dir)
     key = (data, data_dir)
     if key not in _WORKER_DATA:
         _WORKER_DATA.clear()
@@ -789,8 +850,9 @@ def _run_local(groups, store, experiment, data, data_dir, device, trainer, worke
             bar.update(n - bar.n)
 
     pending_groups = groups
+    deaths: list[int | None] = []  # exit codes of dead workers, one pool after another
     while pending_groups:
-        broken = False
+        broken, procs = False, []
         pool = cf.ProcessPoolExecutor(max_workers=min(workers, len(pending_groups)), mp_context=ctx,
                                       initializer=_worker_init, initargs=(threads, os.getpid()))
         try:
@@ -802,12 +864,16 @@ def _run_local(groups, store, experiment, data, data_dir, device, trainer, worke
                 for f in finished:
                     exc = f.exception()
                     if isinstance(exc, BrokenProcessPool):
+                        if not broken:  # errors helper: remember the workers, to say how they died
+                            procs = list((getattr(pool, "_processes", None) or {}).values())
                         broken = True
                     elif exc is not None:
                         raise exc
                 progress()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+        if broken:
+            deaths += [p.exitcode for p in procs if p.exitcode not in (None, 0)] or [None]
         progress()
         settled = _settled(store, experiment, all_keys, t0)
         left = [r for g in pending_groups for r in g if run_key(r, data) not in settled]
@@ -815,13 +881,49 @@ def _run_local(groups, store, experiment, data, data_dir, device, trainer, worke
             bar.update(len(settled) - bar.n)
         if not left:
             break
-        if not broken or summary.restarts >= max_restarts:
+        if broken and summary.restarts >= max_restarts:
+            raise WorkersDied(_deaths_message(deaths, len(left), summary.restarts, store.run_dir))
+        if not broken:
             raise RuntimeError(f"{len(left)} runs unfinished after {summary.restarts} worker restarts; "
                                "rerun the same command to resume")
         summary.restarts += 1
         print(f"{experiment}: a worker died; restarting the pool for the {len(left)} unfinished runs",
               file=sys.stderr)
         pending_groups = make_groups(left, max(len(g) for g in pending_groups))
+
+
+def _deaths_message(deaths: list[int | None], left: int, restarts: int, run_dir: Path) -> str:
+    """One line: how the workers died, how often, what is left, where their log is (errors helper)."""
+    from collections import Counter
+
+    from .errors import describe_exit
+
+    how = ", ".join(f"{n} x {describe_exit(c) if c is not None else 'unknown cause'}"
+                    for c, n in Counter(deaths).most_common())
+    hint = " (SIGKILL is usually the kernel's out-of-memory killer: see dmesg)" if -9 in deaths else ""
+    return (f"local sweep workers died {len(deaths)} times ({how}){hint}; gave up after {restarts} restarts with "
+            f"{left} runs unfinished (finished runs are kept); the workers' log (Python tracebacks, native "
+            f"crashes) is {Path(run_dir) / WORKER_LOG}; rerun the same command to resume")
+
+
+#: Where local workers write their errors (faulthandler for native crashes, stderr), inside the run directory.
+WORKER_LOG = "logs/workers.log"
+
+
+def _open_worker_log(run_dir: str) -> None:
+    """Send this worker's stderr and native-crash tracebacks to RUN_DIR/logs/workers.log (once per process)."""
+    import faulthandler
+
+    if getattr(_open_worker_log, "done", False):
+        return
+    path = Path(run_dir) / WORKER_LOG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(path, "a", buffering=1)
+    log.write(f"--- worker {os.getpid()} started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    os.dup2(log.fileno(), 2)  # also what native code writes to fd 2
+    sys.stderr = log
+    faulthandler.enable(file=log)
+    _open_worker_log.done = True  # type: ignore[attr-defined]
 
 
 def _run_ray(groups, store, experiment, data, data_dir, device, trainer, workers, address, bar, done,

@@ -263,6 +263,11 @@ def predict(
         raise ValueError(f"depth must be >= 0, got {depth}")
     if width < 1:
         raise ValueError(f"width must be >= 1, got {width}")
+    # issue 11: a variance is a finite number >= 0; sigma_b enters squared, so sigma_b^2 must be finite too
+    for name, v, sq in (("input_variance", input_variance, ""), ("sigma_b", sigma_b, " whose square is finite")):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v < math.inf) \
+                or (sq and v * v == math.inf):
+            raise ValueError(f"{name} must be a finite number >= 0{sq}, got {v!r}")
     s1 = s1_of(init)
     sb2 = float(sigma_b) ** 2
     sw2 = critical_sigma_w2(activation, sb2) if sigma_w2 is None else float(sigma_w2)

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import math
-import sys
 
 import numpy as np
 
 from ..cli import nonneg_float, nonneg_int, positive_int, print_json
+from ..measure import load_inputs, measure_vni  # noqa: F401  (load_inputs/measure_vni: re-exported for old imports)
 
 
 def _add_net_args(p: argparse.ArgumentParser) -> None:
@@ -52,13 +51,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _validate(args) -> None:
-    from ..activations import get_activation
-    from ..inits import check_init
+    """Every flag checked before any computation: the spec (via NetSpec) and the sizes (via the memory estimate)."""
+    from ..memory import check_fits, theory_bytes
+    from ..nets import NetSpec
 
-    get_activation(args.activation)
-    check_init(args.init)
+    # NetSpec checks activation, init, arch, sigma_w2 and sigma_b (finite, and sigma_b^2 finite)
+    NetSpec(depth=args.depth, width=args.width, activation=args.activation, init=args.init,
+            sigma_w2=args.sigma_w2, sigma_b=args.sigma_b, arch=getattr(args, "arch", "feedforward"))
     if args.layer is not None and args.layer > args.depth:
         raise ValueError(f"--layer must lie in 1..{args.depth} (the depth), got {args.layer}")
+    check_fits(theory_bytes(args.depth), f"--depth {args.depth} (the theory's per-layer arrays)")
 
 
 def _pick(arr, layer):
@@ -104,47 +106,6 @@ def cmd_theory(args) -> int:
     return 0
 
 
-def load_inputs(inputs: str, samples: int, input_variance: float, data_dir: str | None = None,
-                preprocess: str = "center"):
-    """The fixed dataset inputs of ``depthscope vni``: the first ``samples`` images, preprocessed
-    ("whiten": fitted on those images, each feature of variance ``input_variance``), and their note."""
-    from ..data import load_dataset_info
-
-    x, _, info = load_dataset_info(inputs, split="any", data_dir=data_dir, limit=samples, preprocess=preprocess,
-                                   variance=input_variance)
-    return x, f"{info.n} {inputs} {info.split} images, {info.preprocess}"
-
-
-def measure_vni(spec, inputs: str, samples: int, seeds: int, input_variance: float,
-                data_dir: str | None = None, quiet: bool = True, layers: list[int] | None = None,
-                fixed_inputs=None):
-    """VNI of every layer (or only ``layers``; others NaN) for nets of seeds 0..seeds-1: (seeds, depth), float64.
-
-    Gaussian inputs are drawn fresh per seed (seed 10^6 + s); dataset inputs are
-    the first ``samples`` images, centred (the same for every seed), unless
-    ``fixed_inputs`` (from :func:`load_inputs`) are given.
-    """
-    import torch
-
-    from ..metrics import vni_per_layer
-    from ..progress import Progress
-
-    fixed = fixed_inputs
-    if inputs != "gaussian" and fixed is None:
-        fixed, _ = load_inputs(inputs, samples, input_variance, data_dir)
-    out = np.empty((seeds, spec.depth))
-    with Progress(seeds, "vni", quiet=quiet) as bar:
-        for s in range(seeds):
-            if fixed is None:
-                g = torch.Generator().manual_seed(1_000_000 + s)
-                x = torch.randn(samples, spec.n_in, generator=g) * math.sqrt(input_variance)
-            else:
-                x = fixed
-            out[s] = vni_per_layer(spec, x, s, layers=layers).numpy()
-            bar.update()
-    return out
-
-
 def cmd_vni(args) -> int:
     from ..nets import NetSpec
     from ..theory import predict
@@ -161,6 +122,12 @@ def cmd_vni(args) -> int:
                          f"i.i.d. already), got --preprocess {args.preprocess} with --inputs gaussian")
     if args.samples < 2:
         raise ValueError(f"--samples must be >= 2 to estimate a covariance, got {args.samples}")
+    from ..memory import check_fits, vni_bytes
+
+    # refused before the inputs are loaded: layer 1 reads at most 784 pixels (whitening keeps fewer)
+    bound = NetSpec(depth=args.depth, width=args.width, init=args.init, arch=args.arch,
+                    in_features=None if args.inputs == "gaussian" else 784)
+    check_fits(vni_bytes(bound, args.samples), f"--width {args.width} with --samples {args.samples}")
     preprocess = None if args.inputs == "gaussian" else (args.preprocess or "center")
     fixed, note = None, f"{args.samples} i.i.d. N(0, {args.input_variance:g}) samples per seed"
     if preprocess is not None:

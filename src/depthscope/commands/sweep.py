@@ -17,7 +17,7 @@ _GRID_FLAGS = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..cli import positive_int
+    from ..cli import nonneg_int, positive_int
 
     p = sub.add_parser(
         "sweep", help="train a grid of networks (depth x lr x optimizer x ...) into a results store",
@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", default=None,
                    help="Ray cluster address, e.g. HEAD:6379, auto or ray://HEAD:10001 (ray backend; default: "
                    "$RAY_ADDRESS, else a new local Ray); see docs/cluster.md")
-    p.add_argument("--workers", type=int, default=0, help="worker processes / Ray CPUs (0: one per core; 1 on GPU)")
+    p.add_argument("--workers", type=nonneg_int, default=0,
+                   help="worker processes / Ray CPUs (0: one per core; 1 on GPU)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
     p.add_argument("--data-dir", default=None, help="directory holding the MNIST/Fashion-MNIST IDX files")
     p.add_argument("--trainer", default=None, metavar="MODULE:FUNCTION",
@@ -73,12 +74,25 @@ def _overrides(args: argparse.Namespace) -> dict:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ..cli import print_json
     from ..store import Store
-    from ..sweep import DEFAULT_TRAINER, SweepSpec, check_device, expand, make_groups, run_sweep
+    from ..sweep import (DEFAULT_TRAINER, SweepSpec, check_device, default_workers, expand, make_groups,
+                         resolve_trainer, run_sweep)
 
     over = _overrides(args)
     sweep = SweepSpec.from_toml(args.config, over) if args.config else SweepSpec.from_dict(over)
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    # everything is checked before the run directory is made: the device, then whether the grid and
+    # the largest runs fit in memory (a dry run checks as much as a real one, and trains nothing)
+    device = check_device(args.device, args.backend)  # on Ray only the name: the cluster decides
+    resolve_trainer(args.trainer or DEFAULT_TRAINER)  # an unknown trainer is an error before the store is opened
+    if args.backend == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise ValueError("the ray backend needs Ray: pip install 'depthscope[ray]'")
+    # on Ray the runs train on the cluster's nodes: only what the driver holds (the grid) is checked here
+    mem_device = "cpu" if args.backend == "ray" else device
+    sweep.check_memory(1 if args.backend == "inline" else (args.workers or default_workers(mem_device)), mem_device)
     if args.dry_run:
         runs = expand(sweep)
         doc = {"sweep": sweep.to_dict(), "runs": len(runs), "groups": len(make_groups(runs, sweep.group_size))}
@@ -87,7 +101,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         else:
             print(f"{doc['runs']} runs in {doc['groups']} ensembles; grid: {doc['sweep']}")
         return 0
-    device = check_device(args.device, args.backend)  # a bad device is an error before the run directory is made
     with Store(args.run_dir) as store:
         summary = run_sweep(sweep, store, backend=args.backend, workers=args.workers or None, device=device,
                             trainer=args.trainer or DEFAULT_TRAINER, data_dir=args.data_dir, address=args.address,

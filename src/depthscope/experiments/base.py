@@ -169,6 +169,9 @@ class Experiment:
             raise ValueError(f"experiment {self.name!r} has no preset {preset!r}; expected one of: "
                              f"{', '.join(self.presets)}")
         p = dict(self.presets[preset])
+        from ..params import check_overrides  # shape, NaN/null and range of each --set value (errors helper)
+
+        check_overrides(self.name, self.presets, overrides)
         for k, v in (overrides or {}).items():
             if k not in p:
                 raise ValueError(f"experiment {self.name!r} has no parameter {k!r}; valid: {', '.join(sorted(p))}")
