@@ -93,27 +93,36 @@ def _chaos2(c: float) -> dict[str, float]:
 
     a, b, cc, d = 0, 1, 2, 3
     return {"aa,aa": cov2((a, a), (a, a)), "aa,bb": cov2((a, a), (b, b)), "ab,ac": cov2((a, b), (a, cc)),
+            "ab,ab": cov2((a, b), (a, b)),
             "ab,cd": cov2((a, b), (cc, d)), "aa,ab": cov2((a, a), (a, b)), "aa,bc": cov2((a, a), (b, cc))}
 
 
-def _noise(c: float, width: int, removed: float) -> tuple[float, float, float]:
-    """Per-sample variance a layer adds to the norm n_a, to the cosine-centrality beta_a, and their covariance.
+def _noise(c: float, width: int, removed: float) -> dict[str, float]:
+    """What one layer adds, at input cosine c: per-sample variances of the norm n_a (``vn``), of the cosine
+    centrality beta_a (``vb``) and their covariance (``xbn``); the variance of one pair's cosine (``vpair``) and
+    the mean shift of the empirical cosine (``bias``: E[k_ab / sqrt(k_aa k_bb)] - C(c)).
 
     ``removed`` is the share of the chaos-2 fluctuations the weights do not add (0 gaussian, 1 orthogonal).
     """
     m = relu_moments(c)
     e11 = m["E11"]
     cov = {"aa,aa": 1.5 - 0.25, "aa,bb": m["E22"] - 0.25, "ab,ac": m["E211"] - e11**2,
-           "ab,cd": m["E1111"] - e11**2, "aa,ab": m["E31"] - 0.5 * e11, "aa,bc": m["E211"] - 0.5 * e11}
+           "ab,cd": m["E1111"] - e11**2, "aa,ab": m["E31"] - 0.5 * e11, "aa,bc": m["E211"] - 0.5 * e11,
+           "ab,ab": m["E22"] - e11**2}
     if removed:
         c2 = _chaos2(c)
         cov = {key: v - removed * c2[key] for key, v in cov.items()}
     s = 4.0 / width  # (sigma_w^2 = 2 per kernel entry)^2 / N
+    c1 = c_map(c)  # the noise sits on the output kernel k' (mean 1 on the diagonal, C(c) off it)
     vn = s * (cov["aa,aa"] - cov["aa,bb"])
     va = s * (cov["ab,ac"] - cov["ab,cd"])
     xan = s * (cov["aa,ab"] - cov["aa,bc"])
-    c1 = c_map(c)  # the noise sits on the output kernel, whose cosine is C(c)
-    return vn, va - c1 * xan + 0.25 * c1 * c1 * vn, xan - 0.5 * c1 * vn
+    # rho' = k'_ab (k'_aa k'_bb)^(-1/2) to second order in the noise
+    vaa, vaabb, vabaa, vab = s * cov["aa,aa"], s * cov["aa,bb"], s * cov["aa,ab"], s * cov["ab,ab"]
+    vpair = vab - 2 * c1 * vabaa + 0.25 * c1 * c1 * (2 * vaa + 2 * vaabb)
+    bias = c1 * (0.75 * vaa + 0.25 * vaabb) - vabaa
+    return {"vn": vn, "vb": va - c1 * xan + 0.25 * c1 * c1 * vn, "xbn": xan - 0.5 * c1 * vn,
+            "vpair": vpair, "bias": bias}
 
 
 def _offset_factors(tau2: float) -> tuple[float, float]:
@@ -144,27 +153,37 @@ def relu_vni(depth: int, width: int, init: str = "gaussian", in_features: int | 
     n, p = int(width), int(in_features or width)
     orth = s1 == 0.0
     c, v, b, x = 0.0, 2.0 / p, 0.0, 0.0  # i.i.d. inputs: cosine 0, |x|^2 / (P sigma^2) ~ chi2_P / P
-    o, d = 0.0, 1.0
+    o, d, g, cbar = 0.0, 1.0, 0.0, 0.0
     keys = ("vni", "cosine", "norm_variance", "radial_fraction", "vni_angular")
-    out = {k: np.empty(depth) for k in keys}
+    out = {k: np.empty(depth) for k in keys + ("_b", "_x", "_cbar")}
     for l in range(1, depth + 1):
         removed = (min(n / p, 1.0) if l == 1 else 1.0) if orth else 0.0
-        vn, vb, xbn = _noise(c, n, removed)
+        nz = _noise(c, n, removed)
         # angular part: the covariance map with node offsets t ~ N(0, tau2) (section "ReLU" of docs/theory.md)
-        cbar = c * (1.0 - v / 4.0)
-        tau2 = cbar / (1.0 - cbar)
+        tau2 = cbar / (1.0 - cbar)  # the inputs' mean kernel over their spread: offsets of the pre-activations
         kappa, d_next = _offset_factors(tau2)
         w_l = ((max(n / p - 1.0, 0.0) if orth else n / p) if l == 1 else -s1)
         o, d = kappa**2 * (o + d - 1.0 + w_l), d_next
         slope = c_map_slope(c)
-        b, x, v, c = slope**2 * b + vb, slope * x + xbn, v + vn, c_map(c)
-        cbar = c * (1.0 - v / 4.0)
+        # finite width moves the mean cosine: the empirical cosine's bias, and Jensen over the spread G of the
+        # pairs' cosines through the convex C (C'' = 1 / (pi sqrt(1 - c^2)))
+        curv = 1.0 / (math.pi * math.sqrt(max(1.0 - c * c, 1e-300)))
+        # E k'_ab = E[sqrt(k_aa k_bb) C(rho_ab)] exactly over this layer's weights: only the norm spread of the
+        # layer's *inputs* lowers the mean kernel (the new gain noise averages out of it)
+        cbar = math.exp(-v / 4.0) * (c_map(c) + 0.5 * curv * g)
+        c_next = c_map(c) + 0.5 * curv * g + nz["bias"]
+        c_next = min(c_next, 1.0 - 0.5 * (1.0 - c_map(c)))  # the corrections are small; never past 1
+        b, x, v = slope**2 * b + nz["vb"], slope * x + nz["xbn"], v + nz["vn"]
+        g, c = slope**2 * g + nz["vpair"], c_next
+        # |x_a|^2 is a product of per-layer gains: log-normal with log-variance v, so Var |x_a| / E|x|^2 =
+        # 1 - exp(-v/4) (v reaches 0.4 at N = 100: no small-v expansion)
         t = 1.0 - cbar
-        radial = (0.25 * c * c * v + b + c * x) / max(cbar, 1e-300)
+        radial = c * (1.0 - math.exp(-v / 4.0)) + b / max(c, 1e-300) + x
         f = min(radial / t, 1.0)
         r_perp = (d + o) / n
         out["vni"][l - 1] = f * f + (1.0 - f) ** 2 * r_perp
         out["cosine"][l - 1], out["norm_variance"][l - 1] = c, v
         out["radial_fraction"][l - 1], out["vni_angular"][l - 1] = f, r_perp
+        out["_b"][l - 1], out["_x"][l - 1], out["_cbar"][l - 1] = b, x, cbar
     out["vni_sampled"] = out["vni"] * (1 + 1 / samples) + 1 / samples if samples else np.full(depth, np.nan)
     return out
