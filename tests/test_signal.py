@@ -98,3 +98,20 @@ def test_phase_diagram(tmp_path):
     assert np.all(d["vni"] >= 1 / 100)
     signal.draw_phase_diagram(d, str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_cli_signal_and_phase_diagram(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "pd.png"
+    p = subprocess.run([sys.executable, "-m", "depthscope", "theory", "--depth", "2", "--width", "10", "--activation",
+                        "relu", "--signal", "--json", "--phase-diagram", str(out)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["signal"]["phase"] == "critical" and doc["signal"]["chi_1"] == pytest.approx(1.0)
+    assert out.stat().st_size > 1000
+    bad = subprocess.run([sys.executable, "-m", "depthscope", "theory", "--depth", "2", "--width", "10",
+                          "--phase-diagram", str(tmp_path / "x.txt")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -183,9 +183,8 @@ def phase_diagram(activation: str, sigma_w2s, sigma_b2s, depth: int, width: int,
     chi1, vni = np.empty((len(sb), len(sw))), np.empty((len(sb), len(sw)))
     for i, b in enumerate(sb):
         for j, w in enumerate(sw):
-            q = fixed_point(activation, w, b)
-            chi1[i, j] = chi_of(activation, w, q) if math.isfinite(q) else math.inf
             r = predict(depth, width, activation, init, w, math.sqrt(b), input_variance)
+            chi1[i, j] = r.chi if math.isfinite(r.q_star) else math.inf
             vni[i, j] = r.vni_jacobian[-1] if depth else 1.0 / width
     return {"sigma_w2": sw, "sigma_b2": sb, "chi_1": chi1, "vni": vni}
 
