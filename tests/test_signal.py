@@ -115,3 +115,12 @@ def test_cli_signal_and_phase_diagram(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "depthscope", "theory", "--depth", "2", "--width", "10",
                           "--phase-diagram", str(tmp_path / "x.txt")], capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_c_map_off_the_fixed_point_is_normalised_by_the_next_variance():
+    # identical inputs stay identical at any q (the map divides by q_next, not q)
+    for q in (0.3, 2.0):
+        assert signal.correlation_map("tanh", 1.0, 2.5, 0.1, q=q) == pytest.approx(1.0, abs=1e-12)
+        qn = theory.variance_map("tanh", q, 2.5, 0.1)
+        ref = (2.5 * signal.pair_expectation("tanh", q, 0.4) + 0.1) / qn
+        assert signal.correlation_map("tanh", 0.4, 2.5, 0.1, q=q) == pytest.approx(ref, rel=1e-12)

@@ -49,12 +49,21 @@ QS = [1e-4, 1e-3, 1e-2, 0.1, 0.5, 1.0, 2.0, 3.0, 3.99, 10.0, 100.0, 1e3, 1e4]
 
 @pytest.mark.parametrize("act", list(REF))
 @pytest.mark.parametrize("k", [1, 2])
-def test_mu_matches_adaptive_quadrature_to_1e_10(act, k):
+def test_mu_matches_adaptive_quadrature_to_1e_12(act, k):
+    # The issue asks for 1e-10; the code achieves 5e-16 (measured), so the test holds it to 1e-12.
     # mu2 is checked for smooth activations too: mu2 = mu1 only for relu, hard_tanh and linear.
     d = REF[act][1]
     for q in QS:
         ref = ref_expect(lambda h: d(h) ** (2 * k), q, KINKS.get(act, ()))
-        assert theory.mu(act, q, k) == pytest.approx(float(ref), rel=1e-10), (act, k, q)
+        assert theory.mu(act, q, k) == pytest.approx(float(ref), rel=1e-12), (act, k, q)
+
+
+def test_a_kink_nobody_declared_is_found_by_the_adaptive_splitting():
+    # relu(h - 0.3): its kink is not in theory._KINKS, so only the panel halving can resolve it.
+    register_activation("test_shifted_relu", lambda x: torch.relu(x - 0.3), overwrite=True)
+    for q in (0.01, 1.0, 100.0):
+        ref = 0.5 * math.erfc(0.3 / math.sqrt(2 * q))  # P(sqrt(q) z > 0.3)
+        assert theory.mu("test_shifted_relu", q, 1) == pytest.approx(ref, rel=1e-12)
 
 
 def test_mu2_differs_from_mu1_for_smooth_activations():
@@ -67,7 +76,7 @@ def test_mu2_differs_from_mu1_for_smooth_activations():
 def test_large_q_where_a_midpoint_rule_was_9_percent_off():
     for q in (1e5, 1e8):
         ref = ref_expect(lambda h: mp.sech(h) ** 4, q)
-        assert theory.mu("tanh", q, 1) == pytest.approx(float(ref), rel=1e-10)
+        assert theory.mu("tanh", q, 1) == pytest.approx(float(ref), rel=1e-12)
 
 
 @pytest.mark.parametrize("act", ["tanh", "test_erf", "relu", "hard_tanh"])
