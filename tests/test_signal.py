@@ -5,11 +5,18 @@ import numpy as np
 import pytest
 import torch
 
-from depthscope import signal, theory
+from depthscope import activations, signal, theory
 from depthscope.activations import register_activation
 from depthscope.nets import NetSpec, stream_layers
 
-register_activation("test_erf", torch.erf, smooth=True, overwrite=True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _erf_activation():
+    # registered for this module only: other tests see the built-in registry
+    register_activation("test_erf", torch.erf, smooth=True, overwrite=True)
+    yield
+    activations._REGISTRY.pop("test_erf", None)
 
 
 @pytest.mark.parametrize("c", [-0.9, -0.3, 0.0, 0.4, 0.8, 0.99])

@@ -13,13 +13,20 @@ import numpy as np
 import pytest
 import torch
 
-from depthscope import theory
+from depthscope import activations, theory
 from depthscope.activations import register_activation
 
 mp = pytest.importorskip("mpmath").mp
 mp.dps = 30
 
-register_activation("test_erf", torch.erf, smooth=True, overwrite=True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _erf_activation():
+    # registered for this module only: other tests see the built-in registry
+    register_activation("test_erf", torch.erf, smooth=True, overwrite=True)
+    yield
+    activations._REGISTRY.pop("test_erf", None)
 
 # phi and phi' in mpmath, independent of torch and autograd
 REF = {
@@ -61,9 +68,12 @@ def test_mu_matches_adaptive_quadrature_to_1e_12(act, k):
 def test_a_kink_nobody_declared_is_found_by_the_adaptive_splitting():
     # relu(h - 0.3): its kink is not in theory._KINKS, so only the panel halving can resolve it.
     register_activation("test_shifted_relu", lambda x: torch.relu(x - 0.3), overwrite=True)
-    for q in (0.01, 1.0, 100.0):
-        ref = 0.5 * math.erfc(0.3 / math.sqrt(2 * q))  # P(sqrt(q) z > 0.3)
-        assert theory.mu("test_shifted_relu", q, 1) == pytest.approx(ref, rel=1e-12)
+    try:
+        for q in (0.01, 1.0, 100.0):
+            ref = 0.5 * math.erfc(0.3 / math.sqrt(2 * q))  # P(sqrt(q) z > 0.3)
+            assert theory.mu("test_shifted_relu", q, 1) == pytest.approx(ref, rel=1e-12)
+    finally:
+        activations._REGISTRY.pop("test_shifted_relu", None)
 
 
 def test_mu2_differs_from_mu1_for_smooth_activations():
