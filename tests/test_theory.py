@@ -76,12 +76,12 @@ def test_eq_3_7_special_cases():
     np.testing.assert_allclose(r.m1, 1.0)
 
 
-def test_finite_form_equals_asymptotic_when_started_at_q_star():
+def test_jacobian_form_equals_asymptotic_when_started_at_q_star():
     # relu at sigma_w^2 = 2 keeps q fixed, so every layer sits at q*.
     r = theory.predict(30, 100, "relu", "gaussian", input_variance=0.5)
-    np.testing.assert_allclose(r.vni_finite, r.vni_asymptotic, rtol=1e-9)
+    np.testing.assert_allclose(r.vni_jacobian, r.vni_asymptotic, rtol=1e-9)
     # (mu2/mu1^2 - 1 - s1) = (0.5/0.25 - 1 + 1) = 2 per layer.
-    assert r.vni_finite[-1] == pytest.approx(1 / 100 + 30 * 2 / 100)
+    assert r.vni_jacobian[-1] == pytest.approx(1 / 100 + 30 * 2 / 100)
 
 
 def test_m1_m2_pennington_form_at_fixed_point():

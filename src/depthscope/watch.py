@@ -43,7 +43,7 @@ Quantities recorded per watched module and scheduled step (missing ones are NaN)
 ``vni``                 R_sq = tr(C^2)/tr(C)^2 of the node covariance (thesis eq. 3.5), via :func:`depthscope.metrics.vni.vni_moments`
 ``vni_debiased``        :func:`depthscope.metrics.vni.debias_vni` of it: the finite-sample excess removed
 ``effective_nodes``     N (1 - VNI) + 1, the thesis' effective number of nodes
-``participation_ratio`` 1 / VNI (delve's measure)
+``participation_ratio`` 1 / VNI (not delve's saturation, which counts the eigendirections explaining 99%)
 ``nodes``, ``samples``  N and the number of rows the numbers were computed on
 ``act_mean``            mean of all sampled output values (drift: watch it over steps)
 ``act_var``             mean over nodes of each node's variance (eq. 4.2's shared variance)

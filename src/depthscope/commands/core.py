@@ -30,8 +30,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("theory", help="mean-field predictions: q*, chi, mu1, mu2, s1, VNI per layer, m1, m2",
                        description="Predictions of the thesis' theory for a random net (no sampling).")
     _add_net_args(t)
-    t.add_argument("--form", choices=("finite", "asymptotic"), default="finite",
-                   help="VNI formula: finite-depth sum over each layer's own q_l (default) or eq. 3.7 at q*")
+    t.add_argument("--form", choices=("finite", "jacobian", "asymptotic"), default="finite",
+                   help="VNI formula: finite-width covariance form (default; the radial-angular model for relu), "
+                   "jacobian (eq. 3.7 summed over each layer's own q_l) or asymptotic (eq. 3.7 at q*)")
+    t.add_argument("--in-features", type=positive_int, default=None,
+                   help="input features P: the first weight matrix is N x P (default: the width)")
+    t.add_argument("--samples", type=positive_int, default=None,
+                   help="also predict what a measurement from this many samples reads (vni_sampled)")
+    t.add_argument("--signal", action="store_true",
+                   help="add the signal-propagation quantities at q*: c*, chi_1, chi_c, xi_q, xi_c, phase (seconds)")
+    t.add_argument("--phase-diagram", default=None, metavar="PNG",
+                   help="draw the order-to-chaos phase diagram (sigma_w^2 0.25..4 x sigma_b^2 0..0.5) with VNI-at-"
+                   "depth contours for this depth, width, activation and init into this file")
     t.set_defaults(func=cmd_theory)
 
     v = sub.add_parser("vni", help="measured VNI and effective nodes per layer beside the prediction",
@@ -75,30 +85,68 @@ def cmd_theory(args) -> int:
     from ..theory import predict
 
     _validate(args)
+    if args.samples is not None and args.samples < 2:
+        raise ValueError(f"--samples must be >= 2 to estimate a covariance, got {args.samples}")
+    if args.phase_diagram:
+        import os
+
+        parent = os.path.dirname(os.path.abspath(args.phase_diagram))
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            raise ValueError(f"--phase-diagram: directory {parent!r} does not exist or is not writable")
+        if not args.phase_diagram.lower().endswith((".png", ".svg", ".pdf")):
+            raise ValueError(f"--phase-diagram must end in .png, .svg or .pdf, got {args.phase_diagram!r}")
     r = predict(args.depth, args.width, args.activation, args.init, args.sigma_w2, args.sigma_b,
-                args.input_variance)
-    vni = r.vni_finite if args.form == "finite" else r.vni_asymptotic
+                args.input_variance, in_features=args.in_features, samples=args.samples)
+    vni = {"finite": r.vni_finite, "jacobian": r.vni_jacobian, "asymptotic": r.vni_asymptotic}[args.form]
     layers = _layers(args.depth, args.layer)
     doc = {
         "depth": r.depth, "width": r.width, "activation": r.activation, "init": r.init,
         "sigma_w2": r.sigma_w2, "sigma_b": args.sigma_b, "input_variance": r.input_variance,
-        "form": args.form, "q_star": r.q_star, "chi": r.chi, "mu1": r.mu1, "mu2": r.mu2, "s1": r.s1,
+        "in_features": r.in_features, "samples": r.samples, "form": args.form, "finite_form": r.finite_form,
+        "q_star": r.q_star, "chi": r.chi, "mu1": r.mu1, "mu2": r.mu2, "s1": r.s1,
         "layers": layers,
         "q": _pick(r.q, args.layer), "mu1_layer": _pick(r.mu1_layers, args.layer),
-        "mu2_layer": _pick(r.mu2_layers, args.layer), "vni": _pick(vni, args.layer),
-        "vni_asymptotic": _pick(r.vni_asymptotic, args.layer), "vni_finite": _pick(r.vni_finite, args.layer),
+        "mu2_layer": _pick(r.mu2_layers, args.layer), "kappa": _pick(r.kappa, args.layer),
+        "vni": _pick(vni, args.layer), "vni_finite": _pick(r.vni_finite, args.layer),
+        "vni_jacobian": _pick(r.vni_jacobian, args.layer), "vni_asymptotic": _pick(r.vni_asymptotic, args.layer),
+        "vni_sampled": _pick(r.vni_sampled, args.layer),
+        "cosine": _pick(r.cosine, args.layer), "norm_variance": _pick(r.norm_variance, args.layer),
+        "radial_fraction": _pick(r.radial_fraction, args.layer), "vni_angular": _pick(r.vni_angular, args.layer),
         "effective_nodes": _pick(r.effective_nodes, args.layer),
         "m1": _pick(r.m1, args.layer), "m2": _pick(r.m2, args.layer),
     }
+    if args.signal:
+        from ..signal import signal
+
+        sg = signal(r.activation, r.sigma_w2, r.sigma_b2)
+        doc["signal"] = {k: getattr(sg, k) for k in ("c_star", "chi_1", "chi_c", "xi_q", "xi_c", "phase")}
+    if args.phase_diagram:
+        from ..signal import draw_phase_diagram, phase_diagram
+
+        grid = phase_diagram(r.activation, np.linspace(0.25, 4.0, 16), np.linspace(0.0, 0.5, 6), max(r.depth, 1),
+                             r.width, r.init, r.input_variance)
+        draw_phase_diagram(grid, args.phase_diagram, f"{r.activation}, {r.init}, depth {max(r.depth, 1)}, "
+                           f"width {r.width}: order | chaos (red: chi_1 = 1)")
+        doc["phase_diagram"] = args.phase_diagram
     if args.json:
         print_json(doc)
         return 0
-    print(f"{r.activation}, {r.init} init, depth {r.depth}, width {r.width}, sigma_w^2 = {r.sigma_w2:g}, "
-          f"sigma_b = {args.sigma_b:g}, input variance {r.input_variance:g}")
+    print(f"{r.activation}, {r.init} init, depth {r.depth}, width {r.width}, in_features {r.in_features}, "
+          f"sigma_w^2 = {r.sigma_w2:g}, sigma_b = {args.sigma_b:g}, input variance {r.input_variance:g}")
     print(f"q* = {r.q_star:.6g}   chi = sigma_w^2 mu1(q*) = {r.chi:.6g}   mu1(q*) = {r.mu1:.6g}   "
           f"mu2(q*) = {r.mu2:.6g}   s1 = {r.s1:g}")
-    print(f"VNI form: {args.form} ({'sum over each layer q_l' if args.form == 'finite' else 'eq. 3.7 at q*'}); "
-          "values above 1 mean the first-order theory has left its range (N >> L)")
+    what = {"finite": {"zero-mean": "covariance map of a zero-mean net", "relu": "radial-angular relu model",
+                       "none": f"not covered for {r.activation} with sigma_b = {args.sigma_b:g}: use --form "
+                               "jacobian or asymptotic"}[r.finite_form],
+            "jacobian": "eq. 3.7 summed over each layer's q_l", "asymptotic": "eq. 3.7 at q*"}[args.form]
+    print(f"VNI form: {args.form} ({what})" + ("" if args.form == "finite" else
+          "; first order in L/N, values above 1 mean it has left its range (N >> L)"))
+    if "signal" in doc:
+        sd = doc["signal"]
+        print(f"signal: {sd['phase']}, c* = {sd['c_star']:.6g}, chi_1 = {sd['chi_1']:.6g}, chi_c = {sd['chi_c']:.6g}, "
+              f"xi_q = {sd['xi_q']:.4g}, xi_c = {sd['xi_c']:.4g}")
+    if args.phase_diagram:
+        print(f"phase diagram: {args.phase_diagram}")
     print(f"{'layer':>6} {'q_l':>10} {'VNI':>10} {'eff.nodes':>10} {'m1':>10} {'m2':>10}")
     for i, l in enumerate(layers):
         print(f"{l:6d} {doc['q'][i]:10.4g} {doc['vni'][i]:10.4g} {doc['effective_nodes'][i]:10.4g} "

@@ -238,7 +238,7 @@ class Fig32(_Ch3):
     even centred, against 1/784 for i.i.d.). The centred-only series is kept to show what correlated inputs do."""
 
     name = "fig3.2"
-    title = "VNI vs depth: eq. 3.7 vs simulation with i.i.d. inputs and with MNIST (whitened, centred)"
+    title = "VNI vs depth: theory vs simulation with i.i.d. inputs and with MNIST (whitened, centred)"
     reproduces = "thesis Fig. 3.2"
     presets = {
         "quick": {"widths": [200, 500], "depths": list(range(10, 101, 10)), "activation": "hard_tanh",
@@ -255,7 +255,8 @@ class Fig32(_Ch3):
         for w in p["widths"]:
             base = {"width": w, "depth": max(p["depths"]), "activation": p["activation"],
                     "input_variance": p["input_variance"]}
-            out.append(WorkUnit({**base, "source": "theory"}, None))
+            # the i.i.d. inputs have 784 features: the first matrix is N x 784 and adds N/784 of a layer
+            out.append(WorkUnit({**base, "source": "theory", "in_features": 784}, None))
             for seed in range(p["seeds"]):
                 out.append(WorkUnit({**base, "source": "iid", "n": p["n_iid"]}, seed))
                 out += [WorkUnit({**base, "source": "mnist", "preprocess": pre, "n": p["n_mnist"]}, seed)
@@ -265,7 +266,8 @@ class Fig32(_Ch3):
     def run_unit(self, u, ctx):
         s, depths = u.spec, ctx.params["depths"]
         if s["source"] == "theory":
-            th = predict(s["depth"], s["width"], s["activation"], "gaussian", input_variance=s["input_variance"])
+            th = predict(s["depth"], s["width"], s["activation"], "gaussian", input_variance=s["input_variance"],
+                         in_features=s["in_features"])
             return [Value("vni_theory", float(th.vni_finite[l - 1]), layer=l) for l in range(1, s["depth"] + 1)]
         if s["source"] == "iid":
             x = gaussian(s["n"], 784, s["input_variance"], seed=10_000 + u.seed)
@@ -282,7 +284,9 @@ class Fig32(_Ch3):
 
     def _curves(self, store, params, width):
         curves = {}
-        for name, (where, _, _) in [("theory", ({"source": "theory"}, None, None)), *_FIG32_SERIES.items()]:
+        # theory units without in_features (stores from before it was a parameter) are not drawn
+        for name, (where, _, _) in [("theory", ({"source": "theory", "in_features": 784}, None, None)),
+                                    *_FIG32_SERIES.items()]:
             by = {}
             q = "vni_theory" if name == "theory" else "vni"
             for r in store.rows(self.name, q, width=width, **where):
@@ -303,7 +307,7 @@ class Fig32(_Ch3):
             if "theory" in curves:
                 c = curves["theory"]
                 ax.plot(sorted(c), [c[l][0] for l in sorted(c)], "-o", ms=3, color="red",
-                        label="Theoretical (eq. 3.7, finite-depth form)")
+                        label="Theoretical (finite-width covariance form)")
             for name, (_, label, colour) in _FIG32_SERIES.items():
                 if name not in curves:
                     continue
@@ -346,7 +350,8 @@ class Fig32(_Ch3):
                 f"hard_tanh, scaled-Gaussian weights, mean ± std over {seeds} seeds (the same nets for every "
                 f"series from layer 2 on). {notes}. Per seed a different random MNIST subset; whitening is "
                 "fitted on the whole split, cut-off: eigenvalues above the variance of 8-bit rounding noise "
-                "(1/255)²/12. Theory: eq. 3.7 summed layer by layer (depthscope.theory.predict(...).vni_finite).",
+                "(1/255)²/12. Theory: the finite-width covariance form with the first matrix N x 784 "
+                "(depthscope.theory.predict(..., in_features=784).vni_finite; docs/theory.md).",
                 ok, claims=claims))
         return res
 

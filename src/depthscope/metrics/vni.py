@@ -75,7 +75,11 @@ def effective_nodes(r_sq: torch.Tensor | float, width: int) -> torch.Tensor | fl
 
 
 def participation_ratio(r_sq: torch.Tensor | float) -> torch.Tensor | float:
-    """1 / R_sq = tr(C)^2 / tr(C^2): the participation ratio of C's spectrum (delve's measure)."""
+    """1 / R_sq = tr(C)^2 / tr(C^2): the participation ratio of C's spectrum.
+
+    Not delve's measure: delve reports saturation, the share of eigendirections needed to explain 99% of the
+    variance, a count where this is a ratio of spectral moments.
+    """
     return 1.0 / r_sq
 
 

@@ -1,0 +1,99 @@
+"""Accuracy of the relu radial-angular VNI model (issue 12 section 1): a table of measured VNI against it.
+
+    PYTHONPATH=src python benchmarks/theory_relu_table.py --widths 100,200,400 --seeds 8
+    PYTHONPATH=src python benchmarks/theory_relu_table.py --widths 1000 --seeds 2 --threads 2
+
+Bias-free relu nets at sigma_w^2 = 2, i.i.d. N(0, 0.1) inputs of 784 features, 1000 samples, float64, layers
+streamed (depthscope.nets.stream_layers: one layer's weights in memory). For each width N and init, the VNI
+(eq. 3.5) at depths 1, 3, 10, N/10, N/4, N/2, N, averaged over seeds, beside the model's prediction of what
+1000 samples read (predict(..., samples=1000).vni_sampled) and eq. 3.7. "err" is model/measured - 1; "se" is
+the standard error of the measured mean over seeds, as a share of it: a gap below ~2 se is within the noise.
+Prints a markdown table; --out FILE also writes the numbers (every seed's measurement) as JSON, and --from FILE
+prints the table again from such a file with the current model, without simulating.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import numpy as np
+import torch
+
+from depthscope import theory
+from depthscope.metrics import vni
+from depthscope.nets import NetSpec, stream_layers
+
+
+def depths_for(n: int) -> list[int]:
+    return sorted({d for d in (1, 3, 10, n // 10, n // 4, n // 2, n) if 1 <= d <= n})
+
+
+def measure(init: str, n: int, depths: list[int], seeds: int, samples: int, p: int = 784) -> np.ndarray:
+    out = np.empty((seeds, len(depths)))
+    for s in range(seeds):
+        spec = NetSpec(depth=max(depths), width=n, activation="relu", init=init, in_features=p)
+        g = torch.Generator().manual_seed(1_000_000 + s)
+        x = torch.randn(samples, p, generator=g, dtype=torch.float64) * math.sqrt(0.1)
+        got = {l: float(vni(xl)) for l, _, xl in stream_layers(spec, x, s) if l in depths}
+        out[s] = [got[d] for d in depths]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--widths", default="100,200,400")
+    ap.add_argument("--inits", default="gaussian,orthogonal")
+    ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--samples", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--from", dest="source", default=None, help="a JSON file from --out: re-evaluate, no simulation")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    saved = {}
+    if a.source:
+        with open(a.source) as f:
+            for r in json.load(f):
+                saved.setdefault((r["width"], r["init"]), {})[r["depth"]] = r["per_seed"]
+        a.widths = ",".join(sorted({str(w) for w, _ in saved}, key=int))
+        a.inits = ",".join(dict.fromkeys(i for _, i in saved))
+    rows = []
+    print("| N | init | L | measured | se | model | err | eq. 3.7 err |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n in [int(w) for w in a.widths.split(",")]:
+        depths = depths_for(n)
+        for init in a.inits.split(","):
+            t0 = time.time()
+            if a.source:
+                if (n, init) not in saved:
+                    continue
+                depths = sorted(saved[(n, init)])
+                m = np.array([saved[(n, init)][d] for d in depths]).T
+            else:
+                m = measure(init, n, depths, a.seeds, a.samples)
+            seeds = m.shape[0]
+            r = theory.predict(max(depths), n, "relu", init, in_features=784, samples=a.samples)
+            for i, d in enumerate(depths):
+                mean = float(m[:, i].mean())
+                se = float(m[:, i].std(ddof=1) / math.sqrt(seeds)) / mean if seeds > 1 else float("nan")
+                model, eq37 = float(r.vni_sampled[d - 1]), float(r.vni_asymptotic[d - 1])
+                rows.append(dict(width=n, init=init, depth=d, measured=mean, se=se, model=model,
+                                 err=model / mean - 1, eq37_err=eq37 / mean - 1, seeds=seeds,
+                                 per_seed=m[:, i].tolist()))
+                print(f"| {n} | {init} | {d} | {mean:.4f} | {100 * se:.1f}% | {model:.4f} | "
+                      f"{100 * (model / mean - 1):+.1f}% | {100 * (eq37 / mean - 1):+.0f}% |", flush=True)
+            print(f"<!-- N={n} {init}: {time.time() - t0:.0f} s -->", flush=True)
+    worst = max(rows, key=lambda r: abs(r["err"]))
+    print(f"\nworst |err| {100 * abs(worst['err']):.1f}% at N={worst['width']} {worst['init']} L={worst['depth']} "
+          f"(se {100 * worst['se']:.1f}%); within 10%: {sum(abs(r['err']) <= 0.10 for r in rows)}/{len(rows)}; "
+          f"within 10% + 2 se: {sum(abs(r['err']) <= 0.10 + 2 * (r['se'] if r['seeds'] > 1 else 0) for r in rows)}"
+          f"/{len(rows)}")
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
