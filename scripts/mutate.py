@@ -170,14 +170,17 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copytree(base, w)
             works.append(w)
         broken: dict[tuple, str] = {}
+        t0 = time.monotonic()
         if not args.no_baseline:
             sels = sorted({m.selection for m in mutants if not m.equivalent}, key=str)
             print(f"baseline: {len(sels)} test selection(s) on the unmutated code", flush=True)
-            for tests, k in sels:
-                status, secs, tail = run_tests(base, tests, k, args.timeout)
-                if status != "pass":
-                    broken[(tests, k)] = f"baseline {status}: {tail}"
-                    print(f"  BROKEN {' '.join(tests)} -k {k!r}: {status} {tail}", flush=True)
+            with cf.ThreadPoolExecutor(args.jobs) as pool:
+                for (tests, k), (status, secs, tail) in zip(
+                        sels, pool.map(lambda sel: run_tests(base, sel[0], sel[1], args.timeout), sels)):
+                    if status != "pass":
+                        broken[(tests, k)] = f"baseline {status}: {tail}"
+                        print(f"  BROKEN {' '.join(tests)} -k {k!r}: {status} {tail}", flush=True)
+            print(f"baseline done ({time.monotonic() - t0:.0f} s)", flush=True)
         results: dict[str, tuple[str, float, str]] = {}
         todo = []
         for m in mutants:
@@ -196,7 +199,6 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 free.append(w)
 
-        t0 = time.monotonic()
         with cf.ThreadPoolExecutor(args.jobs) as pool:
             for mid, res in pool.map(job, todo):
                 results[mid] = res

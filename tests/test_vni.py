@@ -210,9 +210,12 @@ def test_vni_moments_overwrite_centres_in_place_with_the_same_numbers(gen):
     assert torch.equal(x, keep)  # the default leaves the input alone
     got = vni_moments(x, overwrite=True)
     assert torch.equal(got, ref)
-    r = (keep.amax(1) - keep.amin(1)).amax(-1)  # the largest node range of each matrix
+    compare(x, keep - keep.mean(1, keepdim=True), rtol=0, atol=1e-5)  # x now holds X_c
+    big = keep * 2.0**60  # a range over 2^40: rescaled by 2^-e, e the exponent of the largest range
+    r = (big.amax(1) - big.amin(1)).amax(-1)
     scale = torch.exp2(-torch.frexp(r).exponent.float())[:, None, None]
-    compare(x, (keep - keep.mean(1, keepdim=True)) * scale, rtol=0, atol=1e-6)  # x now holds 2^-e X_c
+    compare(vni_moments(big, overwrite=True)[:, 0], ref[:, 0], rtol=1e-6)
+    compare(big, (keep - keep.mean(1, keepdim=True)) * 2.0**60 * scale, rtol=0, atol=1e-6)  # 2^-e X_c
     h = keep.to(torch.bfloat16)
     h_copy = h.clone()
     vni_moments(h, overwrite=True)  # not float32/64: converted, and the input is left alone

@@ -151,10 +151,15 @@ def participation_ratio(r_sq: torch.Tensor | float) -> torch.Tensor | float:
     return 1.0 / r_sq
 
 
-def _pow2_scale(r: torch.Tensor, emax: int) -> torch.Tensor:
-    """2^-e with r 2^-e in [0.5, 1) (1 for r = 0 or non-finite), e clamped to [-emax, emax]: an exact rescaling."""
+def _pow2_scale(r: torch.Tensor, emax: int, safe: int) -> torch.Tensor:
+    """2^-e with r 2^-e in [0.5, 1), e clamped to [-emax, emax], where r lies outside [2^-safe, 2^safe]; else 1.
+
+    An exact rescaling, applied only where the squares could overflow or underflow, so
+    ordinary activations are left as they are (and the rescaling pass can be skipped).
+    """
     e = torch.frexp(r).exponent.clamp(-emax, emax).to(torch.float64)
-    return torch.where(torch.isfinite(r) & (r > 0), torch.exp2(-e), torch.ones_like(r))
+    needed = torch.isfinite(r) & (r > 0) & ((r < 2.0**-safe) | (r > 2.0**safe))
+    return torch.where(needed, torch.exp2(-e), torch.ones_like(r))
 
 
 class CovarianceAccumulator:
@@ -241,8 +246,9 @@ def vni_moments(x: torch.Tensor, *, chunk: int = 512, overwrite: bool = False) -
     The fast path of :func:`vni` for a watch that runs every step: the products are
     float32 (about twice as fast as float64). Steps:
     (0) one min/max pass per node finds the exactly constant nodes (zeroed, as in :func:`vni`)
-    and the largest node range r; x is multiplied by the power of two 2^-e that puts r in
-    [1/2, 1) (exact), so |y| ~ 1e19 cannot overflow the float32 squares nor 1e-30 underflow them;
+    and the largest node range r; where r lies outside [2^-40, 2^40] (float32; [2^-400, 2^400]
+    for float64), x is multiplied by the power of two 2^-e that puts r in [1/2, 1) (exact),
+    so |y| ~ 1e19 cannot overflow the float32 squares nor 1e-30 underflow them;
     (1) centring in two float32 passes: x - m with m the column mean is exact wherever x
     lies within a factor 2 of m (Sterbenz) and otherwise off by one rounding of the
     *centred* value; the residual column mean of those differences is subtracted too, so a
@@ -259,7 +265,7 @@ def vni_moments(x: torch.Tensor, *, chunk: int = 512, overwrite: bool = False) -
     half precision in float32. Returns float64 on x's device (no host sync). Degenerate
     inputs as :func:`vni`: R_sq is NaN when every node is constant; all three are NaN when
     x holds an inf or NaN. With ``overwrite``, a float32/float64 x is scaled and centred in
-    place (x is left holding 2^-e X_c): for a caller's scratch buffer, it saves an allocation
+    place (x is left holding X_c, times 2^-e if rescaled): for a caller's scratch buffer, it saves an allocation
     of x's size, which on CPU costs more in page faults than the arithmetic.
     """
     _check_shape(x)
@@ -273,10 +279,15 @@ def vni_moments(x: torch.Tensor, *, chunk: int = 512, overwrite: bool = False) -
     lo64, hi64 = lo.to(torch.float64), hi.to(torch.float64)
     r = (hi64 - lo64).amax(-1)  # inf or NaN exactly when x holds an inf or NaN
     finite = torch.isfinite(r)
-    scale = _pow2_scale(r, 125 if x.dtype == torch.float32 else 1020)  # (...)
+    f32 = x.dtype == torch.float32
+    scale = _pow2_scale(r, 125 if f32 else 1020, 40 if f32 else 400)  # (...): 1 unless the range is extreme
     v = torch.where(const, torch.zeros((), dtype=scale.dtype, device=scale.device), scale[..., None])
     v = v.to(x.dtype).unsqueeze(-2)  # (..., 1, N): 2^-e, 0 on constant nodes
-    xc = x.mul_(v) if overwrite else x * v
+    # on CPU a check is free and saves a pass over x; on an accelerator it would be a host sync
+    if x.device.type == "cpu" and not bool((v != 1).any()):
+        xc = x if overwrite else x.clone()
+    else:
+        xc = x.mul_(v) if overwrite else x * v
     m1 = xc.sum(-2, keepdim=True).div_(s)
     xc.sub_(m1)
     d = xc.sum(-2, keepdim=True).div_(s)  # the residual mean, from (nearly) exact differences
