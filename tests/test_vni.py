@@ -70,6 +70,16 @@ def test_rho_squared_constant_node_is_uncorrelated(gen):
     assert r2[1, 0] == 0 and r2[0, 1] == 0 and r2[1, 1] == 1
 
 
+@pytest.mark.parametrize("value", [0.1, 0.7, 2.0 / 3])
+def test_rho_squared_constant_node_whose_mean_rounds_is_still_uncorrelated(value, gen):
+    """37 copies of 0.1 do not average to 0.1 in float64: the rounding must not read as a variance."""
+    x = torch.randn(37, 3, generator=gen, dtype=torch.float64)
+    x[:, 1] = value
+    assert float(x[:, 1].mean()) != value or value == 2.0 / 3  # the case this pins (2/3 rounds at 30, not 37)
+    r2 = rho_squared(x)
+    assert r2[1, 0] == 0 and r2[0, 1] == 0 and r2[1, 2] == 0 and r2[1, 1] == 1
+
+
 def test_accumulator_matches_batch_vni(gen):
     x = torch.randn(257, 12, generator=gen, dtype=torch.float64) @ torch.randn(12, 12, generator=gen, dtype=torch.float64)
     acc = CovarianceAccumulator(12)
