@@ -300,7 +300,7 @@ def _degenerate_cases(seed: int):
     return cases
 
 
-@pytest.mark.parametrize("seed", range(30))
+@pytest.mark.parametrize("seed", range(12))
 def test_every_vni_function_agrees_on_degenerate_inputs(seed):
     fns = _vni_functions()
     for case, x, expected in _degenerate_cases(seed):
