@@ -402,3 +402,12 @@ def test_accumulator_rescales_across_batches_of_very_different_size(gen):
     zeros_first.update(torch.zeros(4, 6, dtype=torch.float64))
     zeros_first.update(x[:30] * 1e-200)
     compare(zeros_first.vni(), vni(torch.cat([torch.zeros(4, 6, dtype=torch.float64), x[:30]])), rtol=1e-12)
+
+
+def test_vni_of_values_near_the_float64_maximum(gen):
+    """|x| up to 1e307: the sum behind a plain mean would overflow (40 x 1e307 > 1.8e308); vni divides by max|x| first."""
+    x = torch.randn(40, 6, generator=gen, dtype=torch.float64) @ torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    x = x + 3.0
+    huge = x * (1e307 / float(x.abs().max()))
+    compare(vni(huge), vni(x), rtol=1e-12)
+    compare(vni(huge.unsqueeze(0))[0], vni(x), rtol=1e-12)
