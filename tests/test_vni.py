@@ -407,7 +407,8 @@ def test_accumulator_rescales_across_batches_of_very_different_size(gen):
 def test_vni_of_values_near_the_float64_maximum(gen):
     """|x| up to 1e307: the sum behind a plain mean would overflow (40 x 1e307 > 1.8e308); vni divides by max|x| first."""
     x = torch.randn(40, 6, generator=gen, dtype=torch.float64) @ torch.randn(6, 6, generator=gen, dtype=torch.float64)
-    x = x + 3.0
-    huge = x * (1e307 / float(x.abs().max()))
+    x = x - x.min() + 10.0  # all positive: the 40 terms of a plain sum add up past 1.8e308
+    huge = x * (1.7e307 / float(x.abs().max()))
+    assert not torch.isfinite(huge.sum(0)).all()
     compare(vni(huge), vni(x), rtol=1e-12)
     compare(vni(huge.unsqueeze(0))[0], vni(x), rtol=1e-12)
