@@ -510,3 +510,70 @@ def test_mnist_example_loads_mnist_through_depthscope_data(tmp_path, monkeypatch
     monkeypatch.setattr(ex, "SHARED_MNIST", tmp_path / "absent")
     monkeypatch.delenv("DEPTHSCOPE_DATA")
     assert ex.data_dir_for(None) is None
+
+
+# -- pause / resume -------------------------------------------------------------------------------
+def test_paused_passes_are_not_captured_and_steps_advance_only_by_step():
+    """A validation pass inside a training step: paused, it adds no rows and no calls to the step."""
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the same weights in both runs
+    x, xv = (torch.randn(12, 8, generator=torch.Generator().manual_seed(s)) for s in (0, 1))
+
+    def run(validate: bool) -> list[dict]:
+        with watch(model, every=1, optimizer=opt) as w:
+            for _ in range(3):
+                opt.zero_grad()
+                model(x).pow(2).mean().backward()
+                if validate:
+                    with w.paused():
+                        assert w.is_paused and not w.armed
+                        model(xv).pow(2).mean().backward()  # neither rows nor output gradients
+                    assert not w.is_paused and w.armed
+                    w.pause()
+                    with torch.no_grad():
+                        model(xv)
+                    w.pause()  # idempotent
+                    w.resume()
+                opt.step()
+            assert w.step_count == 3
+        return w.records
+
+    plain, with_val = run(False), run(True)
+    assert len(plain) == 9
+    for a, b in zip(plain, with_val):
+        assert a["calls"] == b["calls"] == 1 and a["samples"] == b["samples"] == 12
+        # p.grad is the user's: a backward while paused adds to it, and grad_norm reads it when the
+        # step ends. Everything captured by hooks (rows, output gradients) is the training pass alone.
+        drop = ("grad_norm", "grad_rms")
+        np.testing.assert_equal({k: v for k, v in a.items() if k not in drop},
+                                {k: v for k, v in b.items() if k not in drop})
+
+
+def test_pause_across_steps_records_nothing_and_paused_block_restores_state():
+    model = mlp()
+    w = watch(model, every=1).attach()
+    w.pause()
+    for _ in range(2):
+        model(torch.randn(6, 8))
+        w.step()  # steps advance while paused
+    assert w.step_count == 2 and w.records == [] and not w.armed
+    with w.paused():  # already paused: still paused after the block
+        pass
+    assert w.is_paused
+    w.resume()
+    assert w.armed
+    model(torch.randn(6, 8))
+    w.step()
+    w.detach()
+    assert {r["step"] for r in w.records} == {2}
+    no_hooks(model)
+
+
+def test_pause_inside_forward_stops_capture_at_once():
+    model = mlp()
+    w = watch(model, every=1).attach()
+    h = model[1].register_forward_hook(lambda *a: w.pause())  # after layer "0", before "2" and "4"
+    model(torch.randn(6, 8))
+    h.remove()
+    w.detach()
+    assert [r["name"] for r in w.records] == ["0"]

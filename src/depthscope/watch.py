@@ -68,6 +68,7 @@ logged on the ``depthscope.watch`` logger and appended to ``w.alerts``; each
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import fnmatch
 import logging
@@ -75,7 +76,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -438,6 +439,7 @@ class Watch:
         self._free: dict[tuple, list[torch.Tensor]] = {}
         self._in_use: list[torch.Tensor] = []
         self._attached = False
+        self._paused = False
         self._handles: list[Any] = []  # the optimizer hook: registered from attach() to detach()
         self._armed: list[Any] = []  # forward hooks: registered only while a scheduled step runs
         self._writer_args = dict(run_dir=run_dir, run=run, csv=csv, tensorboard=tensorboard)
@@ -458,6 +460,42 @@ class Watch:
     def names(self) -> list[str]:
         """Qualified names of the watched modules; ``names[l-1]`` is layer l."""
         return [w.name for w in self.watched]
+
+    @property
+    def is_paused(self) -> bool:
+        """Whether capture is paused (:meth:`pause`); the step counter still advances."""
+        return self._paused
+
+    def pause(self) -> None:
+        """Stop capturing until :meth:`resume`: forward passes run while paused are not read.
+
+        For passes that are not training (a validation loop inside a training step, a
+        sanity check): their outputs are not sampled and their output gradients not
+        read (the forward hooks are removed). Steps still advance only through
+        :meth:`step` or the optimizer hook, paused or not; what the current step
+        captured before the pause is kept and recorded with it (the backward of a pass
+        captured before the pause still reads its output gradient). Parameter
+        gradients are read from ``p.grad`` when the step ends, so a backward run while
+        paused adds to them as it adds to the optimizer's. Idempotent.
+        """
+        self._paused = True
+        self._disarm()
+
+    def resume(self) -> None:
+        """Capture again (after :meth:`pause`) from the next forward pass on, if this step is scheduled."""
+        self._paused = False
+        self._schedule()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator["Watch"]:
+        """``with w.paused(): validate()``: no capture inside the block; the state before it comes back after."""
+        was = self._paused
+        self.pause()
+        try:
+            yield self
+        finally:
+            if not was:
+                self.resume()
 
     def attach(self) -> "Watch":
         """Register the optimizer hook, open the writers, and arm the forward hooks if this step is scheduled."""
@@ -505,7 +543,7 @@ class Watch:
     def _schedule(self) -> None:
         # Unscheduled steps run the bare model: no forward hook is even registered, so
         # watching costs nothing between records (not one Python call per module).
-        if self.attached and self.step_count % self.every == 0:
+        if self.attached and not self._paused and self.step_count % self.every == 0:
             if not self._armed:
                 self._armed = [w.module.register_forward_hook(self._make_hook(w)) for w in self.watched]
         else:
