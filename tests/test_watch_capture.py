@@ -1,0 +1,230 @@
+"""depthscope.watch capture and inputs: the reservoir across calls, memory, seeds, names (issue 11 §1 §4 §5 §7)."""
+from __future__ import annotations
+
+import gc
+import itertools
+import logging
+import math
+import weakref
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from depthscope.metrics import vni
+from depthscope.watch import Watch, as_rows, reservoir_plan, sample_rows, watch, watch_report
+from depthscope.watch.capture import _seed_for, reservoir_reference
+
+STAT_RTOL = 1e-6
+
+
+def mlp(seed=0, width=16):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(), nn.Linear(width, 3))
+
+
+def feed(sizes, k, seeds):
+    """Global row numbers in a reservoir fed by reservoir_plan (the fast path), as the watch does."""
+    res: list[int] = []
+    seen = 0
+    for n, seed in zip(sizes, seeds):
+        f, slots, rows = reservoir_plan(seen, n, k, seed)
+        res += [seen + i for i in range(f)]
+        for s, r in zip(slots.tolist(), rows.tolist()):
+            res[s] = seen + r
+        seen += n
+    return res
+
+
+@pytest.mark.parametrize("sizes,k", [([5, 15, 10], 8), ([1, 1, 1, 40, 3], 6), ([3, 2], 10), ([12], 4),
+                                     ([2, 2, 2, 2, 2, 2, 2, 2], 3), ([0, 7, 0, 9], 5)])
+def test_reservoir_plan_equals_row_by_row_algorithm_r(sizes, k):
+    for trial in range(20):
+        seeds = [trial * 100 + i for i in range(len(sizes))]
+        assert feed(sizes, k, seeds) == reservoir_reference(sizes, k, seeds)
+
+
+def test_reservoir_sample_is_uniform_over_subsets():
+    """Every 2-subset of 5 rows fed in calls of 1, 2, 2 is equally likely: chi-square over 10 cells."""
+    trials, k = 6000, 2
+    counts = Counter(frozenset(feed([1, 2, 2], k, [3 * t, 3 * t + 1, 3 * t + 2])) for t in range(trials))
+    subsets = [frozenset(c) for c in itertools.combinations(range(5), k)]
+    assert set(counts) == set(subsets)
+    expected = trials / len(subsets)
+    chi2 = sum((counts[s] - expected) ** 2 / expected for s in subsets)
+    assert chi2 < 27.9, (chi2, counts)  # chi-square, 9 degrees of freedom: P(chi2 > 27.9) = 0.001
+
+
+def test_reservoir_inclusion_is_k_over_n_for_every_row_whatever_the_calls():
+    sizes, k, trials = [5, 15, 10], 8, 3000
+    hits = np.zeros(30)
+    for t in range(trials):
+        for j in feed(sizes, k, [t, t + 10_000, t + 20_000]):
+            hits[j] += 1
+    p = k / 30
+    sd = math.sqrt(trials * p * (1 - p))
+    assert np.abs(hits - trials * p).max() < 4.5 * sd, hits  # a biased rule (e.g. first calls favoured) fails
+
+
+def test_module_called_many_times_keeps_max_rows_and_equals_its_reference():
+    """200 calls of 16 rows, max_rows 64: the watch holds 64 rows, the same the reference algorithm picks."""
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 6)
+
+    class Loop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = lin
+
+        def forward(self, xs):
+            return [self.lin(x) for x in xs]
+
+    xs = [torch.randn(16, 6, generator=torch.Generator().manual_seed(i)) for i in range(200)]
+    model = Loop()
+    with watch(model, every=1, modules="lin", max_rows=64, seed=3) as w:
+        outs = model(xs)
+        # one reservoir of 64 rows, whatever the number of calls; it grew 16 -> 32 -> 64 rows, and
+        # while growing held the old one too: the bound's growth term, at most one more reservoir
+        assert w.held_bytes == 64 * 6 * 4 and w.peak_held_bytes == (32 + 64) * 6 * 4 <= 2 * 64 * 6 * 4
+    r = w.records[0]
+    assert (r["calls"], r["samples"]) == (200, 64)
+    rows = torch.cat([o.detach() for o in outs])
+    keep = reservoir_reference([16] * 200, 64, [_seed_for(3, 0, 1, c) for c in range(1, 201)])
+    np.testing.assert_allclose(r["vni"], float(vni(rows[sorted(keep)])), rtol=STAT_RTOL)
+    assert w.held_bytes == 0
+
+
+def test_row_sample_seed_depends_on_the_step():
+    """The same input at steps 0 and 1 gives other rows (hence another VNI): the step is in the seed."""
+    x = torch.randn(500, 8, generator=torch.Generator().manual_seed(0))
+    model = mlp()
+    with watch(model, every=1, max_rows=20, seed=1, modules="0") as w:
+        for _ in range(3):
+            with torch.no_grad():
+                model(x)
+            w.step()
+    v = [r["vni"] for r in w.records]
+    assert len(set(v)) == 3, v
+    out = model[0](x).detach()
+    for r in w.records:  # each is the reference sample of its own step
+        ref = sample_rows(as_rows(out, 1), 20, _seed_for(1, r["step"], 1, 1))
+        np.testing.assert_allclose(r["vni"], float(vni(ref)), rtol=STAT_RTOL)
+    assert len({_seed_for(0, s, 1, 1) for s in range(100)}) == 100
+
+
+def test_buffers_are_freed_after_detach():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    refs = []
+    w = watch(model, every=1, optimizer=opt).attach()
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(40, 8)).sum().backward()
+        refs += [weakref.ref(c.buf) for c in w._pending.values()]
+        opt.step()
+    assert w.held_bytes > 0  # every=1 keeps its buffers for the next step
+    w.detach()
+    gc.collect()
+    assert w.held_bytes == 0 and refs and all(r() is None for r in refs)
+
+
+# -- bad input, named where it enters ---------------------------------------------------------------
+@pytest.mark.parametrize("kw,match", [
+    (dict(seed="abc"), "seed must be an integer, got 'abc'"),
+    (dict(seed=1.5), "seed must be an integer"),
+    (dict(every=True), "every must be an integer"),
+    (dict(max_rows=1), "max_rows must be an integer >= 2"),
+    (dict(node_axis={"0": "last"}), r"node_axis\['0'\] must be an integer axis"),
+    (dict(node_axis={"0": 1.0}), "must be an integer axis"),
+    (dict(run="x/../../../escaped"), "run name 'x/../../../escaped' is not allowed"),
+    (dict(run=""), "is not allowed"),
+    (dict(run=".hidden"), "is not allowed"),
+    (dict(optimizer="sgd"), "optimizer= expects a torch.optim.Optimizer"),
+])
+def test_bad_arguments_are_one_clear_error_before_anything_happens(kw, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        Watch(mlp(), run_dir=tmp_path / "d", **kw)
+    assert not (tmp_path / "d").exists()
+
+
+def test_node_axis_out_of_range_never_raises_inside_forward(caplog):
+    model = mlp()
+    caplog.set_level(logging.WARNING, logger="depthscope.watch")
+    with watch(model, every=1, node_axis={"2": 5}) as w:
+        for _ in range(2):
+            model(torch.randn(6, 8))  # must not raise
+            w.step()
+    assert {r["name"] for r in w.records} == {"0", "4"}
+    assert len([m for m in caplog.messages if "node_axis 5 is out of range" in m]) == 1
+
+
+def test_optimizer_and_step_together_are_refused():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with watch(model, every=1, optimizer=opt) as w:
+        model(torch.randn(4, 8)).sum().backward()
+        opt.step()
+        with pytest.raises(RuntimeError, match="count every step twice"):
+            w.step()
+        assert w.step_count == 1
+
+
+# -- runs are never overwritten; names never leave the directory ---------------------------------
+def _run(tmp_path, steps, **kw):
+    model = mlp()
+    with watch(model, every=1, run_dir=tmp_path, **kw) as w:
+        for _ in range(steps):
+            model(torch.randn(10, 8))
+            w.step()
+    return w
+
+
+def test_second_watch_into_the_same_dir_gets_a_fresh_name(tmp_path, caplog):
+    from depthscope.store import Store
+
+    a = _run(tmp_path, 3)
+    caplog.set_level(logging.INFO, logger="depthscope.watch")
+    b = _run(tmp_path, 2)
+    c = _run(tmp_path, 1, run="watch")  # named explicitly: renamed too, with a warning
+    assert (a.run, b.run, c.run) == ("watch", "watch-2", "watch-3")
+    assert any("this run is 'watch-3'" in r.message and r.levelno == logging.WARNING for r in caplog.records)
+    with Store(tmp_path) as st:
+        assert st.get_meta("watch/runs") == ["watch", "watch-2", "watch-3"]
+        assert sorted({r["step"] for r in st.rows("watch", "vni", run="watch")}) == [0, 1, 2]
+        assert sorted({r["step"] for r in st.rows("watch", "vni", run="watch-2")}) == [0, 1]
+        mine = {(r["layer"], r["step"]): r["value"] for r in st.rows("watch", "vni", run="watch")}
+    assert all(mine[(r["layer"], r["step"])] == r["vni"] for r in a.records)  # the first run intact
+
+
+def test_resume_continues_a_run_and_refuses_other_modules(tmp_path):
+    from depthscope.store import Store
+
+    _run(tmp_path, 2, run="r")
+    model = mlp()
+    w = watch(model, every=1, run_dir=tmp_path, run="r", resume=True)
+    w.step_count = 2
+    with w:
+        model(torch.randn(10, 8))
+    assert w.run == "r"
+    with Store(tmp_path) as st:
+        assert st.get_meta("watch/runs") == ["r"]
+        assert sorted({r["step"] for r in st.rows("watch", "vni", run="r")}) == [0, 1, 2]
+    with pytest.raises(ValueError, match="cannot resume watch run 'r'"):
+        watch(mlp(), every=1, run_dir=tmp_path, run="r", resume=True, modules="0").attach()
+
+
+def test_watch_report_confines_names_and_skips_a_bad_stored_one(tmp_path, caplog):
+    from depthscope.cli import main
+    from depthscope.store import Store
+
+    _run(tmp_path, 2, run="good")
+    with Store(tmp_path) as st:  # a store written by an older version, with a name that escapes
+        st.set_meta("watch/runs", st.get_meta("watch/runs") + ["x/../../../escaped"])
+    assert main(["watch-report", str(tmp_path), "--run", "x/../../../escaped"]) == 2
+    caplog.set_level(logging.WARNING, logger="depthscope.watch")
+    paths = watch_report(tmp_path, outdir=tmp_path / "fig")
+    assert [p.name for p in paths] == ["watch_vni_good.png", "watch_vni_good.svg"]
+    assert any("not a valid run name" in m for m in caplog.messages)
+    assert not list(tmp_path.parent.glob("escaped*")) and not list(tmp_path.glob("**/escaped*"))
