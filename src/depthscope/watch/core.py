@@ -94,6 +94,7 @@ class Watch:
         self.step_count = 0
         self._alerted: set[tuple[int, str]] = set()
         self._warned: set[tuple[int, str]] = set()
+        self._warned_empty = False
         self._last_grad: dict[int, float] = {}  # layer -> grad_rms at its previous record
         self._pending: dict[int, _Capture] = {}
         # Scratch buffers of a recorded step (the reservoirs). With every=1 they are reused by
@@ -219,6 +220,13 @@ class Watch:
         self._advance()
 
     def _advance(self) -> None:
+        if self.compiled and self._recording and not self._pending and not self._warned_empty:
+            # Dynamo keeps the graph it traced first and ignores hooks added later
+            # (skip_nnmodule_hook_guards): a model compiled and run before attach() is never seen.
+            self._warned_empty = True
+            logger.warning("depthscope.watch: step %d was scheduled but no watched module was captured: a compiled "
+                           "model keeps the hooks it had when it was first run, so attach the watch before its "
+                           "first call (or call torch._dynamo.reset() after attaching)", self.step_count)
         self.flush()
         self.step_count += 1
         self._schedule()
