@@ -228,3 +228,76 @@ def test_watch_report_confines_names_and_skips_a_bad_stored_one(tmp_path, caplog
     assert [p.name for p in paths] == ["watch_vni_good.png", "watch_vni_good.svg"]
     assert any("not a valid run name" in m for m in caplog.messages)
     assert not list(tmp_path.parent.glob("escaped*")) and not list(tmp_path.glob("**/escaped*"))
+
+
+# -- memory: the stated bound, measured ---------------------------------------------------------------
+def _peak_rss_during(fn) -> int:
+    """Peak resident bytes while fn runs minus resident bytes before (Linux: VmHWM reset by clear_refs)."""
+    import re
+    from pathlib import Path
+
+    def field(name):
+        return int(re.search(rf"{name}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) * 1024
+
+    gc.collect()
+    try:  # hand freed heap pages back, so that memory reused from earlier steps shows as new RSS
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from the current RSS
+    before = field("VmRSS")
+    fn()
+    return field("VmHWM") - before
+
+
+def test_extra_peak_memory_is_within_the_stated_bound_whatever_the_calls():
+    """3 layers called 160 times per step: the watch's extra peak RSS stays within extra_memory_bound
+    (reservoirs of max_rows rows), not the calls x rows x width that keeping every call would take."""
+    import os
+    import sys
+
+    from depthscope.watch.quantities import extra_memory_bound
+
+    if not sys.platform.startswith("linux") or not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("needs Linux /proc/self/clear_refs to reset the peak RSS")
+    d, calls, rows, k = 256, 160, 64, 2048
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d))
+    xs = [torch.randn(rows, d) for _ in range(calls)]
+
+    def step():
+        with torch.no_grad():
+            for x in xs:
+                model(x)
+
+    w = watch(model, every=1, max_rows=k)
+    bare = []
+    watched = []
+    for _ in range(2):  # the second round: allocator and page caches warmed by the first
+        bare.append(_peak_rss_during(step))
+        w.attach()
+        watched.append(_peak_rss_during(lambda: (step(), w.flush())))
+        w.detach()
+        assert w.held_bytes == 0
+    extra = watched[-1] - bare[-1]
+    bound = extra_memory_bound([d] * 3, k, rows=[calls * rows] * 3, call_rows=rows)
+    reservoirs = 3 * k * d * 4
+    kept_every_call = 3 * calls * min(rows, k) * d * 4  # what a per-call sample would hold: 31 MB
+    assert reservoirs / 2 < extra <= bound + (4 << 20), (extra, bound, bare, watched)
+    print(f"extra peak RSS {extra / 2**20:.1f} MiB, bound {bound / 2**20:.1f} MiB, reservoirs {reservoirs / 2**20:.1f} MiB")
+    assert bound < kept_every_call / 1.5
+
+
+def test_sum64_and_var64_equal_a_float64_reference_and_leave_the_input_alone():
+    from depthscope.watch.quantities import CHUNK64, sum64, var64
+
+    g = torch.Generator().manual_seed(0)
+    for t in (torch.randn(3 * CHUNK64 + 17, generator=g) * 3 + 1e3, torch.randn(50, 40, dtype=torch.float64,
+                                                                                generator=g)):
+        before = t.clone()
+        t64 = t.double()
+        np.testing.assert_allclose(float(sum64(t)), float(t64.sum()), rtol=1e-13)
+        np.testing.assert_allclose(float(var64(t)), float(t64.var(unbiased=False)), rtol=1e-12)
+        assert torch.equal(t, before)

@@ -26,9 +26,9 @@ QUANTITIES = (
 
 #: phi'(h) in closed form for common activation modules (checked against autograd in the tests).
 _DERIVATIVES: dict[type, Callable[[nn.Module, torch.Tensor], torch.Tensor]] = {
-    nn.Tanh: lambda m, h: 1.0 - torch.tanh(h) ** 2,
+    nn.Tanh: lambda m, h: torch.tanh(h).square_().neg_().add_(1.0),  # in place: one temporary of h's size
     nn.ReLU: lambda m, h: (h > 0).to(h.dtype),
-    nn.Sigmoid: lambda m, h: torch.sigmoid(h) * (1.0 - torch.sigmoid(h)),
+    nn.Sigmoid: lambda m, h: (lambda s: s.sub_(s.square()))(torch.sigmoid(h)),
     nn.LeakyReLU: lambda m, h: torch.where(h > 0, torch.ones_like(h), torch.full_like(h, m.negative_slope)),
 }
 
@@ -45,14 +45,68 @@ def derivative_of(phi: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor) 
     return g
 
 
+#: Entries of a float64 temporary made from a tensor when summing it (2^16: 512 KiB).
+CHUNK64 = 1 << 16
+
+
+def sum64(t: torch.Tensor, *, center: torch.Tensor | float | None = None, square: bool = False) -> torch.Tensor:
+    """sum_i (t_i - center)^p (p = 2 if ``square`` else 1) accumulated in float64, a float64 0-d tensor.
+
+    The entries are converted to float64 :data:`CHUNK64` at a time (``t.sum(dtype=torch.float64)``
+    would make a float64 copy of all of t): the watch's float64 temporaries stay that small.
+    """
+    flat = t.reshape(-1)
+    total = torch.zeros((), dtype=torch.float64, device=t.device)
+    for part in flat.split(CHUNK64):
+        p = part.to(torch.float64)
+        if center is not None:
+            p = p.sub_(center) if p.data_ptr() != part.data_ptr() else p - center
+        total += p.square().sum() if square else p.sum()
+    return total
+
+
+def var64(t: torch.Tensor) -> torch.Tensor:
+    """Population variance of every entry of t, two passes in float64 chunks (:func:`sum64`)."""
+    n = max(t.numel(), 1)
+    mean = sum64(t) / n
+    return sum64(t, center=mean, square=True) / n
+
+
 def mu1_sum(phi: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor) -> torch.Tensor:
-    """sum of phi'(h)^2 over every entry of h, a float64 tensor (mu_1 = this / h.numel(), thesis eq. 4.4)."""
-    return derivative_of(phi, h.detach()).to(torch.float64).pow(2).sum()
+    """sum of phi'(h)^2 over every entry of h, a float64 tensor (mu_1 = this / h.numel(), thesis eq. 4.4).
+
+    phi'(h)^2 is formed in h's dtype (float32 for half precision) and summed in float64 chunks.
+    """
+    d = derivative_of(phi, h.detach() if h.is_floating_point() and h.element_size() >= 4 else h.detach().float())
+    return sum64(d.square_())
 
 
 def _mu1(phi: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor) -> torch.Tensor:
     """mu_1 = mean of phi'(h)^2 over the samples and nodes of h (thesis eq. 4.4), a float64 tensor."""
     return mu1_sum(phi, h) / max(h.numel(), 1)
+
+
+def extra_memory_bound(widths: Sequence[int], max_rows: int, *, itemsize: int = 4,
+                       rows: Sequence[int] | None = None, call_rows: int = 0) -> int:
+    """Bytes: the bound on the watch's extra peak memory in a recorded step (docs/watch.md, "Memory").
+
+    sum_l k_l D_l b  +  4 max_l k_l D_l max(b, 4)  +  28 max_l m_l^2  +  41 n  +  8 CHUNK64
+
+    k_l = min(max_rows, rows_l) rows kept of module l (rows_l: the rows all its calls produce in
+    the step, default max_rows), D_l its width (nodes), b the output's bytes per entry, m_l =
+    min(k_l, D_l) the side of its Gram, n the rows of the largest single call. The terms: the
+    reservoirs; at most four transient copies of one module's rows (a reservoir that grows,
+    the gathered rows of one call, phi' and a half-precision input converted to float32);
+    vni_moments' float32 product and three float64 Gram-sized temporaries; the sampling
+    indices of one call; one float64 chunk of a variance or mu_1 sum. It does not grow with
+    the number of calls. Returned after detach: nothing of it stays.
+    """
+    rows = list(rows) if rows is not None else [max_rows] * len(widths)
+    ks = [min(max_rows, r) for r in rows]
+    res = sum(k * d * itemsize for k, d in zip(ks, widths))
+    trans = max((k * d for k, d in zip(ks, widths)), default=0) * 4 * max(itemsize, 4)
+    gram = max((min(k, d) ** 2 for k, d in zip(ks, widths)), default=0) * 28
+    return res + trans + gram + 41 * call_rows + 8 * CHUNK64
 
 
 def fan_in_of(module: nn.Module, nodes: int) -> int | None:
@@ -137,7 +191,7 @@ def compute_records(caps: Sequence[tuple[_Watched, _Capture]], step: int,
         fan_in = fan_in_of(w.module, n_nodes) if w.kind == "linear-like" else None
         if fan_in is not None and isinstance(weight, torch.Tensor):
             weights.append((rec, fan_in))
-            put(weight.detach().to(torch.float64).var(unbiased=False), [(rec, "sigma_w2")])  # x fan_in below
+            put(var64(weight.detach()), [(rec, "sigma_w2")])  # x fan_in below
             if w.phi is not None and w.phi_module is None:
                 put(_mu1(w.phi, x), [(rec, "sigma_w2_mu1")])  # x sigma_w2 below
             elif w.phi_module is not None and cap.mu1_n:
