@@ -301,3 +301,27 @@ def test_sum64_and_var64_equal_a_float64_reference_and_leave_the_input_alone():
         np.testing.assert_allclose(float(sum64(t)), float(t64.sum()), rtol=1e-13)
         np.testing.assert_allclose(float(var64(t)), float(t64.var(unbiased=False)), rtol=1e-12)
         assert torch.equal(t, before)
+
+
+def test_watch_report_cli_bad_values_are_one_line_exit_2(tmp_path, capsys):
+    from depthscope.cli import main
+
+    _run(tmp_path, 2, run="good")
+    (tmp_path / "afile").write_text("x")
+    for argv, msg in ((["--run", "../up"], "is not allowed"), (["--quantity", "nope"], "unknown quantity"),
+                      (["--out", str(tmp_path / "afile")], "is a file, not a directory")):
+        assert main(["watch-report", str(tmp_path), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert main(["watch-report", str(tmp_path), "--quantity", "act_var"]) == 0
+
+
+def test_report_scale_log_where_it_fits():
+    from matplotlib.colors import LogNorm
+
+    from depthscope.watch.report import _scale
+
+    assert _scale(np.array([[0.2, np.nan]]), "vni") == dict(vmin=0.0, vmax=1.0, cmap="magma")
+    assert isinstance(_scale(np.array([[1e-6, 1.0], [np.nan, 3e-2]]), "grad_rms")["norm"], LogNorm)
+    assert "norm" not in _scale(np.array([[1e-6, 0.0]]), "act_mean")  # not all positive
+    assert "norm" not in _scale(np.array([[1.0, 50.0]]), "grad_rms")  # under two decades
