@@ -325,3 +325,21 @@ def test_report_scale_log_where_it_fits():
     assert isinstance(_scale(np.array([[1e-6, 1.0], [np.nan, 3e-2]]), "grad_rms")["norm"], LogNorm)
     assert "norm" not in _scale(np.array([[1e-6, 0.0]]), "act_mean")  # not all positive
     assert "norm" not in _scale(np.array([[1.0, 50.0]]), "grad_rms")  # under two decades
+
+
+def test_bf16_autocast_outputs_read_in_their_dtype_numbers_of_float64():
+    """Under bf16 autocast the reservoir holds bf16 rows of three calls; VNI equals the float64 VNI of them."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 16))
+    x = torch.randn(3000, 8, generator=torch.Generator().manual_seed(1))
+    with watch(model, every=1, max_rows=5000) as w, torch.autocast("cpu", dtype=torch.bfloat16):
+        for chunk in x.split(1000):  # three calls: the reservoir fills across them
+            model(chunk).float().sum().backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y0 = model[0](x).detach()
+    assert y0.dtype == torch.bfloat16
+    r = [r for r in w.records if r["name"] == "0"][0]
+    assert (r["calls"], r["samples"]) == (3, 3000)
+    np.testing.assert_allclose(r["vni"], float(vni(y0.double())), rtol=1e-6)
+    mu1 = (1 - torch.tanh(y0.double()) ** 2).pow(2).mean()  # phi' of the bf16 rows, in float32 then float64
+    np.testing.assert_allclose(r["sigma_w2_mu1"], r["sigma_w2"] * float(mu1), rtol=1e-6)
