@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from conftest import compare
-from depthscope.inits import init_weight
 from depthscope.metrics import (
     input_output_jacobian,
     jacobian_vni,
@@ -19,25 +18,7 @@ from depthscope.metrics import (
 from depthscope.nets import NetSpec, build_net, stream_layers
 
 
-@pytest.mark.parametrize("shape", [(64, 64), (32, 80), (80, 32)], ids=["square", "wide", "tall"])
-def test_orthogonal_init_is_scaled_isometry(shape, gen):
-    w = init_weight(*shape, "orthogonal", 2.0, generator=gen, dtype=torch.float64)
-    n_out, n_in = shape
-    if n_out <= n_in:  # orthonormal rows times sigma_w
-        compare(w @ w.T, 2.0 * torch.eye(n_out), rtol=0, atol=1e-10)
-    else:  # orthonormal columns, rescaled so each unit sees sigma_w^2 Var[x]
-        compare(w.T @ w, 2.0 * n_out / n_in * torch.eye(n_in), rtol=0, atol=1e-10)
-
-
-@pytest.mark.parametrize("init", ["gaussian", "uniform", "orthogonal"])
-def test_init_variance_is_sigma_w2_over_fan_in(init, gen):
-    w = init_weight(400, 400, init, 1.7, generator=gen, dtype=torch.float64)
-    assert float(w.var()) * 400 == pytest.approx(1.7, rel=0.02)
-
-
-def test_uniform_init_bounds(gen):
-    w = init_weight(100, 300, "uniform", 1.0, generator=gen)
-    assert float(w.abs().max()) <= math.sqrt(3.0 / 300) + 1e-7
+# The init tests live in test_inits.py.
 
 
 def test_streaming_equals_materialised_and_stored():
@@ -57,11 +38,7 @@ def test_streaming_equals_materialised_and_stored():
     assert torch.isnan(part[0]) and not torch.isnan(part[2])
 
 
-def test_streaming_handles_deep_nets_in_bounded_memory():
-    spec = NetSpec(depth=2000, width=8, activation="tanh", arch="residual", residual_scale=0.1)
-    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
-    v = vni_per_layer(spec, x, 0, layers=[1, 2000])
-    assert torch.isfinite(v[[0, 1999]]).all()
+# test_streaming_handles_deep_nets_in_bounded_memory lives in test_metrics_layers.py (it measures the memory now).
 
 
 def test_depth_zero_is_identity():

@@ -113,9 +113,8 @@ def test_batched_vni_matches_vni():
 def test_group_key_mismatch_is_an_error():
     x, y = _blobs()
     a = RunSpec(3, 16, "tanh", "gaussian", "sgd", 1e-2, 0)
-    with pytest.raises(ValueError, match="group_key"):
+    with pytest.raises(ValueError, match=r"train_group needs runs with one group_key, got 2: \[\(3, "):
         train_group([a, RunSpec(4, 16, "tanh", "gaussian", "sgd", 1e-2, 0)], x, y, x[:10])
-    assert math.isfinite(a.lr)
 
 
 def test_failure_kind_rules():

@@ -26,7 +26,7 @@ def vni_double_sum(x: torch.Tensor) -> float:
     for i in range(n):
         for j in range(n):
             cov = float(((x[:, i] - mean[i]) * (x[:, j] - mean[j])).mean())
-            rho2 = cov**2 / (var[i] * var[j])
+            rho2 = cov**2 / (var[i] * var[j]) if var[i] * var[j] > 0 else 0.0  # a constant node: weight 0
             num += rho2 * var[i] * var[j]
             den += var[i] * var[j]
     return num / den
@@ -85,6 +85,30 @@ def test_debias_vni_removes_the_wishart_excess(gen):
     raw = torch.stack([vni(torch.randn(100, 40, generator=gen, dtype=torch.float64)) for _ in range(200)]).mean()
     assert float(raw) == pytest.approx(1 / 40 + 1 / 100, rel=0.05)
     assert float(debias_vni(raw, 100)) == pytest.approx(1 / 40, rel=0.05)
+
+
+def test_debias_vni_formula_uses_the_s_minus_1_degrees_of_freedom():
+    # (R - 1/m) / (1 + 1/m), m = S - 1: exact numbers, so S or S - 2 cannot pass
+    assert debias_vni(0.5, 4) == pytest.approx((0.5 - 1 / 3) / (1 + 1 / 3), rel=1e-15)
+    assert debias_vni(0.25, 2) == pytest.approx(-0.375, rel=1e-15)
+    with pytest.raises(ValueError, match="samples must be >= 2, got 1"):
+        debias_vni(0.5, 1)
+
+
+@pytest.mark.parametrize("samples,nodes", [(5, 20), (10, 40)])
+def test_mean_vni_of_independent_nodes_is_the_wishart_mean_with_s_minus_1_dof(samples, nodes, gen):
+    """E R_hat = (m + 1 + N) / (m N + 2) exactly for i.i.d. N(0, I) rows, m = S - 1 (the centred Wishart).
+
+    At S = 5 the m = S - 1 and m = S predictions differ by 16%, 50 standard errors of this
+    Monte Carlo mean: what tells debias_vni's S - 1 from S. The debiased mean then sits
+    within the second-order term 2/(mN) of 1/N, the S-debiased one 75% above it.
+    """
+    r = vni(torch.randn(20000, samples, nodes, generator=gen, dtype=torch.float64))
+    m = samples - 1
+    sem = float(r.std()) / math.sqrt(r.numel())
+    assert abs(float(r.mean()) - (m + 1 + nodes) / (m * nodes + 2)) < 4 * sem
+    assert abs(float(r.mean()) - (samples + 1 + nodes) / (samples * nodes + 2)) > 20 * sem
+    assert abs(float(debias_vni(r.mean(), samples)) * nodes - 1) < 2.5 / m
 
 
 def test_effective_nodes_and_participation_ratio():
@@ -187,7 +211,184 @@ def test_vni_moments_overwrite_centres_in_place_with_the_same_numbers(gen):
     got = vni_moments(x, overwrite=True)
     assert torch.equal(got, ref)
     compare(x, keep - keep.mean(1, keepdim=True), rtol=0, atol=1e-5)  # x now holds X_c
+    big = keep * 2.0**60  # a range over 2^40: rescaled by 2^-e, e the exponent of the largest range
+    r = (big.amax(1) - big.amin(1)).amax(-1)
+    scale = torch.exp2(-torch.frexp(r).exponent.float())[:, None, None]
+    compare(vni_moments(big, overwrite=True)[:, 0], ref[:, 0], rtol=1e-6)
+    compare(big, (keep - keep.mean(1, keepdim=True)) * 2.0**60 * scale, rtol=0, atol=1e-6)  # 2^-e X_c
     h = keep.to(torch.bfloat16)
     h_copy = h.clone()
     vni_moments(h, overwrite=True)  # not float32/64: converted, and the input is left alone
     assert torch.equal(h, h_copy)
+
+
+# -- every VNI function agrees on degenerate inputs (issue 11 section 4) -------------------------------------
+def _vni_functions():
+    """name -> f(x float64 (S, N)) -> float, for every VNI function of the package."""
+    from depthscope.ensemble import batched_vni
+    from depthscope.metrics import jacobian_vni
+    from depthscope.metrics.vni import vni_moments
+
+    def accumulated(x):
+        acc = CovarianceAccumulator(x.shape[1])
+        for part in torch.split(x, max(1, x.shape[0] // 3)):
+            acc.update(part)
+        return acc.vni()
+
+    def from_cov(x):
+        if not torch.isfinite(x).all():
+            return vni_from_covariance(torch.cov(x.T).reshape(x.shape[1], x.shape[1]))  # a non-finite covariance
+        m = float(x.abs().max()) or 1.0  # the covariance of x / sqrt(m): entries of x's size, no overflow
+        xc = x / m - (x / m).mean(0)
+        xc[:, (x == x[0]).all(0)] = 0.0
+        return vni_from_covariance(xc.T @ xc * m)
+
+    def jac(x):  # J = X_c: tr((J J^T)^2) / tr(J J^T)^2 is the VNI of x's rows
+        if not torch.isfinite(x).all():
+            return jacobian_vni(x)
+        m = float(x.abs().max()) or 1.0
+        xc = x / m - (x / m).mean(0)
+        xc[:, (x == x[0]).all(0)] = 0.0
+        return jacobian_vni(xc * m)
+
+    return {
+        "vni": vni,
+        "vni-float32": lambda x: vni(x.float()),
+        "vni_moments": lambda x: vni_moments(x)[0],
+        "vni_moments-float32": lambda x: vni_moments(x.float())[0],
+        "batched_vni": lambda x: batched_vni(x[None])[0],
+        "CovarianceAccumulator": accumulated,
+        "vni_from_covariance": from_cov,
+        "jacobian_vni": jac,
+    }
+
+
+def _degenerate_cases(seed: int):
+    """(name, x float64, expected: 'nan' | 'raise' | a base matrix whose double-sum VNI is the answer)."""
+    g = torch.Generator().manual_seed(seed)
+    s = int(torch.randint(2, 40, (1,), generator=g))
+    n = int(torch.randint(1, 12, (1,), generator=g))
+    base = torch.randn(s, n, generator=g, dtype=torch.float64) @ torch.randn(n, n, generator=g, dtype=torch.float64)
+    base = base + 10.0 * torch.randn(n, generator=g, dtype=torch.float64)  # an offset per node
+    i, j = int(torch.randint(0, s, (1,), generator=g)), int(torch.randint(0, n, (1,), generator=g))
+    value = float(torch.randn(1, generator=g, dtype=torch.float64)) * 10 ** int(torch.randint(-3, 4, (1,), generator=g))
+    cases = [("plain", base, base)]
+    if float(base.std(0).min()) > 1e-3 * float(base.std(0).max()):  # well inside float32's range of ratios
+        for e in (200, -200, 19, -19):  # 1e+-19 is float32-representable: the float32 paths see it too
+            cases.append((f"x1e{e}", base * 10.0**e, base))
+    const = torch.full((s, n), value, dtype=torch.float64)  # a constant layer: tr C = 0
+    cases.append(("constant", const, "nan"))
+    some = base.clone()
+    some[:, j] = value  # one constant node among varying ones: an ordinary VNI
+    if n > 1:
+        cases.append(("one-constant-node", some, some))
+    for bad in (math.inf, -math.inf, math.nan):
+        y = base.clone()
+        y[i, j] = bad
+        cases.append((f"holds-{bad}", y, "nan"))
+    cases.append(("one-sample", base[:1], "raise"))
+    return cases
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_every_vni_function_agrees_on_degenerate_inputs(seed):
+    fns = _vni_functions()
+    for case, x, expected in _degenerate_cases(seed):
+        for name, f in fns.items():
+            what = f"{name} on {case} {tuple(x.shape)}"
+            float32 = "float32" in name
+            if float32 and case in ("x1e200", "x1e-200"):
+                continue  # not representable in float32
+            if expected == "raise":
+                if name in ("vni_from_covariance", "jacobian_vni"):
+                    continue  # they take a covariance / a Jacobian, not samples
+                with pytest.raises(ValueError, match="at least 2 samples"):
+                    f(x)
+                continue
+            got = float(f(x))
+            if isinstance(expected, str):
+                assert math.isnan(got), what
+                continue
+            ref = vni_double_sum(expected)
+            tol = 4 * vni_moments_error_512() if float32 else 1e-9
+            assert abs(got - ref) <= tol, (what, got, ref)
+
+
+def vni_moments_error_512() -> float:
+    from depthscope.metrics.vni import vni_moments_error
+
+    return vni_moments_error(512) + 2.0**-23  # + float32 rounding of x itself, which the reference does not see
+
+
+def test_vni_per_layer_refuses_non_finite_inputs_and_reads_a_constant_layer_as_nan():
+    from depthscope.metrics import vni_per_layer
+    from depthscope.nets import NetSpec
+
+    spec = NetSpec(depth=3, width=10, activation="tanh")
+    x = torch.randn(50, 10, generator=torch.Generator().manual_seed(0))
+    x[5, 3] = math.inf  # tanh(inf) = 1: the layers above would read ordinary VNIs
+    with pytest.raises(ValueError, match=r"x holds 1 non-finite value\(s\) \(first inf at index \(5, 3\)\)"):
+        vni_per_layer(spec, x)
+    # input variance 0 with random biases: every layer constant across samples, VNI undefined (was 1.0)
+    const = torch.zeros(50, 10)
+    assert torch.isnan(vni_per_layer(NetSpec(depth=3, width=10, activation="tanh", sigma_b=0.5), const)).all()
+
+
+def test_cli_vni_of_a_constant_layer_is_nan(capsys):
+    import json
+
+    from depthscope.cli import main
+
+    rc = main(["vni", "--depth", "2", "--width", "8", "--input-variance", "0", "--sigma-b", "0.5", "--seeds", "2",
+               "--samples", "20", "--json", "--quiet"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert all(v is None for v in doc["vni_mean"]), doc["vni_mean"]  # NaN is written as JSON null
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_vni_moments_float32_within_its_stated_bound_on_random_inputs(seed):
+    """Random shapes, ranks, node scales over 3 decades and offsets up to 1e4: the fast path vs float64."""
+    from depthscope.metrics.vni import vni_moments, vni_moments_error
+
+    g = torch.Generator().manual_seed(1000 + seed)
+    s, n = int(torch.randint(2, 1500, (1,), generator=g)), int(torch.randint(1, 120, (1,), generator=g))
+    rank = int(torch.randint(1, n + 1, (1,), generator=g))
+    x = torch.randn(s, rank, generator=g) @ torch.randn(rank, n, generator=g)
+    x = x * torch.logspace(-float(torch.rand(1, generator=g)) * 3, 0, n)[torch.randperm(n, generator=g)]
+    x = (x + float(torch.randn(1, generator=g)) * 10 ** float(torch.rand(1, generator=g) * 4)).float()
+    for chunk in (7, 512):
+        k = min(chunk, max(x.shape))
+        r, _, var = vni_moments(x, chunk=chunk).tolist()
+        compare(r, float(vni(x)), rtol=0, atol=vni_moments_error(k), what=f"R_sq chunk {chunk}")
+        compare(var, float(x.double().var(0, unbiased=False).mean()), rtol=(math.sqrt(k) + 6) * 2.0**-24)
+
+
+def test_huge_float32_activations_read_the_float64_vni():
+    """|y| ~ 1e19: the float32 squares (1e38 x rows) used to overflow to a NaN VNI where float64 reads 0.0335."""
+    from depthscope.metrics.vni import vni_moments, vni_moments_error
+
+    g = torch.Generator().manual_seed(3)
+    y = (torch.randn(256, 64, generator=g) @ torch.randn(64, 64, generator=g) * 1e19).float()
+    r, mean, var = vni_moments(y).tolist()
+    ref = float(vni(y))
+    assert math.isfinite(ref)
+    compare(r, ref, rtol=0, atol=vni_moments_error(256))
+    compare(var, float(y.double().var(0, unbiased=False).mean()), rtol=(16 + 6) * 2.0**-24)
+    compare(mean, float(y.double().mean()), rtol=0, atol=1e-7 * float(y.double().abs().max()))
+    tiny = (y.double() * 1e-50).float()  # 1e-31: squares under float32's smallest normal
+    compare(vni_moments(tiny)[0], float(vni(tiny)), rtol=0, atol=vni_moments_error(256))
+
+
+def test_accumulator_rescales_across_batches_of_very_different_size(gen):
+    x = torch.randn(90, 6, generator=gen, dtype=torch.float64) @ torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    x[30:60] *= 1e150  # the scale grows at the second batch: the first batch's co-moments shrink with it
+    acc = CovarianceAccumulator(6)
+    for part in torch.split(x, 30):
+        acc.update(part)
+    compare(acc.vni(), vni(x), rtol=1e-12)
+    compare(acc.covariance() / 1e300, torch.cov((x / 1e150).T), rtol=1e-12)
+    zeros_first = CovarianceAccumulator(6)  # nothing but zeros seen, then tiny values: rescaled down
+    zeros_first.update(torch.zeros(4, 6, dtype=torch.float64))
+    zeros_first.update(x[:30] * 1e-200)
+    compare(zeros_first.vni(), vni(torch.cat([torch.zeros(4, 6, dtype=torch.float64), x[:30]])), rtol=1e-12)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from .activations import Activation, derivative, get_activation
 from .nets import NetSpec, layer_params
+from .metrics.vni import vni as vni_metric
 
 MOMENTUM = 0.9
 ADAM_BETAS = (0.9, 0.999)
@@ -84,16 +85,13 @@ _LINEAR = get_activation("linear").fn
 def batched_vni(x: torch.Tensor) -> torch.Tensor:
     """R_sq = ||X^T X||_F^2 / tr(X^T X)^2 (eq. 3.5) of each member's centred x[k] (K, S, N), float64.
 
-    The batched twin of :func:`depthscope.metrics.vni`: one bmm for the K Gram matrices
-    (through the smaller of N x N and S x S).
+    The batched twin of :func:`depthscope.metrics.vni`, which it calls on the whole (K, S, N)
+    stack (one batched matmul for the K Gram matrices through the smaller of N x N and S x S),
+    so degenerate members (constant, inf/NaN, huge or tiny values) read as :func:`vni` reads them.
     """
-    if x.ndim != 3 or x.shape[1] < 2:
-        raise ValueError(f"expected (members, samples >= 2, nodes), got shape {tuple(x.shape)}")
-    xc = x.to(torch.float64)
-    xc = xc - xc.mean(dim=1, keepdim=True)
-    gram = torch.bmm(xc.transpose(1, 2), xc) if xc.shape[2] <= xc.shape[1] else torch.bmm(xc, xc.transpose(1, 2))
-    tr = torch.diagonal(gram, dim1=1, dim2=2).sum(1)
-    return (gram * gram).sum((1, 2)) / tr**2
+    if x.ndim != 3:
+        raise ValueError(f"expected (members, samples, nodes), got shape {tuple(x.shape)}")
+    return vni_metric(x)
 
 
 class Ensemble:

@@ -6,6 +6,7 @@ I + D_l (M_l * W_l), which is triangular with unit diagonal (det = 1).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -88,6 +89,19 @@ def jjt_moments(jac: torch.Tensor) -> tuple[float, float]:
 
 
 def jacobian_vni(jac: torch.Tensor) -> float:
-    """tr(JJ^T JJ^T) / tr(JJ^T)^2 = m2 / (N m1^2): VNI predicted from J alone (eq. 3.6)."""
-    m1, m2 = jjt_moments(jac)
+    """tr(JJ^T JJ^T) / tr(JJ^T)^2 = m2 / (N m1^2): VNI predicted from J alone (eq. 3.6).
+
+    J is divided by its largest |entry| first (the ratio is scale invariant), so the J of a
+    deep net at 1e+-200 does not overflow m2; NaN for J = 0 or a J holding an inf or NaN,
+    as every VNI function (:mod:`depthscope.metrics.vni`).
+    """
+    j = jac.to(torch.float64)
+    if j.ndim != 2 or j.numel() == 0:
+        raise ValueError(f"expected a non-empty (N, M) Jacobian, got shape {tuple(jac.shape)}")
+    if not bool(torch.isfinite(j).all()):
+        return math.nan
+    m = float(j.abs().max())
+    if m == 0.0:
+        return math.nan
+    m1, m2 = jjt_moments(j / m)
     return m2 / (jac.shape[0] * m1**2)

@@ -28,7 +28,16 @@ def vni_per_layer(
     :class:`~depthscope.nets.NetSpec` (weights then drawn layer by layer from
     ``seed``, identical to ``build_net(spec, seed)``). With ``layers`` given,
     only those layers are measured and the others are NaN (saves the Gram cost).
+    Inputs holding inf or NaN are refused (ValueError): a saturating activation
+    (tanh(inf) = 1) would turn them into ordinary-looking VNIs further up. Identical input
+    rows (input variance 0) make every layer constant, so every VNI is NaN: computed, they
+    would read the rounding differences between the rows of a matrix product (VNI ~ 1).
     """
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"x holds {int(bad.sum())} non-finite value(s) (first {float(x[first])} at index {first}); "
+                         "VNI needs finite inputs")
     if isinstance(net_or_spec, Net):
         depth = net_or_spec.spec.depth
         it = net_or_spec.layers(x)
@@ -39,6 +48,8 @@ def vni_per_layer(
     if wanted is not None and any(not 1 <= l <= depth for l in wanted):
         raise ValueError(f"layers must lie in 1..{depth}, got {sorted(wanted)}")
     out = torch.full((depth,), float("nan"), dtype=torch.float64)
+    if x.ndim == 2 and x.shape[0] >= 2 and bool((x == x[:1]).all()):
+        return out
     for l, _, xl in it:
         if wanted is None or l in wanted:
             out[l - 1] = vni(xl)
