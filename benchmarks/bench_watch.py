@@ -74,12 +74,14 @@ def measure(build, every: int | None, cycles: int, backend: str | None = None) -
         model_w, model_b = torch.compile(model_w, backend=backend), torch.compile(model_b, backend=backend)
     opt_w = torch.optim.SGD(model_w.parameters(), lr=1e-3)
     opt_b = torch.optim.SGD(model_b.parameters(), lr=1e-3)
-    for _ in range(5):  # warm-up: allocator, kernels, and the watched code path
-        train_step(model_b, opt_b, batch, loss_fn)
-        train_step(model_w, opt_w, batch, loss_fn)
+    # warm-up: allocator, kernels, the watched code path. The watched copy's first call runs under a
+    # watch: a compiled graph keeps the hooks it is first traced with (docs/watch.md, torch.compile)
     with depthscope.watch(model_w, every=1, optimizer=opt_w):
         for _ in range(3):
             train_step(model_w, opt_w, batch, loss_fn)
+    for _ in range(5):
+        train_step(model_b, opt_b, batch, loss_fn)
+        train_step(model_w, opt_w, batch, loss_fn)
     out: dict[str, list] = {"scheduled": [], "idle": [], "sums": [0.0, 0.0, 0.0, 0.0]}
     w = depthscope.watch(model_w, every=every or 1, optimizer=opt_w)
     with w if every else contextlib.nullcontext():  # every=None: the control, both copies bare

@@ -343,3 +343,22 @@ def test_bf16_autocast_outputs_read_in_their_dtype_numbers_of_float64():
     np.testing.assert_allclose(r["vni"], float(vni(y0.double())), rtol=1e-6)
     mu1 = (1 - torch.tanh(y0.double()) ** 2).pow(2).mean()  # phi' of the bf16 rows, in float32 then float64
     np.testing.assert_allclose(r["sigma_w2_mu1"], r["sigma_w2"] * float(mu1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [30, 400])  # kept whole (pooled buffers), and sampled (gathered rows)
+def test_every_one_holds_the_same_bytes_step_after_step(rows):
+    """every=1 keeps one step's buffers for the next, never more: held bytes stay flat over steps
+    (a pool that kept every step's gathered sample grew by a reservoir per step)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 25, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(rows // 25 + 1, 2, 5, 5)
+    held = []
+    with watch(model, every=1, optimizer=opt, max_rows=64) as w:
+        for _ in range(6):
+            opt.zero_grad()
+            model(x).sum().backward()
+            opt.step()
+            held.append(w.held_bytes)
+    assert len(set(held)) == 1 and held[0] > 0, held
+    assert w.peak_held_bytes <= held[0] + 64 * 4 * 4  # plus at most the conv's sample of the step

@@ -209,6 +209,8 @@ class _Capture:
     fan_in: int | None = None  # the input's feature size of a linear-like module (for sigma_w2)
     mu1_sum: torch.Tensor | None = None  # sum of phi'(h)^2 over sampled inputs of the activation after a norm
     mu1_n: int = 0
+    tc_sum: torch.Tensor | None = None  # sum of token collapse over the sequences read (collapse=True)
+    tc_n: int = 0
 
     @property
     def rows(self) -> torch.Tensor | None:

@@ -15,6 +15,7 @@ from torch import nn
 from .alerts import Alert, grad_findings
 from .capture import (_Capture, _seed_for, copy_rows_into, count_rows, gather_rows, node_axis_of, output_tensors,
                       reservoir_plan, sample_output_rows)
+from ..metrics.collapse import token_collapse_per_sequence
 from .quantities import QUANTITIES, compute_records, mu1_sum
 from .select import ModuleSelector, _Watched, describe, select
 from .writers import CSVWriter, StoreWriter, TensorBoardWriter, check_run_name
@@ -61,6 +62,9 @@ class Watch:
         writers: Iterable[Any] = (),
         keep_records: bool = True,
         compiled: bool | None = None,
+        collapse: bool = False,
+        dormant_tau: float = 0.025,
+        token_sequences: int = 8,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"watch expects a torch.nn.Module, got {type(model).__name__}")
@@ -75,6 +79,10 @@ class Watch:
             raise ValueError(f"grad_ratio must be > 1, got {grad_ratio!r}")
         if run is not None:
             check_run_name(run)
+        if not (isinstance(dormant_tau, numbers.Real) and 0 <= dormant_tau < math.inf):
+            raise ValueError(f"dormant_tau must be a finite number >= 0, got {dormant_tau!r}")
+        if isinstance(token_sequences, bool) or not isinstance(token_sequences, numbers.Integral) or token_sequences < 1:
+            raise ValueError(f"token_sequences must be an integer >= 1, got {token_sequences!r}")
         if optimizer is not None and not hasattr(optimizer, "register_step_post_hook"):
             raise ValueError(f"optimizer= expects a torch.optim.Optimizer, got {type(optimizer).__name__}")
         self.compiled = is_compiled(model) if compiled is None else bool(compiled)
@@ -84,6 +92,10 @@ class Watch:
         self.optimizer = optimizer
         self.vni_threshold, self.grad_ratio = float(vni_threshold), float(grad_ratio)
         self.keep_records = keep_records
+        self.collapse, self.dormant_tau, self.token_sequences = bool(collapse), float(dormant_tau), int(token_sequences)
+        # (B, T, D) or (T, B, D): batch-first unless a module of the model says otherwise (nn.Transformer*)
+        self.batch_first = all(bool(m.batch_first) for m in getattr(model, "_orig_mod", model).modules()
+                               if isinstance(getattr(m, "batch_first", None), bool))
         self.watched = select(inner, modules, exclude, activations or {}, node_axis or {})
         if not self.watched:
             raise ValueError("no module of the model matches modules=; give name patterns "
@@ -102,6 +114,7 @@ class Watch:
         # arithmetic done in it. Otherwise they are freed after each record.
         self._free: dict[tuple, list[torch.Tensor]] = {}
         self._in_use: list[torch.Tensor] = []
+        self._adopted: list[torch.Tensor] = []
         self.held_bytes = 0  # bytes of the reservoirs and kept buffers the watch holds now
         self.peak_held_bytes = 0
         self._attached = False
@@ -263,7 +276,8 @@ class Watch:
         measured: set[tuple[int, str]] = set()
         try:
             recs = compute_records([(w, pending[w.layer]) for w in self.watched
-                                    if w.layer in pending and pending[w.layer].kept], step, measured)
+                                    if w.layer in pending and pending[w.layer].kept], step, measured,
+                                   collapse=self.collapse, dormant_tau=self.dormant_tau)
         finally:
             self._release_buffers(keep=self.every == 1 and self.attached)
         self._check_alerts(step, recs, measured)
@@ -286,8 +300,9 @@ class Watch:
         return t
 
     def _adopt(self, t: torch.Tensor) -> torch.Tensor:
+        """Count a tensor made elsewhere (a gathered sample) as this step's; it is never pooled."""
         self._count(t.numel() * t.element_size())
-        self._in_use.append(t)
+        self._adopted.append(t)
         return t
 
     def _count(self, nbytes: int) -> None:
@@ -296,21 +311,25 @@ class Watch:
 
     def _drop(self, t: torch.Tensor) -> None:
         """Forget a buffer of this step that was replaced (a reservoir that grew)."""
-        for i, u in enumerate(self._in_use):
-            if u is t:
-                del self._in_use[i]
-                self.held_bytes -= t.numel() * t.element_size()
-                return
+        for lst in (self._in_use, self._adopted):
+            for i, u in enumerate(lst):
+                if u is t:
+                    del lst[i]
+                    self.held_bytes -= t.numel() * t.element_size()
+                    return
 
     def _release_buffers(self, keep: bool) -> None:
+        """End of a step: with ``keep``, the buffers of this step become the pool of the next (and only
+        they: what the pool held and this step did not use is freed), else everything is freed."""
         in_use, self._in_use = self._in_use, []
-        if not keep:
-            freed = in_use + [t for ts in self._free.values() for t in ts]
-            self._free = {}
-            self.held_bytes -= sum(t.numel() * t.element_size() for t in freed)
-            return
-        for t in in_use:
-            self._free.setdefault((tuple(t.shape), t.dtype, t.device), []).append(t)
+        freed = self._adopted + [t for ts in self._free.values() for t in ts]
+        self._adopted, self._free = [], {}
+        if keep:
+            for t in in_use:
+                self._free.setdefault((tuple(t.shape), t.dtype, t.device), []).append(t)
+        else:
+            freed += in_use
+        self.held_bytes -= sum(t.numel() * t.element_size() for t in freed)
 
     # -- hooks -------------------------------------------------------------------------------
     def _warn_once(self, w: _Watched, what: str, msg: str) -> None:
@@ -349,8 +368,22 @@ class Watch:
             return
         cap.calls += 1
         self._offer(cap, t_det, axis, n, d, _seed_for(self.seed, self.step_count, w.layer, cap.calls))
+        if self.collapse and t_det.ndim == 3 and axis % 3 == 2:
+            self._token_collapse(cap, t_det, _seed_for(self.seed, self.step_count, w.layer, cap.calls) + 1)
         if t.requires_grad:
             t.register_hook(self._make_grad_hook(cap))
+
+    def _token_collapse(self, cap: _Capture, t: torch.Tensor, seed: int) -> None:
+        """Add token collapse (metrics.collapse.token_collapse_per_sequence) of up to ``token_sequences``
+        sequences of this call, drawn with ``seed``, one sequence in float64 at a time."""
+        seqs = t if self.batch_first else t.transpose(0, 1)
+        b = seqs.shape[0]
+        pick = torch.randperm(b, generator=torch.Generator().manual_seed(seed % (2**63)))[: self.token_sequences]
+        for i in sorted(pick.tolist()):
+            r = token_collapse_per_sequence(seqs[i: i + 1])[0]
+            if not bool(torch.isnan(r)):  # an all-zero (padding) sequence has none
+                cap.tc_sum = r if cap.tc_sum is None else cap.tc_sum + r
+                cap.tc_n += 1
 
     def _offer(self, cap: _Capture, t: torch.Tensor, axis: int, n: int, d: int, seed: int) -> None:
         """Add the n rows of one call to the module's reservoir of at most max_rows rows (capture.reservoir_plan)."""

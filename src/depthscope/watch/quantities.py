@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..metrics import effective_nodes, participation_ratio
+from ..metrics.collapse import spectral_collapse
 from ..metrics.vni import debias_vni, vni_moments
 from .capture import _Capture
 from .select import _Watched, is_linear_like
@@ -22,7 +23,11 @@ from .select import _Watched, is_linear_like
 QUANTITIES = (
     "vni", "vni_debiased", "effective_nodes", "participation_ratio", "nodes", "samples", "calls",
     "act_mean", "act_var", "grad_norm", "grad_rms", "out_grad_rms", "sigma_w2", "sigma_w2_mu1",
+    "effective_rank", "rankme", "stable_rank", "dormant_fraction", "token_collapse",
 )
+
+#: Recorded only with ``collapse=True`` (an eigendecomposition per module and recorded step).
+COLLAPSE = ("effective_rank", "rankme", "stable_rank", "dormant_fraction", "token_collapse")
 
 #: phi'(h) in closed form for common activation modules (checked against autograd in the tests).
 _DERIVATIVES: dict[type, Callable[[nn.Module, torch.Tensor], torch.Tensor]] = {
@@ -148,8 +153,39 @@ def _to_host(vals: Sequence[torch.Tensor]) -> list[float]:
     return torch.cat(vals).tolist()
 
 
+def dormant_fraction_rows(x: torch.Tensor, tau: float) -> torch.Tensor:
+    """#{i : s_i <= tau} / N, s_i = mean|x_i| / ((1/N) sum_k mean|x_k|) over rows x (samples x units), float64 0-d.
+
+    :func:`depthscope.metrics.collapse.dormant_fraction` (Sokar et al. 2023) without its float64 copy
+    of x: |x| is averaged in x's dtype (float32 for half precision), each unit's mean then in float64.
+    An all-zero layer counts as all dormant, as there.
+    """
+    e = x.abs().mean(0, dtype=torch.float32 if x.element_size() < 4 else x.dtype).to(torch.float64)
+    m = e.mean()
+    scores = e / m if bool(m > 0) else torch.zeros_like(e)
+    return (scores <= tau).to(torch.float64).mean()
+
+
+def centred_gram(xc: torch.Tensor) -> torch.Tensor:
+    """X_c^T X_c (N <= S) or X_c X_c^T of centred rows in float64 (same non-zero spectrum as S times the covariance).
+
+    Float64 products, unlike vni_moments' float32 ones: the spectral metrics read the small
+    eigenvalues too (RankMe takes their square roots), where float32 rounding, about
+    2^-24 lambda_max, would read as signal. The rows are converted m at a time (m = min(S, N),
+    the Gram's side), so no float64 temporary is larger than the m x m Gram.
+    """
+    a = xc if xc.shape[1] <= xc.shape[0] else xc.T
+    m = a.shape[1]
+    g = torch.zeros((m, m), dtype=torch.float64, device=xc.device)
+    for part in a.split(max(m, 1), dim=0):
+        p = part.to(torch.float64)
+        g.addmm_(p.T, p)
+    return g
+
+
 def compute_records(caps: Sequence[tuple[_Watched, _Capture]], step: int,
-                    measured: set[tuple[int, str]] | None = None) -> list[dict]:
+                    measured: set[tuple[int, str]] | None = None, *, collapse: bool = False,
+                    dormant_tau: float = 0.025) -> list[dict]:
     """The records of one step (one dict per watched module that captured rows).
 
     Every statistic stays a tensor where the activations live until one transfer at the
@@ -196,9 +232,19 @@ def compute_records(caps: Sequence[tuple[_Watched, _Capture]], step: int,
                 put(_mu1(w.phi, x), [(rec, "sigma_w2_mu1")])  # x sigma_w2 below
             elif w.phi_module is not None and cap.mu1_n:
                 put(cap.mu1_sum / cap.mu1_n, [(rec, "sigma_w2_mu1")])
+        if collapse:
+            put(dormant_fraction_rows(x, dormant_tau), [(rec, "dormant_fraction")])
+            if cap.tc_n:
+                put(cap.tc_sum / cap.tc_n, [(rec, "token_collapse")])
         if n_samples >= 2:
-            # the rows are this step's own copies and every other use of them is already done
-            put(vni_moments(x, overwrite=True), [(rec, q) for q in ("vni", "act_mean", "act_var")])
+            # the rows are this step's own copies and every other use of them is already done;
+            # a half-precision reservoir is centred in a float32 copy, which the spectrum then reads
+            xf = x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
+            put(vni_moments(xf, overwrite=True), [(rec, q) for q in ("vni", "act_mean", "act_var")])
+            if collapse:  # xf now holds X_c (times a power of two): the metrics are scale invariant
+                sc = spectral_collapse(centred_gram(xf))
+                put(torch.stack([sc[q] for q in ("effective_rank", "rankme", "stable_rank")]),
+                    [(rec, q) for q in ("effective_rank", "rankme", "stable_rank")])
         else:
             put(x.to(torch.float64).mean(), [(rec, "act_mean")])
     if grads:
