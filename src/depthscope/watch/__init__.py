@@ -75,6 +75,9 @@ Quantities recorded per watched module and scheduled step (missing ones are NaN)
 ``out_grad_rms``        root mean square of dL/d(output), the backward signal reaching the module
 ``sigma_w2``            fan_in Var[W] of a linear-like or conv weight (section 4.1); fan_in of a 2-D weight
                         stored (in, out) (Conv1D) is its first axis
+``effective_rank``, ``rankme``, ``stable_rank``, ``dormant_fraction``, ``token_collapse``
+                        with ``collapse=True`` only (:mod:`depthscope.metrics.collapse` on the same rows;
+                        token collapse of (B, T, D) outputs, up to ``token_sequences`` sequences a call)
 ``sigma_w2_mu1``        sigma_w2 * mean(phi'(h)^2), only where the elementwise activation phi that
                         follows the module is known: the next module in an ``nn.Sequential`` when it
                         is an elementwise activation module (h: the module's output), the first one
@@ -97,13 +100,13 @@ from __future__ import annotations
 from .alerts import KINDS, Alert
 from .capture import as_rows, node_axis_of, reservoir_plan, sample_output_rows, sample_rows, _seed_for
 from .core import Watch, is_compiled, logger, watch
-from .quantities import QUANTITIES, derivative_of
+from .quantities import COLLAPSE, QUANTITIES, derivative_of, extra_memory_bound
 from .report import watch_report
 from .select import DEFAULT_TYPES, ELEMENTWISE_ACTIVATIONS, ModuleSelector, blocks_of, is_linear_like
 from .writers import EXPERIMENT, CSVWriter, StoreWriter, TensorBoardWriter, check_run_name
 
 __all__ = [
-    "Alert", "CSVWriter", "DEFAULT_TYPES", "ELEMENTWISE_ACTIVATIONS", "EXPERIMENT", "KINDS", "ModuleSelector",
+    "COLLAPSE", "extra_memory_bound", "Alert", "CSVWriter", "DEFAULT_TYPES", "ELEMENTWISE_ACTIVATIONS", "EXPERIMENT", "KINDS", "ModuleSelector",
     "QUANTITIES", "StoreWriter", "TensorBoardWriter", "Watch", "as_rows", "blocks_of", "check_run_name",
     "derivative_of", "is_compiled", "is_linear_like", "logger", "node_axis_of", "reservoir_plan",
     "sample_output_rows", "sample_rows", "watch", "watch_report",
