@@ -578,3 +578,18 @@ def test_pause_inside_forward_stops_capture_at_once():
     h.remove()
     w.detach()
     assert [r["name"] for r in w.records] == ["0"]
+
+
+def test_vni_alert_fires_at_the_threshold_itself():
+    """One varying node, the others constant: VNI is exactly 1, and vni_threshold=1 fires (>=, not >)."""
+    class OneNode(nn.Module):
+        def forward(self, x):
+            out = torch.ones(x.shape[0], 4)
+            out[:, 0] = x[:, 0]
+            return out
+
+    m = OneNode()
+    with watch(m, every=1, modules=[OneNode], vni_threshold=1.0) as w:
+        m(torch.randn(10, 3, generator=torch.Generator().manual_seed(0)))
+    assert w.records[0]["vni"] == 1.0
+    assert [a.kind for a in w.alerts] == ["vni"]
