@@ -362,3 +362,31 @@ def test_every_one_holds_the_same_bytes_step_after_step(rows):
             held.append(w.held_bytes)
     assert len(set(held)) == 1 and held[0] > 0, held
     assert w.peak_held_bytes <= held[0] + 64 * 4 * 4  # plus at most the conv's sample of the step
+
+
+def test_capture_rows_list_interface_and_sync_hook():
+    """integrations.distributed reads and replaces a step's captures through Watch.sync and _Capture.rows."""
+    from depthscope.watch import _Capture
+
+    cap = _Capture()
+    assert cap.rows == []
+    cap.rows = [torch.ones(2, 3), torch.zeros(4, 3)]
+    assert cap.kept == 6 and torch.equal(cap.rows[0], torch.cat([torch.ones(2, 3), torch.zeros(4, 3)]))
+
+    model = mlp()
+    x2 = torch.randn(12, 8, generator=torch.Generator().manual_seed(0))
+    seen = []
+
+    def sync(w, pending):  # doubles every module's rows, as a gather over two equal ranks would
+        seen.append(sorted(pending))
+        for cap in pending.values():
+            cap.rows = [cap.rows[0], cap.rows[0].clone()]
+        return pending
+
+    w = watch(model, every=1, max_rows=100)
+    w.sync = sync
+    with w:
+        with torch.no_grad():
+            model(x2)
+    assert seen == [[1, 2, 3]] and all(r["samples"] == 24 for r in w.records)
+    np.testing.assert_allclose(w.records[0]["vni"], float(vni(torch.cat([model[0](x2)] * 2).detach())), rtol=STAT_RTOL)

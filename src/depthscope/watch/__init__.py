@@ -98,7 +98,7 @@ its previous record): one warning naming the module and the step is logged on th
 from __future__ import annotations
 
 from .alerts import KINDS, Alert
-from .capture import as_rows, node_axis_of, reservoir_plan, sample_output_rows, sample_rows, _seed_for
+from .capture import _Capture, as_rows, node_axis_of, reservoir_plan, sample_output_rows, sample_rows, _seed_for
 from .core import Watch, is_compiled, logger, watch
 from .quantities import COLLAPSE, QUANTITIES, derivative_of, extra_memory_bound
 from .report import watch_report

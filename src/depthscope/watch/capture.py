@@ -213,5 +213,14 @@ class _Capture:
     tc_n: int = 0
 
     @property
-    def rows(self) -> torch.Tensor | None:
-        return None if self.buf is None else self.buf[: self.kept]
+    def rows(self) -> list[torch.Tensor]:
+        """The kept rows as a list of (rows x nodes) tensors ([] before any call), as the single-file
+        watch held them; assigning a list (integrations.distributed's gathered rows) replaces them."""
+        return [] if self.buf is None or not self.kept else [self.buf[: self.kept]]
+
+    @rows.setter
+    def rows(self, value: list[torch.Tensor]) -> None:
+        value = list(value)
+        x = None if not value else torch.cat(value) if len(value) > 1 else value[0]
+        self.buf, self.kept = x, 0 if x is None else int(x.shape[0])
+        self.seen = max(self.seen, self.kept)

@@ -209,7 +209,7 @@ def compute_records(caps: Sequence[tuple[_Watched, _Capture]], step: int,
         slots.extend(where)
 
     for w, cap in caps:
-        x = cap.rows
+        x = cap.buf[: cap.kept]
         n_samples, n_nodes = x.shape
         rec = dict(step=step, layer=w.layer, name=w.name, **{q: nan for q in QUANTITIES})
         rec.update(nodes=float(n_nodes), samples=float(n_samples), calls=float(cap.calls))
