@@ -390,3 +390,23 @@ def test_capture_rows_list_interface_and_sync_hook():
             model(x2)
     assert seen == [[1, 2, 3]] and all(r["samples"] == 24 for r in w.records)
     np.testing.assert_allclose(w.records[0]["vni"], float(vni(torch.cat([model[0](x2)] * 2).detach())), rtol=STAT_RTOL)
+
+
+def test_huge_finite_activations_give_the_float64_vni():
+    """|y| ~ 1e19 in float32 (issue 11 §4): the watched VNI is the float64 VNI of the rows, not NaN."""
+    class Huge(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(6, 5)
+
+        def forward(self, x):
+            return self.lin(x) * 1e19
+
+    torch.manual_seed(0)
+    m = Huge()
+    x = torch.randn(50, 6, generator=torch.Generator().manual_seed(1))
+    with watch(m, every=1, modules=[Huge]) as w:
+        y = m(x).detach()
+    assert torch.isfinite(y).all() and y.abs().max() > 1e18
+    np.testing.assert_allclose(w.records[0]["vni"], float(vni(y.double())), rtol=1e-6)
+    np.testing.assert_allclose(w.records[0]["act_var"], float(y.double().var(0, unbiased=False).mean()), rtol=1e-5)
