@@ -17,7 +17,13 @@ Two clocks: wall time, and the process's CPU time (one thread: the step's own wo
 ``sum ratio`` (total watched time / total bare time - 1) is printed beside the
 median-based figure; on a quiet machine the two agree.
 
-    python benchmarks/bench_watch.py [--cycles 6] [--threads 1] [--only transformer]
+Compiled rows (``--compile inductor``, or ``eager``): the same, both copies
+``torch.compile``'d with that backend and the watch given the compiled module,
+so the compiled overhead is printed beside the eager one, measured in the same run.
+Memory: the peak of the watch's own buffers (``w.peak_held_bytes``, counted by the
+watch) and the stated bound (``extra_memory_bound``) for each model at every=1.
+
+    python benchmarks/bench_watch.py [--cycles 6] [--threads 1] [--only transformer] [--compile inductor]
 """
 from __future__ import annotations
 
@@ -61,17 +67,21 @@ def timed(fn) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def measure(build, every: int | None, cycles: int) -> dict[str, list]:
-    """{'scheduled' | 'idle': [(wall ratio, cpu ratio) per pair], 'sums': [wall w, wall b, cpu w, cpu b]}."""
+def measure(build, every: int | None, cycles: int, backend: str | None = None) -> dict[str, list]:
+    """{'scheduled' | 'idle': [(wall ratio, cpu ratio) per pair], 'sums': [wall w, wall b, cpu w, cpu b], 'peak': bytes}."""
     (model_w, batch, loss_fn), (model_b, _, _) = build(), build()
+    if backend is not None:
+        model_w, model_b = torch.compile(model_w, backend=backend), torch.compile(model_b, backend=backend)
     opt_w = torch.optim.SGD(model_w.parameters(), lr=1e-3)
     opt_b = torch.optim.SGD(model_b.parameters(), lr=1e-3)
-    for _ in range(5):  # warm-up: allocator, kernels, and the watched code path
-        train_step(model_b, opt_b, batch, loss_fn)
-        train_step(model_w, opt_w, batch, loss_fn)
+    # warm-up: allocator, kernels, the watched code path. The watched copy's first call runs under a
+    # watch: a compiled graph keeps the hooks it is first traced with (docs/watch.md, torch.compile)
     with depthscope.watch(model_w, every=1, optimizer=opt_w):
         for _ in range(3):
             train_step(model_w, opt_w, batch, loss_fn)
+    for _ in range(5):
+        train_step(model_b, opt_b, batch, loss_fn)
+        train_step(model_w, opt_w, batch, loss_fn)
     out: dict[str, list] = {"scheduled": [], "idle": [], "sums": [0.0, 0.0, 0.0, 0.0]}
     w = depthscope.watch(model_w, every=every or 1, optimizer=opt_w)
     with w if every else contextlib.nullcontext():  # every=None: the control, both copies bare
@@ -88,6 +98,15 @@ def measure(build, every: int | None, cycles: int) -> dict[str, list]:
                 out["sums"][j] += v
     if every and len({r["step"] for r in w.records}) != cycles:
         raise RuntimeError(f"expected {cycles} recorded steps, the watch has {len({r['step'] for r in w.records})}")
+    out["peak"] = w.peak_held_bytes if every else 0
+    out["bound"] = 0
+    if every:
+        from depthscope.watch.quantities import extra_memory_bound
+
+        last = [r for r in w.records if r["step"] == w.records[-1]["step"]]
+        out["bound"] = extra_memory_bound([int(r["nodes"]) for r in last], w.max_rows,
+                                          rows=[int(r["samples"]) for r in last],
+                                          call_rows=max(int(r["samples"]) for r in last))
     return out
 
 
@@ -96,6 +115,8 @@ def main() -> None:
     ap.add_argument("--cycles", type=int, default=6, help="cycles of `every` steps per watch setting (every=1: 50x as many)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", choices=sorted(CASES), action="append", help="run only this case (repeatable)")
+    ap.add_argument("--compile", choices=("eager", "inductor"), default=None,
+                    help="also time each case torch.compile'd with this backend (rows 'compiled ...')")
     args = ap.parse_args()
     if args.cycles < 1 or args.threads < 1:
         raise SystemExit(f"--cycles and --threads must be >= 1, got {args.cycles} and {args.threads}")
@@ -106,12 +127,13 @@ def main() -> None:
     for key in args.only or list(CASES):
         title, build = CASES[key]
         print(f"\n{title}: {len(depthscope.watch(build()[0]).names)} watched modules")
-        print(f"  {'':9s} {'pairs':>5s} {'bare ms':>8s} {'wall: r_s':>10s} {'r_u':>6s} {'overhead':>9s} {'sum ratio':>9s}"
+        print(f"  {'':18s} {'pairs':>5s} {'bare ms':>8s} {'wall: r_s':>10s} {'r_u':>6s} {'overhead':>9s} {'sum ratio':>9s}"
               f" {'cpu: r_s':>9s} {'r_u':>6s} {'overhead':>9s} {'sum ratio':>9s}")
-        for every in EVERY:
-            m = measure(build, every, args.cycles * (1 if every == 50 else 50))
+        for backend, every in [(None, e) for e in EVERY] + ([(args.compile, e) for e in EVERY] if args.compile else []):
+            m = measure(build, every, args.cycles * (1 if every == 50 else 50), backend)
             pairs = len(m["scheduled"]) + len(m["idle"])
-            row = f"  {'control' if every is None else f'every={every}':9s} {pairs:5d} {1e3 * m['sums'][1] / pairs:8.2f}"
+            label = ("compiled " if backend else "") + ("control" if every is None else f"every={every}")
+            row = f"  {label:18s} {pairs:5d} {1e3 * m['sums'][1] / pairs:8.2f}"
             for c in (0, 1):
                 rs = statistics.median(r[c] for r in m["scheduled"]) if m["scheduled"] else float("nan")
                 ru = statistics.median(r[c] for r in m["idle"]) if m["idle"] else float("nan")
@@ -124,6 +146,9 @@ def main() -> None:
                 total = m["sums"][2 * c] / m["sums"][2 * c + 1] - 1
                 row += f" {rs:10.3f} {ru:6.3f} {100 * overhead:+8.1f}% {100 * total:+8.1f}%"
             print(row)
+            if every == 1:
+                print(f"  {'':18s} memory: watch buffers peak {m['peak'] / 2**20:.2f} MiB, "
+                      f"stated bound {m['bound'] / 2**20:.2f} MiB")
     load1 = os.getloadavg()
     print(f"\nload average at end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
 
