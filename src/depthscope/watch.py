@@ -446,6 +446,12 @@ class Watch:
         self._extra_writers = list(writers)
         self._writers: list[Any] = []
 
+    #: Set by :mod:`depthscope.integrations.distributed` (None: every process records its own
+    #: captures). Called by :meth:`flush` on every scheduled step with that step's captures
+    #: ``{layer: _Capture}``; returns the captures to record (rows gathered across ranks). A
+    #: collective call: every rank reaches it at the same steps, whether it captured or not.
+    sync: Callable[["Watch", dict], dict] | None = None
+
     # -- lifecycle ---------------------------------------------------------------------------
     @property
     def attached(self) -> bool:
@@ -557,6 +563,8 @@ class Watch:
     def flush(self) -> list[dict]:
         """Compute and write the records of what the current step captured; returns them."""
         pending, self._pending = self._pending, {}
+        if self.sync is not None and self.step_count % self.every == 0:  # see Watch.sync
+            pending = self.sync(self, pending)
         if not pending:
             return []
         step = self.step_count
