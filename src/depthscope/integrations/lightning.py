@@ -7,12 +7,13 @@
     pl.Trainer(callbacks=[cb], ...).fit(module, data)
     cb.records                                                # the watch's records
 
-* attaches when fit starts (after the strategy has set up the model and optimizers),
-  with the step counter starting at ``trainer.global_step``;
+* attaches when training starts (``on_train_start``: after the sanity check and, in a resumed
+  fit, after the checkpoint restored ``trainer.global_step``, where the step counter starts);
+  an FSDP strategy is refused at fit start;
 * advances once per optimizer step (a post-step hook on the first optimizer, the one
   ``trainer.optimizers[0]`` holds), so with ``accumulate_grad_batches=k`` a step is k
   batches and a skipped step (AMP inf/NaN) is not counted;
-* captures training passes only: the sanity check and validation loops are paused out;
+* captures training passes only: validation loops are paused out;
 * drops the step in progress at the end of fit (it has no optimizer step: the
   gradient-less "extra step" a bare watch would write), detaches at the end of fit and
   on an exception (``on_exception``), and can be attached again by a later ``fit``;
@@ -105,13 +106,19 @@ class _WatchCallbackLogic:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        from .distributed import check_supported, distributed_watch
+        from .distributed import check_supported
 
+        # refused here, before the sanity check and any training
         if "fsdp" in type(trainer.strategy).__name__.lower():
             raise ValueError(f"depthscope.watch does not support the {type(trainer.strategy).__name__} strategy: "
                              "FSDP shards the parameters, so grad_norm and sigma_w2 would describe one shard; "
                              "use DDP")
         check_supported(pl_module)
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        # Attached here, not at fit start: a resumed fit has restored trainer.global_step by now.
+        from .distributed import distributed_watch
+
         if self.watch is not None and self.watch.attached:
             self.watch.detach(flush=False)
         kwargs = dict(self.watch_kwargs)
@@ -135,8 +142,7 @@ class _WatchCallbackLogic:
             self._we_paused = False
             self.watch.resume()
 
-    on_sanity_check_start = _pause
-    on_sanity_check_end = _resume
+    # the sanity check runs the validation loop, so these two also keep it out
     on_validation_start = _pause
     on_validation_end = _resume
 
