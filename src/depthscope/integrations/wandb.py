@@ -9,7 +9,8 @@
 Keys are ``depthscope/<quantity>/<module name>``, plotted against their own step
 metric ``depthscope/step`` (the watch's step: optimizer steps), so they never fight
 over W&B's ``_step`` with what the user logs. Alerts go to the run summary as
-``depthscope/alerts`` (a list of messages).
+``depthscope/alerts`` (a list of messages). A writer passed in ``writers=`` is the
+caller's: the watch does not close it; ``close()`` it (it finishes only a run it started).
 """
 from __future__ import annotations
 
