@@ -136,7 +136,7 @@ def gather_captures(w: Watch, pending: dict[int, Any]) -> dict[int, Any]:
             have = [(r, mm) for r, mm in have if mm[1] == have[0][1][1]]
         cap = _Capture()
         cap.rows = [torch.cat([rows[(r, layer)] for r, _ in have])]
-        cap.calls = sum(mm[2] for _, mm in have)
+        cap.calls = max(mm[2] for _, mm in have)  # calls per rank, as one process on the whole batch counts them
         sqs = [mm[3] for _, mm in have if mm[3] is not None]
         if sqs:
             # the global loss is the mean of the rank losses: its output gradient is 1/W of a rank's
