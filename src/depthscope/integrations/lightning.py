@@ -90,7 +90,7 @@ class _WatchCallbackLogic:
         from depthscope.watch import Watch
         import inspect
 
-        bad = set(watch_kwargs) - set(inspect.signature(Watch).parameters)
+        bad = set(watch_kwargs) - (set(inspect.signature(Watch).parameters) - {"model"})
         if bad:
             raise TypeError(f"unknown depthscope.watch keyword(s): {', '.join(sorted(bad))}")
 
