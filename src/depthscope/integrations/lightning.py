@@ -142,7 +142,7 @@ class _WatchCallbackLogic:
             self._we_paused = False
             self.watch.resume()
 
-    # the sanity check runs the validation loop, so these two also keep it out
+    # validation inside fit (the sanity check runs before the watch attaches)
     on_validation_start = _pause
     on_validation_end = _resume
 
