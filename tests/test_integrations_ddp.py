@@ -170,3 +170,22 @@ def test_distributed_watch_refuses_fsdp_and_bad_ranks():
     with pytest.raises(ValueError, match="does not support FSDP-sharded models"):
         check_supported(model)
     check_supported(make_net())  # a plain model passes
+
+
+def test_distributed_watch_refuses_a_real_fsdp2_model(tmp_path):
+    """fully_shard (FSDP2) on the CPU in a one-process gloo group: DTensor parameters are refused."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from depthscope.integrations.distributed import distributed_watch
+
+    dist.init_process_group("gloo", init_method=(tmp_path / "store").as_uri(), rank=0, world_size=1)
+    try:
+        model = fully_shard(make_net(), mesh=init_device_mesh("cpu", (1,)))
+        with pytest.raises(ValueError, match="does not support FSDP-sharded models"):
+            distributed_watch(model, every=1)
+        with pytest.raises(ValueError, match="does not support FSDP-sharded models"):
+            distributed_watch(model[0], every=1)  # a submodule: only its DTensor parameters tell
+    finally:
+        dist.destroy_process_group()
