@@ -192,3 +192,24 @@ def test_lightning_callback_rejects_bad_keywords():
         DepthscopeCallback(optimizer=None)
     with pytest.raises(ValueError, match="ranks"):
         DepthscopeCallback(ranks="all")
+
+
+@pytest.mark.slow
+def test_lightning_ddp_spawn_gathers_across_ranks(tmp_path):
+    """Lightning's own DDP (2 CPU processes, gloo): rank 0's CSV holds the concatenated batch's statistics."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    ds = data(64)
+    cb = DepthscopeCallback(every=1, csv=tmp_path / "watch.csv")
+    trainer(tmp_path, cb, max_steps=3, strategy="ddp_spawn", devices=2).fit(Tiny(), loader(ds))
+    with open(tmp_path / "watch.csv") as f:
+        got = [{k: (v if k == "name" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
+    for r in got:
+        r["step"] = int(r["step"])
+    # Lightning deals the training data with a shuffling DistributedSampler (seed 0): step s of
+    # one process on the concatenated batch sees rank 0's s-th batch of 8, then rank 1's
+    ranks = [list(DistributedSampler(ds, num_replicas=2, rank=r, shuffle=True, seed=0)) for r in range(2)]
+    order = [i for s in range(3) for r in range(2) for i in ranks[r][8 * s:8 * (s + 1)]]
+    want = plain_records(torch.utils.data.Subset(ds, order), steps=3, every=1, batch=16)
+    assert_same(got, want)
+    assert all(r["samples"] == 16 for r in got)
