@@ -23,7 +23,8 @@ import depthscope
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 
 B, STEPS = 8, 3  # rows per rank, optimizer steps per phase
-COMPARED = ("vni", "act_mean", "act_var", "grad_norm", "grad_rms", "out_grad_rms", "sigma_w2", "samples", "calls")
+COMPARED = ("vni", "act_mean", "act_var", "grad_norm", "grad_rms", "out_grad_rms", "sigma_w2", "sigma_w2_mu1", "samples",
+            "calls")
 
 
 def make_net() -> nn.Module:
