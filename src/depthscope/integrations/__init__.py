@@ -1,0 +1,53 @@
+"""Adapters between :func:`depthscope.watch` and the stacks people train with.
+
+Each is an optional extra and is imported only when used:
+
+* :mod:`depthscope.integrations.lightning`: ``DepthscopeCallback``, a Lightning ``Callback``
+  (``pip install 'depthscope[lightning]'``).
+* :mod:`depthscope.integrations.transformers`: ``DepthscopeTrainerCallback``, a Hugging Face
+  ``TrainerCallback`` (``pip install 'depthscope[transformers]'``).
+* :mod:`depthscope.integrations.wandb`: ``WandbWriter`` (``pip install 'depthscope[wandb]'``).
+* :mod:`depthscope.integrations.mlflow`: ``MLflowWriter`` (``pip install 'depthscope[mlflow]'``).
+* :mod:`depthscope.integrations.distributed`: statistics gathered across DDP ranks, rank 0 writes.
+
+The callbacks share one contract: the watch attaches when training starts, its step
+counter advances once per optimizer step (so gradient accumulation counts optimizer
+steps, not batches), only training passes are captured (sanity-check and validation
+passes are paused out), the step in progress when training ends is dropped (it has no
+optimizer step), and the watch detaches at the end of training or on an exception.
+See docs/integrations.md.
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+#: The keys the writers and loggers get: ``depthscope/<quantity>/<module name>``.
+LOGGED_QUANTITIES = ("vni", "vni_debiased", "effective_nodes", "participation_ratio", "act_mean",
+                     "act_var", "grad_norm", "grad_rms", "out_grad_rms", "sigma_w2", "sigma_w2_mu1")
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """``import module``, or a one-line ImportError naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"depthscope.integrations.{extra} needs the '{module.split('.')[0]}' package: "
+                          f"pip install 'depthscope[{extra}]'") from None
+
+
+def metric_key(quantity: str, name: str, prefix: str = "depthscope") -> str:
+    """``prefix/quantity/name``; the root module (name '') is called 'root'."""
+    return f"{prefix}/{quantity}/{name or 'root'}"
+
+
+def flatten(records: list[dict], quantities: tuple[str, ...] = LOGGED_QUANTITIES,
+            prefix: str = "depthscope") -> dict[str, float]:
+    """{``prefix/quantity/module``: value} of one step's records, NaN values left out."""
+    out: dict[str, float] = {}
+    for r in records:
+        for q in quantities:
+            v = r[q]
+            if v == v:  # not NaN
+                out[metric_key(q, r["name"], prefix)] = float(v)
+    return out

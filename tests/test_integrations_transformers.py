@@ -1,0 +1,133 @@
+"""DepthscopeTrainerCallback with the real Hugging Face Trainer on a tiny GPT-2 built from a config.
+
+Never downloads anything: the model is ``GPT2LMHeadModel(GPT2Config(...))`` at random init and
+the data are random token ids. The callback's records are compared with a plain-loop
+``depthscope.watch`` of the same model (same seed) on the same batches.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers", reason="needs the test extra (transformers)")
+
+import depthscope  # noqa: E402
+from depthscope.integrations.transformers import DepthscopeTrainerCallback  # noqa: E402
+
+COMPARED = ("vni", "act_mean", "act_var", "grad_norm", "grad_rms", "out_grad_rms", "samples", "calls")
+MODULES = ["transformer.h.0", "transformer.h.1", "transformer.h.*.mlp.c_fc", "lm_head"]
+VOCAB, T = 64, 12
+
+
+def make_model(seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(vocab_size=VOCAB, n_positions=T, n_embd=32, n_layer=2, n_head=2,
+                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+class Tokens(torch.utils.data.Dataset):
+    def __init__(self, n: int, seed: int, fail_at: int | None = None):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(0, VOCAB, (n, T), generator=g)
+        self.fail_at = fail_at
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        if i == self.fail_at:
+            raise RuntimeError("boom")
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def hf_train(tmp_path, cb, model, ds, *, steps: int, batch: int = 4, accumulate: int = 1, eval_ds=None):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=batch, per_device_eval_batch_size=batch,
+        gradient_accumulation_steps=accumulate, max_steps=steps, max_grad_norm=0.0, use_cpu=True,
+        report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True,
+        train_sampling_strategy="sequential", dataloader_num_workers=0,
+        eval_strategy="steps" if eval_ds is not None else "no", eval_steps=2, eval_on_start=eval_ds is not None)
+    transformers.Trainer(model=model, args=args, train_dataset=ds, eval_dataset=eval_ds, callbacks=[cb],
+                         optimizers=(opt, sched)).train()
+
+
+def plain_records(ds, *, steps: int, every: int, batch: int = 4, accumulate: int = 1) -> list[dict]:
+    model = make_model(0)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with depthscope.watch(model, every=every, optimizer=opt, modules=MODULES) as w:
+        for s in range(steps):
+            opt.zero_grad()
+            for k in range(accumulate):
+                lo = (s * accumulate + k) * batch
+                ids = ds.ids[lo:lo + batch]
+                # The Trainer divides GPT-2's summed token loss by num_items_in_batch, which counts
+                # all T labels of a row although the shifted loss covers T - 1 of them.
+                (model(input_ids=ids, labels=ids).loss * ((T - 1) / T) / accumulate).backward()
+            opt.step()
+    return w.records
+
+
+def assert_same(got: list[dict], want: list[dict]) -> None:
+    assert [(r["step"], r["name"]) for r in got] == [(r["step"], r["name"]) for r in want]
+    for a, b in zip(got, want):
+        for q in COMPARED:
+            # the Trainer's loss is sum / token count, the plain loop's a mean: equal to float32 rounding
+            assert a[q] == pytest.approx(b[q], rel=2e-5, abs=1e-9, nan_ok=True), (a["step"], a["name"], q)
+
+
+def test_hf_trainer_records_equal_plain_loop_and_exclude_evaluation(tmp_path):
+    ds, ev = Tokens(32, seed=1), Tokens(8, seed=2)
+    cb = DepthscopeTrainerCallback(every=2, modules=MODULES)
+    hf_train(tmp_path, cb, make_model(0), ds, steps=5, eval_ds=ev)  # evaluates at start, steps 2, 4
+    want = plain_records(ds, steps=5, every=2)
+    assert_same(cb.records, want)
+    assert sorted({r["step"] for r in cb.records}) == [0, 2, 4]
+    assert all(r["calls"] == 1 for r in cb.records)
+    assert not cb.watch.attached
+
+
+def test_hf_trainer_gradient_accumulation_counts_optimizer_steps(tmp_path):
+    ds = Tokens(32, seed=1)
+    cb = DepthscopeTrainerCallback(every=1, modules=MODULES)
+    hf_train(tmp_path, cb, make_model(0), ds, steps=3, batch=2, accumulate=3)
+    want = plain_records(ds, steps=3, every=1, batch=2, accumulate=3)
+    assert_same(cb.records, want)
+    assert sorted({r["step"] for r in cb.records}) == [0, 1, 2]
+    assert all(r["calls"] == 3 for r in cb.records)
+
+
+def test_hf_trainer_exception_detaches_through_the_context_manager(tmp_path):
+    ds = Tokens(32, seed=1, fail_at=13)  # batch 3 (0-based) holds sample 13
+    model = make_model(0)
+    with pytest.raises(RuntimeError, match="boom"):
+        with DepthscopeTrainerCallback(every=1, modules=MODULES) as cb:
+            hf_train(tmp_path, cb, model, ds, steps=6)
+    assert not cb.watch.attached and not cb.watch.armed
+    assert all(not m._forward_hooks for m in model.modules())
+    steps = sorted({r["step"] for r in cb.records})
+    # the data loader reads a batch ahead, so the failure surfaces in step 2 or 3; that step is dropped
+    assert steps in ([0, 1], [0, 1, 2])
+
+
+def test_hf_trainer_close_after_a_failed_train_and_reuse(tmp_path):
+    ds = Tokens(32, seed=1, fail_at=5)
+    model = make_model(0)
+    cb = DepthscopeTrainerCallback(every=1, modules=MODULES)
+    with pytest.raises(RuntimeError, match="boom"):
+        hf_train(tmp_path, cb, model, ds, steps=4)
+    assert cb.watch.attached  # the Trainer does not tell callbacks about exceptions: documented
+    cb.close()
+    assert not cb.watch.attached and all(not m._forward_hooks for m in model.modules())
+    hf_train(tmp_path, cb, make_model(0), Tokens(32, seed=1), steps=2)
+    assert sorted({r["step"] for r in cb.records}) == [0, 1] and not cb.watch.attached
+
+
+def test_hf_callback_rejects_bad_keywords():
+    with pytest.raises(TypeError, match="evry"):
+        DepthscopeTrainerCallback(evry=3)
+    with pytest.raises(TypeError, match="optimizer"):
+        DepthscopeTrainerCallback(optimizer=None)
