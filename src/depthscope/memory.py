@@ -111,11 +111,13 @@ def vni_bytes(spec, samples: int) -> int:
     One layer at a time (nets.stream_layers): two float32 weight matrices N x fan_in
     (the previous layer's, still referenced, and the new one), plus for orthogonal
     init the float64 QR work (3 N^2 doubles) and for a volume net its triangular
-    mask (N^2 floats); two float32 activations S x N (h and x); the VNI's centred
-    copy (float32, then float64) and its float64 Gram matrix min(S, N)^2 with the
-    elementwise square (the float32 centred copy counted as one more S x N).
-    Measured against the peak of live memory at widths 2000 to 3000 and 1000 to
-    4000 samples (tests/test_memory.py): 7% to 22% above it.
+    mask (N^2 floats); two float32 activations S x N (h and x); the VNI's float64
+    working copies of the S x N layer (metrics.vni's _centred64 holds up to three
+    at once: the cast, the centred and the rescaled copy) and its float64 Gram matrix
+    min(S, N)^2 with the elementwise square.
+    Measured against the peak RSS growth at widths 2000 to 3000 and 1000 to 4000
+    samples (tests/test_memory.py): never below it, at most 2x above it (RSS peaks of
+    identical runs vary by up to 40% there).
     """
     n, s = int(spec.width), int(samples)
     fan_in = max(n, int(spec.n_in))
@@ -126,7 +128,7 @@ def vni_bytes(spec, samples: int) -> int:
         weights += 4 * n * n
     acts = 2 * 4 * s * fan_in
     g = min(s, n)
-    vni = (4 + 8) * s * n + 2 * 8 * g * g
+    vni = 3 * 8 * s * n + 2 * 8 * g * g
     return 4 * s * int(spec.n_in) + weights + acts + vni
 
 
