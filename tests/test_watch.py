@@ -16,7 +16,7 @@ from depthscope.watch import QUANTITIES, Watch, _seed_for, as_rows, sample_rows,
 
 
 # The watch computes VNI and the variance from a float32 Gram summed in float64 (metrics.vni.vni_moments):
-# stated first-order bound 4 (512 + 6) 2^-24 = 1.2e-4 on VNI, about 1e-8 on real activations. These
+# stated bound sqrt(512) 2^-24 = 1.35e-6 on VNI, about 1e-8 on real activations. These
 # tests hold it to the typical figure, the bound itself is tested in test_vni.py on ill-conditioned data.
 STAT_RTOL = 1e-6
 

@@ -6,7 +6,8 @@ import argparse
 import numpy as np
 
 from ..cli import nonneg_float, nonneg_int, positive_int, print_json
-from ..measure import load_inputs, measure_vni  # noqa: F401  (load_inputs/measure_vni: re-exported for old imports)
+from ..measure import load_inputs, measure_vni
+from ..metrics.vni import debias_vni  # noqa: F401  (load_inputs/measure_vni: re-exported for old imports)
 
 
 def _add_net_args(p: argparse.ArgumentParser) -> None:
@@ -200,7 +201,7 @@ def cmd_vni(args) -> int:
         "preprocess": preprocess, "in_features": spec.n_in, "inputs_note": note,
         "input_variance": args.input_variance, "samples": args.samples, "seeds": args.seeds, "layers": layers,
         "vni_mean": _pick(mean, args.layer), "vni_std": _pick(std, args.layer),
-        "vni_debiased_mean": _pick((vals - 1.0 / args.samples).mean(0) / (1.0 + 1.0 / args.samples), args.layer),
+        "vni_debiased_mean": _pick(debias_vni(vals, args.samples).mean(0), args.layer),
         "effective_nodes_mean": _pick(eff.mean(0), args.layer),
         "effective_nodes_std": _pick(eff.std(0, ddof=1) if args.seeds > 1 else np.zeros(args.depth), args.layer),
         "participation_ratio_mean": _pick((1.0 / vals).mean(0), args.layer),

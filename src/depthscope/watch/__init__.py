@@ -27,7 +27,7 @@ How it works (nothing of the model is wrapped or rewritten):
   registered on that output, parameter gradients from ``p.grad`` when the step ends.
 * A recorded step's statistics are computed together when it ends: each module's
   :func:`depthscope.metrics.vni.vni_moments` in place on its reservoir (a float32 Gram
-  summed in float64; within 4 (512 + 6) 2^-24 = 1.2e-4 of the float64
+  summed in float64; within sqrt(512) 2^-24 = 1.35e-6 of the float64
   :func:`depthscope.metrics.vni`, about 1e-8 in practice), all parameter gradients
   one fused norm, and everything reaches the host in one transfer.
 * The step counter advances when ``w.step()`` is called, or, with ``optimizer=``,
