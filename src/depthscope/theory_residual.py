@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from .activations import get_activation, numpy_phi
 from .theory import critical_sigma_w2, gaussian_expectation, s1_of
@@ -41,22 +42,66 @@ def branch_growth(a: float, k: float) -> float:
     return (2.0 * a + (k - 1.0) * a * a) / (1.0 + a) ** 2
 
 
-def hermite_parts(activation: str, q_h: float) -> tuple[float, float, float]:
-    """(kappa0, kappa1, var_psi) of phi at pre-activation variance q_h.
+_Z_IN = np.linspace(-8.0, 8.0, 401)  # inner rule: midpoint-like, exact enough at a kink (relu's at 0)
+_W_IN = np.exp(-0.5 * _Z_IN**2)
+_W_IN /= _W_IN.sum()
+# outer rule over the per-node offsets: a uniform grid too, since kappa1(o) is a near-step in o for a kinked phi
+# once the offsets outgrow the sample-to-sample spread (relu: kappa1(o) = Phi(o / sqrt(q_c)))
+_Z_OUT = np.linspace(-8.0, 8.0, 81)
+_W_OUT = np.exp(-0.5 * _Z_OUT**2)
+_W_OUT /= _W_OUT.sum()
+_Z_FINE = np.linspace(-9.0, 9.0, 4001)
+_W_FINE = np.exp(-0.5 * _Z_FINE**2)
+_W_FINE /= _W_FINE.sum()
 
-    kappa0 = E phi(h), kappa1 = E[h phi(h)] / q_h, var_psi = E phi^2 - kappa0^2 - kappa1^2 q_h, h ~ N(0, q_h).
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    return torch.special.erf(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))).numpy()
+
+
+@dataclass(frozen=True)
+class BranchMoments:
+    """Node averages, over offsets o ~ N(0, q_o), of the Hermite parts of phi(o + h), h ~ N(0, q_c).
+
+    kappa0(o) = E_h phi(o + h), kappa1(o) = E_h[h phi(o + h)] / q_c,
+    var_psi(o) = Var_h phi(o + h) - kappa1(o)^2 q_c (what the sample-to-sample part leaves unexplained).
     """
+
+    k0: float  # E_o kappa0
+    k0_sq: float  # E_o kappa0^2
+    k1_sq: float  # E_o kappa1^2
+    k1_4: float  # E_o kappa1^4
+    var_psi: float  # E_o var_psi
+
+
+def branch_moments(activation: str, q_c: float, q_o: float = 0.0) -> BranchMoments:
+    """The Hermite split of phi per node (see :class:`BranchMoments`), by quadrature on a grid."""
     act = get_activation(activation)
-
-    def f(h: np.ndarray) -> np.ndarray:
-        return numpy_phi(act, h)
-
-    smooth = act.smooth
-    q_h = max(float(q_h), 1e-300)
-    k0 = gaussian_expectation(f, q_h, smooth)
-    k1 = gaussian_expectation(lambda h: h * f(h), q_h, smooth) / q_h
-    e2 = gaussian_expectation(lambda h: f(h) ** 2, q_h, smooth)
-    return k0, k1, max(e2 - k0 * k0 - k1 * k1 * q_h, 0.0)
+    q_c = max(float(q_c), 1e-300)
+    if activation in ("relu", "linear"):  # closed forms in t = o / sqrt(q_c), on a fine grid of offsets
+        z = _Z_FINE if q_o > 0 else np.zeros(1)
+        w_out = _W_FINE if q_o > 0 else np.ones(1)
+        sc = math.sqrt(q_c)
+        t = math.sqrt(max(float(q_o), 0.0)) / sc * z
+        if activation == "linear":
+            k0, k1, var_psi = sc * t, np.ones_like(t), np.zeros_like(t)
+        else:
+            cdf = 0.5 * (1.0 + _erf(t / math.sqrt(2.0)))
+            pdf = np.exp(-0.5 * t * t) / math.sqrt(2.0 * math.pi)
+            k0 = sc * (t * cdf + pdf)
+            k1 = cdf
+            var_psi = np.maximum(q_c * ((t * t + 1.0) * cdf + t * pdf) - k0**2 - k1**2 * q_c, 0.0)
+        return BranchMoments(float(w_out @ k0), float(w_out @ k0**2), float(w_out @ k1**2), float(w_out @ k1**4),
+                             float(w_out @ var_psi))
+    offsets = math.sqrt(max(float(q_o), 0.0)) * _Z_OUT if q_o > 0 else np.zeros(1)
+    w_out = _W_OUT if q_o > 0 else np.ones(1)
+    h = math.sqrt(q_c) * _Z_IN
+    f = numpy_phi(act, offsets[:, None] + h[None, :])
+    k0 = f @ _W_IN
+    k1 = (f * h) @ _W_IN / q_c
+    var_psi = np.maximum((f * f) @ _W_IN - k0**2 - k1**2 * q_c, 0.0)
+    return BranchMoments(float(w_out @ k0), float(w_out @ k0**2), float(w_out @ k1**2), float(w_out @ k1**4),
+                         float(w_out @ var_psi))
 
 
 @dataclass
@@ -120,27 +165,34 @@ def predict_residual(
     noise_v = 0.0 if samples is None else (width + 1.0) / samples
     k = 1.0 + s if branch == "one" else 1.0 + 2.0 * s
     m1, v = float(input_variance), noise_v
-    mean2 = 0.0  # per-node mean square of the sample mean of x_l (the branch's kappa0 term feeds it)
+    # the sample mean of x_l: per-node mean square, and its average coordinate u (a one-layer branch with
+    # E phi != 0 adds kappa0 to every node, so u grows; a two-layer branch's V scatters it with zero mean)
+    mean2, u = 0.0, 0.0
     vnis, m1s, qs = np.empty(depth), np.empty(depth), np.empty(depth)
     g_first = math.nan
     covered = True
     for l in range(depth):
-        q_h = sw2 * (m1 + mean2) + sb2
-        k0, k1, var_psi = hermite_parts(activation, q_h)
-        if branch == "one" and abs(k0) > 1e-9 * math.sqrt(q_h):
+        q_c, q_o = sw2 * m1, sw2 * mean2 + sb2
+        bm = branch_moments(activation, q_c, q_o)
+        if branch == "one" and abs(bm.k0) > 1e-9 * math.sqrt(q_c + q_o):
             covered = False
-        a = alpha * alpha * k1 * k1 * sw2
-        g = branch_growth(a, k)
+        a = alpha * alpha * sw2 * bm.k1_sq
+        v_d = bm.k1_4 / bm.k1_sq**2 - 1.0 if bm.k1_sq > 0 else 0.0  # spread of the per-node gains kappa1(o)
+        g = branch_growth(a, k + v_d)
         if l == 0:
             g_first = g
         m1a, va = m1 * (1.0 + a), v + g
-        m1b = alpha * alpha * var_psi
+        m1b = alpha * alpha * bm.var_psi
         vb = noise_v + (s if branch == "two" else 0.0)
         m2 = m1a * m1a * (1.0 + va) + m1b * m1b * (1.0 + vb) + 2.0 * m1a * m1b
         m1 = m1a + m1b
         v = m2 / (m1 * m1) - 1.0
-        mean2 = mean2 * (1.0 + a) + alpha * alpha * k0 * k0
-        vnis[l], m1s[l], qs[l] = (1.0 + v) / width, m1, q_h
+        if branch == "one":
+            mean2 += 2.0 * alpha * u * bm.k0 + alpha * alpha * bm.k0_sq
+            u += alpha * bm.k0
+        else:
+            mean2 += alpha * alpha * bm.k0_sq
+        vnis[l], m1s[l], qs[l] = (1.0 + v) / width, m1, q_c + q_o
     return ResidualTheory(depth=depth, width=width, samples=samples or 0, activation=activation, init=init,
                           branch=branch, alpha=float(alpha), sigma_w2=sw2, sigma_b2=sb2,
                           input_variance=float(input_variance), covered=covered,
