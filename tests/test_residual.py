@@ -92,6 +92,15 @@ def test_branch_growth_matches_the_moments_of_m_transpose_m():
         assert branch_growth(a, k) == pytest.approx(m2 / m1**2 - 1.0, rel=0.02)  # measured 0.3-0.6% off
 
 
+@pytest.mark.parametrize("branch,init,k", [("one", "gaussian", 2.0), ("two", "gaussian", 3.0),
+                                             ("one", "orthogonal", 1.0), ("two", "orthogonal", 1.0)])
+def test_linear_layer_adds_exactly_its_growth(branch, init, k):
+    # linear phi, infinitely many samples: no psi part, v_0 = 0, so N R_1 - 1 = g(alpha^2, k) and v adds per layer
+    th = predict_residual(3, 50, "linear", init, branch=branch, alpha=0.7, input_variance=1.0)
+    g = branch_growth(0.49, k)
+    np.testing.assert_allclose(th.vni * 50 - 1.0, [g, 2 * g, 3 * g], rtol=1e-12)
+
+
 def _dense_reference(q_c, q_o, n=2001):
     """The five node averages of relu(o + h) by a plain 2-D midpoint rule (an independent, slow reference)."""
     z = np.linspace(-10, 10, n)
