@@ -179,3 +179,19 @@ def test_vni_two_layer_branch_beside_its_theory(capsys):
     th = predict_residual(30, 32, "tanh", branch="two", alpha=0.2, input_variance=1.0, samples=128)
     assert doc["vni_theory"] == pytest.approx(th.vni.tolist())
     assert np.isclose(doc["vni_mean"][-1], th.vni[-1], rtol=0.05)  # measured 1% off
+
+
+# ------------------------------------------------------------------------------------------- table3.1
+def test_table31_measures_both_families_with_the_branch_in_the_net():
+    from depthscope.experiments.chapter3 import JUDGED_BRANCH, Table31, stream_vni
+
+    exp = Table31()
+    units = exp.units(exp.params("quick", {"seeds": 1}))
+    res = {(u.spec["activation"], u.spec.get("branch")) for u in units if u.spec["arch"] == "residual"}
+    assert res == {(a, b) for a in ("tanh", "linear", "relu") for b in ("one", "two")} and JUDGED_BRANCH == "two"
+    assert all("branch" not in u.spec for u in units if u.spec["arch"] == "feedforward")  # their keys unchanged
+    spec = NetSpec(30, 16, "relu", arch="residual", branch="two", alpha=0.3)
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(2))
+    got, _ = stream_vni(spec, x, 5, measure=[10, 30])
+    ref = vni_per_layer(spec, x, 5, layers=[10, 30])
+    assert got[10] == pytest.approx(float(ref[9]), rel=1e-4) and got[30] == pytest.approx(float(ref[29]), rel=1e-4)

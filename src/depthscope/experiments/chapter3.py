@@ -14,7 +14,7 @@ import torch
 
 from ..data import DataNotFound, batch_source, check_preprocess, gaussian
 from ..metrics import rho_squared, vni
-from ..nets import NetSpec, apply_layer, layer_params
+from ..nets import NetSpec, apply_layer, branch_weight, layer_params
 from ..store import Store, Value
 from ..theory import predict
 from .base import Experiment, FigureResult, RunContext, WorkUnit
@@ -55,7 +55,8 @@ def stream_vni(spec: NetSpec, x: torch.Tensor, seed: int, *, measure=None, stop_
     wanted = None if measure is None else set(measure)
     for l in range(1, spec.depth + 1):
         w, b = layer_params(spec, seed, l)
-        _, x = apply_layer(spec, l, x, w.to(device), b.to(device))
+        v = branch_weight(spec, seed, l).to(device) if spec.two_branch else None  # two-layer residual branch
+        _, x = apply_layer(spec, l, x, w.to(device), b.to(device), v=v)
         if spec.activation in _HOMOGENEOUS:
             x = x / x.pow(2).mean().sqrt().clamp_min(1e-30)
         if keep and l in keep:
