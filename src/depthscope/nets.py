@@ -1,7 +1,10 @@
 """The study's networks (thesis eq. 3.1) and their variants.
 
 ``arch="feedforward"``  h_l = W_l x_{l-1} + b_l,  x_l = phi(h_l)                  (eq. 3.1)
-``arch="residual"``     x_l = x_{l-1} + alpha * phi(W_l x_{l-1} + b_l)
+``arch="residual"``     branch="one":  x_l = x_{l-1} + alpha * phi(W_l x_{l-1} + b_l)
+                        branch="two":  x_l = x_{l-1} + alpha * V_l phi(W_l x_{l-1} + b_l)
+                        (the ResNet form: V_l has variance 1/N, so the branch has zero mean
+                        over the weights whatever phi is; see docs/theory.md "Residual nets")
 ``arch="volume"``       x_l = x_{l-1} + phi((M_l * W_l) x_{l-1} + b_l), M_l strictly
                         triangular (lower at odd l, upper at even l), so the layer
                         Jacobian I + diag(phi') (M_l * W_l) is triangular with a unit
@@ -34,6 +37,7 @@ from .inits import check_init, init_weight
 from .theory import critical_sigma_w2
 
 ARCHS = ("feedforward", "residual", "volume")
+BRANCHES = ("one", "two")
 
 #: The largest sigma_b whose square is a finite float64 (with room): sigma_b^2 enters every variance map.
 SIGMA_B_MAX = 1e154
@@ -51,9 +55,14 @@ class NetSpec:
     sigma_b: float = 0.0  # std of random biases
     bias_value: float = 0.0  # constant added to every bias (seed 003 uses -2 for sigmoid)
     arch: str = "feedforward"
-    residual_scale: float = 1.0  # alpha of the residual branch
+    # alpha of the residual branch. ``residual_scale`` is its older name, kept as an alias so that specs
+    # stored before ``alpha`` existed (table3.1's units carry residual_scale) still load: give either one,
+    # or both equal; after construction both fields hold the same resolved value (default 1.0).
+    residual_scale: float | None = None
     in_features: int | None = None  # None: same as width
     out_features: int | None = None  # None: no readout
+    branch: str = "one"  # residual branch: "one" (alpha phi(W x + b)) or "two" (alpha V phi(W x + b))
+    alpha: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("depth", "width"):
@@ -70,7 +79,7 @@ class NetSpec:
             raise ValueError(f"unknown arch {self.arch!r}; expected one of: {', '.join(ARCHS)}")
         for name in ("sigma_w2", "sigma_b", "bias_value", "residual_scale"):
             v = getattr(self, name)
-            if name == "sigma_w2" and v is None:
+            if name in ("sigma_w2", "residual_scale") and v is None:  # None: the default (resolved below)
                 continue
             # NaN passes every comparison and a string fails with a TypeError, so type and finiteness come
             # first; sigma_b enters squared (sigma_b^2), so it is bounded where its square stays finite
@@ -86,6 +95,22 @@ class NetSpec:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
                 raise ValueError(f"NetSpec.{name} must be an integer >= 1 or None, got {v!r}")
+        self._resolve_alpha()
+
+    def _resolve_alpha(self) -> None:
+        if self.branch not in BRANCHES:
+            raise ValueError(f"unknown residual branch {self.branch!r}; expected one of: {', '.join(BRANCHES)}")
+        a, r = self.alpha, self.residual_scale
+        for name, v in (("alpha", a), ("residual_scale", r)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer))
+                                  or not math.isfinite(v)):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
+        if a is not None and r is not None and float(a) != float(r):
+            raise ValueError(f"alpha and residual_scale are the same setting (residual_scale is its old name); "
+                             f"got alpha={a} and residual_scale={r}: give one of them")
+        value = float(a if a is not None else (r if r is not None else 1.0))
+        object.__setattr__(self, "alpha", value)
+        object.__setattr__(self, "residual_scale", value)
 
     @property
     def resolved_sigma_w2(self) -> float:
@@ -106,7 +131,16 @@ class NetSpec:
         return asdict(self)
 
     def with_(self, **changes) -> "NetSpec":
+        # alpha and residual_scale are one setting: changing either one replaces both
+        if "alpha" in changes and "residual_scale" not in changes:
+            changes["residual_scale"] = None
+        elif "residual_scale" in changes and "alpha" not in changes:
+            changes["alpha"] = None
         return replace(self, **changes)
+
+    @property
+    def two_branch(self) -> bool:
+        return self.arch == "residual" and self.branch == "two"
 
 
 def layer_seed(seed: int, layer: int) -> int:
@@ -158,16 +192,33 @@ def _layer_params32(spec: NetSpec, seed: int, layer: int) -> tuple[torch.Tensor,
     return w, b
 
 
+def branch_weight(spec: NetSpec, seed: int, layer: int, dtype=torch.float32) -> torch.Tensor:
+    """V_l, the second matrix of a two-layer residual branch (variance 1/N, the spec's init).
+
+    Drawn from its own stream (seed, layer, 1), so W_l is the same as in the one-layer branch's net.
+    """
+    if not spec.two_branch:
+        raise ValueError(f"branch_weight applies to arch='residual' with branch='two', got arch={spec.arch!r}, "
+                         f"branch={spec.branch!r}")
+    state = np.random.SeedSequence([int(seed), int(layer), 1]).generate_state(2, np.uint64)[0] >> np.uint64(1)
+    g = torch.Generator().manual_seed(int(state))
+    return init_weight(spec.width, spec.width, spec.init, 1.0, generator=g, dtype=torch.float32).to(dtype)
+
+
 def apply_layer(spec: NetSpec, layer: int, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor,
-                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One hidden layer on a batch x (batch, fan_in): returns (h_l, x_l)."""
+                mask: torch.Tensor | None = None, v: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One hidden layer on a batch x (batch, fan_in): returns (h_l, x_l); ``v`` is V_l of a two-layer branch."""
     phi = get_activation(spec.activation)
     if mask is not None:
         w = w * mask
     h = torch.nn.functional.linear(x, w, b)
     if spec.arch == "feedforward":
         return h, phi(h)
-    scale = spec.residual_scale if spec.arch == "residual" else 1.0
+    if spec.two_branch:
+        if v is None:
+            raise ValueError("a two-layer residual branch needs its second matrix v (see branch_weight)")
+        return h, x + spec.alpha * torch.nn.functional.linear(phi(h), v)
+    scale = spec.alpha if spec.arch == "residual" else 1.0
     return h, x + scale * phi(h)
 
 
@@ -199,6 +250,12 @@ class Net(nn.Module):
         self.hidden = nn.ModuleList(
             linear_from_params(*layer_params(spec, seed, l, dtype)) for l in range(1, spec.depth + 1)
         )
+        # V_l of a two-layer residual branch (bias-free: the branch is alpha V phi(W x + b))
+        self.branch_out: nn.ModuleList | None = None
+        if spec.two_branch:
+            self.branch_out = nn.ModuleList(
+                linear_from_params(branch_weight(spec, seed, l, dtype), torch.zeros(spec.width, dtype=dtype),
+                                   bias=False) for l in range(1, spec.depth + 1))
         self.readout: nn.Linear | None = None
         if spec.out_features is not None:
             self.readout = linear_from_params(*layer_params(spec, seed, -1, dtype))
@@ -216,7 +273,8 @@ class Net(nn.Module):
         if self.input_projection is not None:
             x = self.input_projection(x)
         for l, lin in enumerate(self.hidden, start=1):
-            h, x = apply_layer(self.spec, l, x, lin.weight, lin.bias, self.mask(l))
+            v = self.branch_out[l - 1].weight if self.branch_out is not None else None
+            h, x = apply_layer(self.spec, l, x, lin.weight, lin.bias, self.mask(l), v)
             yield l, h, x
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -251,5 +309,6 @@ def stream_layers(
         x = x @ w.to(x.device).T
     for l in range(1, spec.depth + 1):
         w, b = layer_params(spec, seed, l, dtype)
-        h, x = apply_layer(spec, l, x, w.to(x.device), b.to(x.device))
+        v = branch_weight(spec, seed, l, dtype).to(x.device) if spec.two_branch else None
+        h, x = apply_layer(spec, l, x, w.to(x.device), b.to(x.device), v=v)
         yield l, h, x

@@ -27,6 +27,12 @@ def _add_net_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
 
+def _add_residual_args(p: argparse.ArgumentParser) -> None:
+    from .residual import add_residual_args
+
+    add_residual_args(p)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("theory", help="mean-field predictions: q*, chi, mu1, mu2, s1, VNI per layer, m1, m2",
                        description="Predictions of the thesis' theory for a random net (no sampling).")
@@ -37,18 +43,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--in-features", type=positive_int, default=None,
                    help="input features P: the first weight matrix is N x P (default: the width)")
     t.add_argument("--samples", type=positive_int, default=None,
-                   help="also predict what a measurement from this many samples reads (vni_sampled)")
+                   help="also predict what a measurement from this many samples reads (vni_sampled; for --arch residual: "
+                   "adds their finite-sample excess)")
     t.add_argument("--signal", action="store_true",
                    help="add the signal-propagation quantities at q*: c*, chi_1, chi_c, xi_q, xi_c, phase (seconds)")
     t.add_argument("--phase-diagram", default=None, metavar="PNG",
                    help="draw the order-to-chaos phase diagram (sigma_w^2 0.25..4 x sigma_b^2 0..0.5) with VNI-at-"
                    "depth contours for this depth, width, activation and init into this file")
+    t.add_argument("--arch", default="feedforward", choices=("feedforward", "residual"),
+                   help="feedforward (the thesis' theory) or residual (docs/theory.md, 'Residual nets')")
+    _add_residual_args(t)
     t.set_defaults(func=cmd_theory)
 
     v = sub.add_parser("vni", help="measured VNI and effective nodes per layer beside the prediction",
                        description="Measure the VNI (eq. 3.4) of every layer of random nets over several seeds.")
     _add_net_args(v)
     v.add_argument("--arch", default="feedforward", help="feedforward, residual or volume")
+    _add_residual_args(v)
     v.add_argument("--inputs", default="gaussian", help="gaussian, mnist or fashion-mnist")
     v.add_argument("--samples", type=positive_int, default=1000, help="input samples per net (default 1000)")
     v.add_argument("--seeds", type=positive_int, default=20, help="nets (seeds 0..S-1) to average (default 20)")
@@ -96,6 +107,11 @@ def cmd_theory(args) -> int:
             raise ValueError(f"--phase-diagram: directory {parent!r} does not exist or is not writable")
         if not args.phase_diagram.lower().endswith((".png", ".svg", ".pdf")):
             raise ValueError(f"--phase-diagram must end in .png, .svg or .pdf, got {args.phase_diagram!r}")
+    from .residual import check_residual_args, cmd_theory_residual
+
+    check_residual_args(args)
+    if args.arch == "residual":
+        return cmd_theory_residual(args)
     r = predict(args.depth, args.width, args.activation, args.init, args.sigma_w2, args.sigma_b,
                 args.input_variance, in_features=args.in_features, samples=args.samples)
     vni = {"finite": r.vni_finite, "jacobian": r.vni_jacobian, "asymptotic": r.vni_asymptotic}[args.form]
@@ -183,8 +199,12 @@ def cmd_vni(args) -> int:
         fixed, note = load_inputs(args.inputs, args.samples, args.input_variance, args.data_dir, preprocess)
     # layer 1's fan-in is the input's feature count: 784 pixels, or the k directions whitening kept
     in_features = None if fixed is None else int(fixed.shape[1])
+    from .residual import check_residual_args, residual_theory_for
+
+    check_residual_args(args)
     spec = NetSpec(depth=args.depth, width=args.width, activation=args.activation, init=args.init,
-                   sigma_w2=args.sigma_w2, sigma_b=args.sigma_b, arch=args.arch, in_features=in_features)
+                   sigma_w2=args.sigma_w2, sigma_b=args.sigma_b, arch=args.arch, in_features=in_features,
+                   branch=args.branch or "one", alpha=args.alpha)
     vals = measure_vni(spec, args.inputs, args.samples, args.seeds, args.input_variance, args.data_dir,
                        quiet=args.quiet or args.json, layers=None if args.layer is None else [args.layer],
                        fixed_inputs=fixed)
@@ -192,6 +212,8 @@ def cmd_vni(args) -> int:
     # correlated and of their own variance, so for them --input-variance is only a stand-in for sigma_x^2.
     r = predict(args.depth, args.width, args.activation, args.init, spec.resolved_sigma_w2, args.sigma_b,
                 args.input_variance)
+    if spec.arch == "residual":  # the feed-forward theory does not describe a residual net; its own does
+        r = residual_theory_for(spec, args.input_variance, args.samples, r)
     mean, std = vals.mean(0), vals.std(0, ddof=1) if args.seeds > 1 else np.zeros(args.depth)
     eff = args.width * (1 - vals) + 1
     layers = _layers(args.depth, args.layer)
