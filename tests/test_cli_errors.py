@@ -423,7 +423,7 @@ def test_vni_width_100000_is_refused_naming_both_memories(monkeypatch, capsys):
 
     monkeypatch.setattr(memory, "machine_memory", lambda: (8_000_000_000, 16_000_000_000))
     rc, err = run_cli(["vni", "--depth", "2", "--width", "100000", "--samples", "1000", "--seeds", "1"], capsys)
-    assert_one_line(rc, err, "needs about 82.4 GB of memory, but only 8.0 GB is available on this machine "
+    assert_one_line(rc, err, "needs about 83.6 GB of memory, but only 8.0 GB is available on this machine "
                              "(of 16.0 GB)")
 
 
