@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from depthscope.cli import main
+from depthscope.errors import InputError
 from depthscope.experiments import run_experiment
 from depthscope.store import Store, Value, code_version, unit_key
 
@@ -361,13 +362,14 @@ def stored(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("bad,needle", [
-    ("widths=[0]", "--set widths: expected an integer >= 1, got [0]"),
-    ('seeds="2"', '--set seeds: expected an integer, got "2"'),
-    ('widths="abc"', '--set widths: expected a non-empty list, got "abc"'),
-    ("seeds=-1", "--set seeds: expected an integer >= 1, got -1"),
-    ("seeds=NaN", "--set seeds: expected an integer, got NaN"),
-    ("input_variance=NaN", "--set input_variance: expected a finite number, got NaN"),
-    ("seeds=null", "--set seeds: expected an integer, got null"),
+    ("widths=[0]", "--set widths: experiment 'effective-nodes' counts something: integers >= 1, got [0]"),
+    ('seeds="2"', "--set seeds: experiment 'effective-nodes' takes an integer like 2; got a string '2'"),
+    ('widths="abc"', "--set widths: experiment 'effective-nodes' takes a list of integers like [25, 50, 100, 200]; "
+     "got a string 'abc'"),
+    ("seeds=-1", "--set seeds: experiment 'effective-nodes' counts something: integers >= 1, got -1"),
+    ("seeds=NaN", "--set seeds: experiment 'effective-nodes' takes finite numbers, got nan"),
+    ("input_variance=NaN", "--set input_variance: experiment 'effective-nodes' takes finite numbers, got nan"),
+    ("seeds=null", "--set seeds: experiment 'effective-nodes' takes an integer like 2; got null"),
     ("activation=nope", "--set activation: unknown activation 'nope'"),
     ("widths=[]", "--set widths: expected a non-empty list, got []"),
 ])
@@ -387,7 +389,7 @@ def test_a_failure_after_validation_keeps_units_and_meta(stored, monkeypatch, ca
     from depthscope.experiments.chapter3 import EffectiveNodes
 
     def boom(self, u, ctx):
-        raise ValueError("width 6 is not allowed here (simulated)")
+        raise InputError("width 6 is not allowed here (simulated)")
 
     _, units, meta = _snapshot(stored)
     monkeypatch.setattr(EffectiveNodes, "run_unit", boom)
@@ -452,7 +454,7 @@ def test_force_without_mnist_exits_2_and_keeps_the_units_it_cannot_redo(tmp_path
     capsys.readouterr()
     before = _snapshot(run_dir)
     assert len(before[1]) == 3
-    assert main([*base, "--force", "--data-dir", str(tmp_path / "none")]) == 2
+    assert main([*base, "--force", "--data-dir", str(_empty(tmp_path / "none"))]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "--force incomplete: fig3.3: 3 units could not be redone (3 need mnist; see --data-dir)" in err[-1]
     assert "earlier results are kept" in err[-1]
@@ -565,7 +567,7 @@ def test_paths_that_are_files_or_directories_the_wrong_way_round(tmp_path, capsy
     with Store(tmp_path / "s") as st:
         _fill(st)
     assert main(["export", str(tmp_path / "s"), str(tmp_path)]) == 2
-    assert "must end in .csv or .parquet" in _one_line_error(capsys)
+    assert "is a directory, expected a file name" in _one_line_error(capsys)
     (tmp_path / "dir.csv").mkdir()
     assert main(["export", str(tmp_path / "s"), str(tmp_path / "dir.csv")]) == 2
     assert "is a directory" in _one_line_error(capsys)
@@ -826,7 +828,7 @@ def test_partial_force_keeps_the_old_units_it_could_not_redo(tmp_path, monkeypat
         old = {u.key: u.finished for u in st.units("fig3.2")}
     assert len(old) == 4
     capsys.readouterr()
-    assert main([*base, "--force", "--data-dir", str(tmp_path / "none")]) == 2
+    assert main([*base, "--force", "--data-dir", str(_empty(tmp_path / "none"))]) == 2
     assert "fig3.2: 2 units could not be redone (2 need mnist" in capsys.readouterr().err
     with Store(run_dir) as st:
         new = {u.key: u.finished for u in st.units("fig3.2")}
@@ -852,3 +854,9 @@ def test_a_failing_export_leaves_the_old_file(tmp_path, monkeypatch):
     with Store(tmp_path) as st, pytest.raises(OSError, match="simulated"):
         st.export_csv(out)
     assert out.read_text() == "precious\n" and sorted(p.name for p in tmp_path.glob("*keep*")) == ["keep.csv"]
+
+
+def _empty(path: Path) -> Path:
+    """An existing directory without MNIST: --data-dir must exist (cli checks it), the data must be missing."""
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -309,7 +309,7 @@ def test_watch_report_cli_bad_values_are_one_line_exit_2(tmp_path, capsys):
     _run(tmp_path, 2, run="good")
     (tmp_path / "afile").write_text("x")
     for argv, msg in ((["--run", "../up"], "is not allowed"), (["--quantity", "nope"], "unknown quantity"),
-                      (["--out", str(tmp_path / "afile")], "is a file, not a directory")):
+                      (["--out", str(tmp_path / "afile")], "is a file, expected a directory")):
         assert main(["watch-report", str(tmp_path), *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert msg in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
