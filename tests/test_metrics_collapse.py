@@ -149,7 +149,8 @@ def test_token_collapse_degenerate_sequences():
     x[1] = 0.0  # padding: skipped in the mean
     per = token_collapse_per_sequence(x)
     assert math.isnan(float(per[1])) and not torch.isnan(per[[0, 2]]).any()
-    assert token_collapse(x) == pytest.approx(float(per[[0, 2]].mean()), rel=1e-13)  # the batch and per-sequence SVDs may round differently by a few ulps under threads
+    # the batch and the per-sequence SVDs may round apart by a few ulps under threads
+    assert token_collapse(x) == pytest.approx(float(per[[0, 2]].mean()), rel=1e-13)
     same = torch.ones(2, 5, 4, dtype=torch.float64) * torch.randn(4, dtype=torch.float64)  # every token equal
     assert float(token_collapse(same)) < 1e-7 and float(token_collapse(same, reference="mean")) == 0.0
     x[2, 1, 1] = math.inf
