@@ -83,16 +83,22 @@ def load(path: Path) -> list[Mutant]:
     return out
 
 
+#: What a copy holds: the tests also read the examples, benchmarks and scripts they exercise.
+TREE = ("src", "tests", "examples", "benchmarks", "scripts", "pyproject.toml")
+
+
 def make_tree(dest: Path, ref: str | None) -> None:
-    """src/, tests/ and pyproject.toml of the working tree or of git ref ``ref``, into ``dest``."""
+    """:data:`TREE` of the working tree or of git ref ``ref``, into ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
     if ref is None:
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-        shutil.copytree(ROOT / "src", dest / "src", ignore=ignore)
-        shutil.copytree(ROOT / "tests", dest / "tests", ignore=ignore)
-        shutil.copy2(ROOT / "pyproject.toml", dest / "pyproject.toml")
+        for name in TREE:
+            if (ROOT / name).is_dir():
+                shutil.copytree(ROOT / name, dest / name, ignore=ignore)
+            elif (ROOT / name).exists():
+                shutil.copy2(ROOT / name, dest / name)
         return
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", ref, "src", "tests", "pyproject.toml"],
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", ref, *TREE],
                              capture_output=True, check=False)
     if archive.returncode != 0:
         raise SystemExit(f"mutate.py: git archive {ref}: {archive.stderr.decode().strip()}")
