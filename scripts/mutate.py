@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     with tempfile.TemporaryDirectory(prefix="depthscope-mutate-") as tmp:
+        # readable by all, as a checkout is: test_store's read-only test runs store.py as "nobody" when root
+        os.chmod(tmp, 0o755)
         base = Path(tmp) / "base"
         make_tree(base, args.ref)
         works = []
