@@ -181,6 +181,9 @@ def test_label_count_mismatch_and_range_are_errors(tmp_path):
     data.write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.array([0, 1, 12], np.uint8))
     with pytest.raises(DataError, match="label 12 out of range"):
         data.load_dataset("mnist", "test", tmp_path, download=False)
+    data.write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.array([0, 9, 10], np.uint8))  # the first bad one
+    with pytest.raises(DataError, match="label 10 out of range 0..9"):
+        data.load_dataset("mnist", "test", tmp_path, download=False)
 
 
 def test_missing_offline_names_the_four_files(tmp_path):

@@ -860,3 +860,28 @@ def _empty(path: Path) -> Path:
     """An existing directory without MNIST: --data-dir must exist (cli checks it), the data must be missing."""
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def test_rerecording_a_unit_leaves_no_orphan_rows(tmp_path):
+    """Recording a unit again replaces its rows: the old ones are deleted, not left behind unseen (the join hides
+    them; `depthscope check` and the file size would not)."""
+    key = unit_key({"depth": 2}, 0)
+    with Store(tmp_path) as st:
+        for v in (1.0, 2.0):
+            st.record("e", key, spec={"depth": 2}, seed=0, values=[Value("vni", v, layer=l) for l in (1, 2)])
+        assert [r["value"] for r in st.rows("e", "vni")] == [2.0, 2.0]
+    con = sqlite3.connect(tmp_path / "results.sqlite")
+    try:
+        assert con.execute("SELECT COUNT(*) FROM measurements").fetchone()[0] == 2
+    finally:
+        con.close()
+    assert check(tmp_path).ok
+
+
+@pytest.mark.parametrize("bad", [True, False, "1", 1.5])
+def test_a_layer_or_step_that_is_not_an_integer_is_refused(tmp_path, bad):
+    """layer=True would be stored as layer 1 (bool is an int in Python): refused with the value named."""
+    with Store(tmp_path) as st:
+        with pytest.raises(ValueError, match="layer"):
+            st.record("e", "k", spec={}, seed=None, values=[Value("vni", 0.5, layer=bad)])
+        assert st.units("e") == []
