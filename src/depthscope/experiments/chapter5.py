@@ -302,6 +302,29 @@ def trend(runs: list[dict], field: str) -> tuple[list, list[float]]:
     return vals, [float(np.mean([r["success"] for r in runs if r[field] == v])) for v in vals]
 
 
+def success_panels(fig, axes, runs, combos, depths, lrs, *, annotate: bool = False) -> None:
+    """One P(success) panel (depth x log10 lr) per (activation, init) in ``combos``, spare axes hidden, one
+    colour bar; ``annotate`` writes each cell's value (readable on small grids only)."""
+    im = None
+    for ax, (act, init) in zip(axes.flat, combos):
+        grid = success_grid([r for r in runs if r["activation"] == act and r["init"] == init], depths, lrs)
+        im = ax.imshow(grid, origin="lower", cmap="gray", vmin=0, vmax=1, aspect="auto")
+        if annotate:
+            for (i, j), v in np.ndenumerate(grid):
+                if np.isfinite(v):
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                            color="black" if v > 0.5 else "white")
+        ax.set_xticks(range(len(lrs)), [f"{math.log10(v):.2g}" for v in lrs], fontsize=7)
+        ax.set_yticks(range(len(depths)), [str(d) for d in depths], fontsize=7)
+        ax.set_xlabel("log10 learning rate")
+        ax.set_ylabel("depth L")
+        ax.set_title(f"{act}, {init} init", fontsize=9)
+    for ax in list(axes.flat)[len(combos):]:
+        ax.set_visible(False)
+    if im is not None:
+        fig.colorbar(im, ax=axes.ravel().tolist(), label="P(success)")
+
+
 def success_figure(runs, opt, params, outdir, cmd, protocol) -> FigureResult:
     from matplotlib.figure import Figure
 
@@ -312,20 +335,7 @@ def success_figure(runs, opt, params, outdir, cmd, protocol) -> FigureResult:
     nrow = math.ceil(len(combos) / ncol)
     fig = Figure(figsize=(4.2 * ncol, 3.6 * nrow), layout="constrained")
     axes = fig.subplots(nrow, ncol, squeeze=False)
-    im = None
-    for ax, (act, init) in zip(axes.flat, combos):
-        sub = [r for r in runs if r["activation"] == act and r["init"] == init]
-        grid = success_grid(sub, depths, lrs)
-        im = ax.imshow(grid, origin="lower", cmap="gray", vmin=0, vmax=1, aspect="auto")
-        ax.set_xticks(range(len(lrs)), [f"{math.log10(v):.2g}" for v in lrs], fontsize=7)
-        ax.set_yticks(range(len(depths)), [str(d) for d in depths], fontsize=7)
-        ax.set_xlabel("log10 learning rate")
-        ax.set_ylabel("depth L")
-        ax.set_title(f"{act}, {init} init", fontsize=9)
-    for ax in list(axes.flat)[len(combos):]:
-        ax.set_visible(False)
-    if im is not None:
-        fig.colorbar(im, ax=axes.ravel().tolist(), label="P(success)")
+    success_panels(fig, axes, runs, combos, depths, lrs)
     fig.suptitle(f"Probability of successful training ({OPTIMIZER_TITLES[opt]})")
     name = FIG_OF_OPTIMIZER[opt]
     paths = _save(fig, outdir, name)

@@ -39,7 +39,7 @@ from .chapter5 import (
     failure_counts,
     failure_line,
     log10_gain,
-    success_grid,
+    success_panels,
     trend,
     vni_claim,
     vni_stats,
@@ -160,24 +160,8 @@ def success_figure(runs, experiment, stem, opt, width, outdir, cmd, about) -> Fi
     fig = Figure(figsize=(max(4.2, 0.5 * len(lrs) + 2.4) * ncol, max(3.2, 0.3 * len(depths) + 2) * nrow),
                  layout="constrained")
     axes = fig.subplots(nrow, ncol, squeeze=False)
-    im = None
-    for ax, (act, init) in zip(axes.flat, combos):
-        grid = success_grid([r for r in runs if r["activation"] == act and r["init"] == init], depths, lrs)
-        im = ax.imshow(grid, origin="lower", cmap="gray", vmin=0, vmax=1, aspect="auto")
-        if grid.size <= 144:  # small grids: the numbers themselves
-            for (i, j), v in np.ndenumerate(grid):
-                if np.isfinite(v):
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                            color="black" if v > 0.5 else "white")
-        ax.set_xticks(range(len(lrs)), [f"{math.log10(v):.2g}" for v in lrs], fontsize=7)
-        ax.set_yticks(range(len(depths)), [str(d) for d in depths], fontsize=7)
-        ax.set_xlabel("log10 learning rate")
-        ax.set_ylabel("depth L")
-        ax.set_title(f"{act}, {init} init", fontsize=9)
-    for ax in list(axes.flat)[len(combos):]:
-        ax.set_visible(False)
-    if im is not None:
-        fig.colorbar(im, ax=axes.ravel().tolist(), label="P(success)")
+    success_panels(fig, axes, runs, combos, depths, lrs,
+                   annotate=len(depths) * len(lrs) <= 144)  # small grids: the numbers themselves
     title = f"{OPTIMIZER_TITLES.get(opt, opt)}, width {width}"
     fig.suptitle(f"{experiment}: probability of successful training ({title})")
     name = f"{stem}-success-{_file_stem(opt)}-w{width}"
