@@ -278,9 +278,17 @@ def test_check_subcommand_bad_paths(argv, needle, places, capsys):
     assert_one_line(rc, err, needle)
 
 
-@pytest.mark.skipif(ROOT, reason="root writes into read-only directories")
-@pytest.mark.parametrize("cmd", [pytest.param("report", marks=pytest.mark.xfail(
-    strict=True, reason="report writes its figures into the run directory: needs an --out option")), "export"])
+def tree(directory: str | Path) -> dict[str, tuple]:
+    """Every file under ``directory``: relative path -> (bytes' sha256, mtime in ns)."""
+    out = {}
+    for p in sorted(Path(directory).rglob("*")):
+        if p.is_file():
+            out[str(p.relative_to(directory))] = (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+    return out
+
+
+@pytest.mark.skipif(ROOT, reason="root writes into read-only directories (the tests below stand in for this)")
+@pytest.mark.parametrize("cmd", ["report", "export"])
 def test_read_only_run_dir_report_and_export_work(cmd, places, tmp_path, capsys):
     import shutil
 
@@ -288,11 +296,65 @@ def test_read_only_run_dir_report_and_export_work(cmd, places, tmp_path, capsys)
     shutil.copytree(places["run"], ro)
     ro.chmod(0o555)
     try:
-        argv = [cmd, str(ro)] + ([str(tmp_path / "o.csv")] if cmd == "export" else ["--quiet"])
+        before = tree(ro)
+        if cmd == "report":  # without --out there is nowhere to write: one line that says to use it
+            rc, err = run_cli(["report", str(ro), "--quiet"], capsys)
+            assert_one_line(rc, err, "pass --out DIR")
+            argv = ["report", str(ro), "--quiet", "--out", str(tmp_path / "rep")]
+        else:
+            argv = ["export", str(ro), str(tmp_path / "o.csv")]
         rc, err = run_cli(argv, capsys)
         assert rc == 0, err
+        assert tree(ro) == before
     finally:
         ro.chmod(0o755)
+    if cmd == "report":
+        assert (tmp_path / "rep" / "report.html").is_file()
+
+
+def test_report_and_export_leave_the_run_dir_as_it_was(places, tmp_path, capsys):
+    """Works as root too: report --out and export only read (the store opens read-only): every file under the
+    run directory keeps its bytes and mtime, and no file (no -wal, -shm, figures/, report.html) appears there."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(places["run"], run)
+    before = tree(run)
+    out = tmp_path / "elsewhere"
+    rc, err = run_cli(["report", str(run), "--quiet", "--out", str(out)], capsys)
+    assert rc == 0, err
+    assert (out / "report.html").is_file() and (out / "figures").is_dir()
+    rc, err = run_cli(["export", str(run), str(tmp_path / "o.csv")], capsys)
+    assert rc == 0, err
+    assert len((tmp_path / "o.csv").read_text().splitlines()) == 7
+    assert tree(run) == before
+
+
+def test_report_into_an_unwritable_run_dir_says_to_use_out(places, tmp_path, capsys, monkeypatch):
+    """The not-writable branch, as root too (root may write anywhere): the writability check says no."""
+    import shutil
+
+    from depthscope import report
+
+    run = tmp_path / "run"
+    shutil.copytree(places["run"], run)
+    before = tree(run)
+    monkeypatch.setattr(report, "writable_dir", lambda p: Path(p) != run)
+    rc, err = run_cli(["report", str(run), "--quiet"], capsys)
+    assert_one_line(rc, err, "is not writable; pass --out DIR")
+    assert tree(run) == before
+    rc, err = run_cli(["report", str(run), "--quiet", "--out", str(tmp_path / "o")], capsys)
+    assert rc == 0, err
+    assert tree(run) == before
+
+
+def test_report_out_bad_paths(places, capsys):
+    for out, needle in (("{file}", "is a file, expected a directory"), ("{file}/x", "is a file, not a directory"),
+                        ("", "--out")):
+        before = store_hashes(places["run"])
+        rc, err = run_cli(["report", places["run"], "--quiet", "--out", out.format(**places)], capsys)
+        assert_one_line(rc, err, needle)
+        assert store_hashes(places["run"]) == before
 
 
 @pytest.mark.skipif(not ROOT, reason="only root can write where a chmod forbids it; elsewhere tested above")

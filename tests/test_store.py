@@ -885,3 +885,21 @@ def test_a_layer_or_step_that_is_not_an_integer_is_refused(tmp_path, bad):
         with pytest.raises(ValueError, match="layer"):
             st.record("e", "k", spec={}, seed=None, values=[Value("vni", 0.5, layer=bad)])
         assert st.units("e") == []
+
+
+def test_report_out_draws_real_figures_and_leaves_the_run_dir_as_it_was(stored, tmp_path, capsys):
+    """`depthscope report RUN_DIR --out DIR` with an experiment's figures: the store is opened read-only (no -wal
+    or -shm left behind, no migration), figures and report.html go to DIR, and every file under RUN_DIR keeps
+    its bytes and mtime."""
+    def tree(d: Path) -> dict:
+        return {str(p.relative_to(d)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(d.rglob("*"))
+                if p.is_file()}
+
+    before = tree(stored)
+    out = tmp_path / "rep"
+    assert main(["report", str(stored), "--quiet", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out / "report.html")
+    assert any(p.suffix == ".png" for p in (out / "figures").iterdir())
+    html = (out / "report.html").read_text()
+    assert 'href="figures/' in html and "data:image/png;base64," in html  # links relative to DIR
+    assert tree(stored) == before

@@ -162,7 +162,7 @@ def _collect(store: Store, outdir: Path, quiet: bool) -> tuple[list[_Section], l
     return sections, orphans
 
 
-def _render(run_dir: Path, sections: list[_Section], orphans: list[str]) -> str:
+def _render(run_dir: Path, sections: list[_Section], orphans: list[str], report_dir: Path | None = None) -> str:
     esc = html.escape
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -220,7 +220,7 @@ def _render(run_dir: Path, sections: list[_Section], orphans: list[str]) -> str:
             cls, word = _figure_verdict(f)
             out.append(f'<figure id="fig-{esc(f.name)}">')
             out.append(img if img or f.html else f'<p class="note">{esc(problem or "")}</p>')
-            others = [_rel(p, run_dir) for p in f.paths if not str(p).lower().endswith(".png")]
+            others = [_rel(p, report_dir or run_dir) for p in f.paths if not str(p).lower().endswith(".png")]
             links = " ".join(f'<a href="{esc(n)}">{esc(n)}</a>' for n in others)
             out.append(f"<figcaption><b>{esc(f.name)}: {esc(f.title)}</b> (reproduces {esc(f.reproduces)})"
                        f'<p class="verdict {cls}">[{word}] {esc(f.verdict)}</p>'
@@ -262,15 +262,25 @@ def _verdict_table(sections: list[_Section]) -> list[str]:
     return out
 
 
-def write_report(run_dir: Path, quiet: bool = False) -> Path:
-    """Draw every stored experiment's figures into RUN_DIR/figures and write RUN_DIR/report.html; returns its path."""
+def writable_dir(path: Path) -> bool:
+    """Can the report be written into ``path``: the directory, and its ``figures`` and report file if they exist."""
+    path = Path(path)
+    need = [path] + [p for p in (path / "figures", path / REPORT_NAME) if p.exists()]
+    return all(os.access(p, os.W_OK) for p in need)
+
+
+def write_report(run_dir: Path, quiet: bool = False, out: Path | None = None) -> Path:
+    """Draw every stored experiment's figures into OUT/figures and write OUT/report.html (OUT: ``out``, else
+    RUN_DIR); returns its path. The store is opened read-only: with ``out`` elsewhere, nothing under RUN_DIR
+    changes."""
     run_dir = Path(run_dir)
-    outdir = run_dir / "figures"
-    outdir.mkdir(parents=True, exist_ok=True)
-    with Store(run_dir, create=False) as store:
+    out = run_dir if out is None else Path(out)
+    outdir = out / "figures"
+    with Store(run_dir, create=False, readonly=True) as store:  # a missing or damaged store: before any mkdir
+        outdir.mkdir(parents=True, exist_ok=True)
         sections, orphans = _collect(store, outdir, quiet)
-    path = run_dir / REPORT_NAME
+    path = out / REPORT_NAME
     tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(_render(run_dir, sections, orphans), encoding="utf-8")
+    tmp.write_text(_render(run_dir, sections, orphans, out), encoding="utf-8")
     tmp.replace(path)
     return path

@@ -179,7 +179,8 @@ class Store:
     """A results store in ``run_dir/results.sqlite``; safe to open from several processes.
 
     ``create=False`` refuses a run directory without a store (and opens it read-only when it is not
-    writable); ``readonly=True`` never writes (no migration, no WAL files needed beyond SQLite's own).
+    writable); ``readonly=True`` never writes: no migration, no repair, and the run directory is left
+    exactly as it was (``depthscope report`` and ``export`` open it so).
     """
 
     def __init__(self, run_dir: str | os.PathLike, *, create: bool = True, readonly: bool = False):
@@ -234,6 +235,20 @@ class Store:
                 conn.close()
                 raise self._damaged(e) from None
             return conn
+        if _writable(self.path) and not self.path.with_name(DB_NAME + "-wal").exists():
+            # A mode=ro reader of a WAL store must create its -wal and -shm files and cannot remove them: it
+            # would leave both behind in the run directory. A connection that refuses every write
+            # (query_only) removes them on close, as the last connection does, so reading leaves the
+            # directory exactly as it was (byte for byte; mtimes too). When a -wal exists, a writer is
+            # at work (or one was killed): mode=ro uses its files and changes nothing.
+            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            try:
+                conn.execute("PRAGMA query_only=1")
+                conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+                return conn
+            except sqlite3.DatabaseError as e:
+                conn.close()
+                raise self._damaged(e) from None
         # read-only: a WAL store needs its -shm file; in a read-only directory without one, open it immutable
         for params in ({"mode": "ro"}, {"mode": "ro", "immutable": "1"}):
             conn = sqlite3.connect(_uri(self.path, **params), uri=True, timeout=60.0, isolation_level=None)
@@ -275,8 +290,9 @@ class Store:
                              f"({SCHEMA_VERSION}); upgrade depthscope")
         if self.readonly:
             if version == 1:
-                raise StoreError(f"{self.path} has store schema version 1 and is read-only here; migrate a "
-                                 f"writable copy to version {SCHEMA_VERSION} with `depthscope check RUN_DIR`")
+                what = "a writable copy" if not _writable(self.path) else "it"
+                raise StoreError(f"{self.path} has store schema version 1 and is read-only here; migrate {what} "
+                                 f"to version {SCHEMA_VERSION} with `depthscope check {self.run_dir}`")
             missing = [t for t in _TABLES if t not in tables]
             if missing:
                 raise StoreError(f"{self.path} lacks table(s) {', '.join(missing)} (damaged); open it writable "

@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     r = sub.add_parser("report", help="draw every figure from a run directory's store and write report.html")
     r.add_argument("run_dir", metavar="RUN_DIR")
+    r.add_argument("--out", default=None, metavar="DIR",
+                   help="write report.html and figures/ into DIR instead of RUN_DIR (the store is only read: "
+                   "a read-only run directory needs this)")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_report)
 
@@ -112,9 +115,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def _incomplete(run_dir: str, command: str) -> int:
     """0 when the store is consistent, else 1 after one warning line (units missing rows, damage)."""
-    from ..store import check
+    from ..store import Store
 
-    rep = check(run_dir, integrity=False)
+    with Store(run_dir, create=False, readonly=True) as store:
+        rep = store.check(integrity=False)
     if rep.ok:
         return 0
     more = f" (and {len(rep.problems) - 1} more)" if len(rep.problems) > 1 else ""
@@ -125,15 +129,25 @@ def _incomplete(run_dir: str, command: str) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ..cli import UsageError
-    from ..report import write_report
+    from .. import report
     from ..store import Store
 
-    Store(args.run_dir, create=False).close()  # a missing, damaged or old store: one line before drawing
+    Store(args.run_dir, create=False, readonly=True).close()  # a missing, damaged or old store: one line first
+    out = None
+    if args.out is not None:
+        from ..errors import InputError, check_output_dir
+
+        if args.out == "":
+            raise InputError("--out must not be empty")
+        out = check_output_dir(args.out, "--out")
+    if out is None and not report.writable_dir(Path(args.run_dir)):
+        raise UsageError(f"cannot write the report into {args.run_dir}: the run directory is not writable; "
+                         "pass --out DIR to write it elsewhere (the store is only read)")
     try:
-        print(write_report(Path(args.run_dir), quiet=args.quiet))
+        print(report.write_report(Path(args.run_dir), quiet=args.quiet, out=out))
     except PermissionError as e:
-        raise UsageError(f"cannot write the report into {args.run_dir}: {e.strerror} ({e.filename}); "
-                         "copy the run directory somewhere writable, or export its rows instead") from None
+        raise UsageError(f"cannot write the report into {args.out or args.run_dir}: {e.strerror} ({e.filename}); "
+                         "pass --out DIR to write it elsewhere") from None
     return _incomplete(args.run_dir, "report")
 
 
@@ -148,7 +162,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise ValueError(f"cannot write {out}: the directory {parent} does not exist")
-    with Store(args.run_dir, create=False) as store:
+    with Store(args.run_dir, create=False, readonly=True) as store:  # export only reads the store
         if out.suffix == ".csv":
             n = store.export_csv(out, args.experiment)
         else:
