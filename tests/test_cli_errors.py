@@ -563,6 +563,46 @@ def test_check_override_shapes_and_ranges():
         check_override("x", "lr", 0.0, [0.1])
 
 
+ONE_VALIDATOR = [
+    ("effective-nodes", "quick", {"widths": [0]}),
+    ("effective-nodes", "paper", {"seeds": "2"}),
+    ("effective-nodes", "quick", {"activation": "swish"}),
+    ("fig3.3", "quick", {"row_a": {"width": 0, "depths": [5]}}),
+    ("fig3.3", "quick", {"row_b": {"depth": 4}}),
+    ("fig5", "quick", {"lrs": {"sgd": [0.1, -1.0]}}),
+    ("fig5", "paper", {"depths": []}),
+    ("xor", "quick", {"settings": {"a": [2, 32]}}),
+    ("gradients", "quick", {"configs": [["tanh"]]}),
+    ("fig3.4", "quick", {"target_accuracy": 0}),
+    ("fig3.1", "quick", {"seed": -1}),
+]
+
+
+@pytest.mark.parametrize("name,preset,over", ONE_VALIDATOR, ids=[f"{n}-{list(o)[0]}" for n, _, o in ONE_VALIDATOR])
+def test_one_set_validator_on_every_path(name, preset, over, places, capsys):
+    """One --set validator (depthscope.params): the library's check, Experiment.params, resolve and the CLI
+    refuse the same override with the same one line, and the runner module keeps no second copy."""
+    import depthscope.experiments.base as base
+    from depthscope.errors import InputError
+    from depthscope.experiments import get_experiment
+    from depthscope.params import check_overrides
+
+    exp = get_experiment(name)
+    with pytest.raises(InputError) as direct:
+        check_overrides(name, exp.presets, over, preset)
+    msg = str(direct.value)
+    for call in (lambda: exp.params(preset, over), lambda: base.resolve(name, preset, over)):
+        with pytest.raises(InputError) as e:
+            call()
+        assert str(e.value) == msg
+    (key, value), = over.items()
+    rc, err = run_cli(["reproduce", name, "--preset", preset, "--run-dir", places["run"], "--no-report", "--quiet",
+                       "--set", f"{key}={json.dumps(value)}"], capsys)
+    assert_one_line(rc, err)
+    assert err.strip() == f"depthscope reproduce: error: {msg}"
+    assert not [n for n in vars(base) if "check_override" in n or n in ("_check_like", "_POSITIVE")]
+
+
 def test_names_and_confined_paths(tmp_path):
     from depthscope.errors import InputError, check_name, confined
 

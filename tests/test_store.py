@@ -328,7 +328,7 @@ def test_bad_store_and_export_arguments(tmp_path, capsys):
 import numpy as np  # noqa: E402
 
 from depthscope import data  # noqa: E402
-from depthscope.experiments.base import check_override  # noqa: E402
+from depthscope.params import check_override  # noqa: E402
 from depthscope.store import SCHEMA_VERSION, StoreError, check  # noqa: E402
 
 RUN = ["--quiet", "--no-report", "--device", "cpu"]
@@ -370,8 +370,9 @@ def stored(tmp_path, capsys):
     ("seeds=NaN", "--set seeds: experiment 'effective-nodes' takes finite numbers, got nan"),
     ("input_variance=NaN", "--set input_variance: experiment 'effective-nodes' takes finite numbers, got nan"),
     ("seeds=null", "--set seeds: experiment 'effective-nodes' takes an integer like 2; got null"),
-    ("activation=nope", "--set activation: unknown activation 'nope'"),
-    ("widths=[]", "--set widths: expected a non-empty list, got []"),
+    ("activation=nope", "--set activation: experiment 'effective-nodes' takes known activations (linear, tanh, "
+     "hard_tanh, relu, sigmoid): 'nope' is not one, got 'nope'"),
+    ("widths=[]", "--set widths: experiment 'effective-nodes' takes a non-empty list, got []"),
 ])
 @pytest.mark.parametrize("force", [True, False])
 def test_force_with_bad_set_deletes_nothing_and_writes_no_meta(stored, capsys, bad, needle, force):
@@ -773,27 +774,36 @@ def test_a_read_only_run_directory_is_read_and_exported(tmp_path):
 
 # ----------------------------------------------------------------------------- --set validation
 @pytest.mark.parametrize("name,value,preset,needle", [
-    ("width", 0, 64, "expected an integer >= 1"),
-    ("width", 6.5, 64, "expected an integer"),
-    ("width", True, 64, "expected an integer"),
-    ("seed", -1, 0, "expected an integer >= 0"),
-    ("lr", 0, 0.5, "expected a number > 0"),
-    ("lr", math.inf, 0.5, "expected a finite number"),
-    ("lrs", [0.1, -1], [0.001, 0.01], "expected a number > 0"),
-    ("depths", [10, "x"], [10, 100], "expected an integer"),
-    ("activations", ["relu", "nope"], ["relu", "tanh"], "unknown activation 'nope'"),
-    ("inits", ["qr"], ["gaussian"], "unknown init 'qr'"),
-    ("row_a", {"width": 0, "depths": [5]}, {"width": 200, "depths": [5, 50]}, "expected an integer >= 1"),
-    ("row_a", {"height": 3}, {"width": 200, "depths": [5, 50]}, "unknown key 'height'"),
-    ("settings", {"x": [2, 32]}, {"a": (2, 32, 0.05)}, "expected 3 items"),
-    ("lrs", {"sgd": [0.01, -0.2]}, {"sgd": "3e-2:3e-1:3"}, "expected a number > 0"),
-    ("dataset", "", "mnist", "expected a non-empty string"),
-    ("flag", 1, True, "expected true or false"),
+    ("width", 0, 64, "counts something: integers >= 1, got 0"),
+    ("width", 6.5, 64, "takes an integer like 64; got a number 6.5"),
+    ("width", True, 64, "takes an integer like 64; got a boolean True"),
+    ("seed", -1, 0, "takes numbers >= 0, got -1"),
+    ("lr", 0, 0.5, "takes numbers > 0, got 0"),
+    ("lr", math.inf, 0.5, "takes finite numbers, got inf"),
+    ("lrs", [0.1, -1], [0.001, 0.01], "takes numbers > 0, got [0.1, -1]"),
+    ("depths", [10, "x"], [10, 100], "takes a list of integers like [10, 100]; got a list of integers and strings"),
+    ("activations", ["relu", "nope"], ["relu", "tanh"], "takes known activations (linear, tanh, hard_tanh, relu, "
+     "sigmoid): 'nope' is not one"),
+    ("inits", ["qr"], ["gaussian"], "takes known inits (gaussian, uniform, orthogonal): 'qr' is not one"),
+    ("row_a", {"width": 0, "depths": [5]}, {"width": 200, "depths": [5, 50]},
+     "counts something: integers >= 1 (its width), got {'width': 0, 'depths': [5]}"),
+    ("row_a", {"height": 3}, {"width": 200, "depths": [5, 50]}, "takes a table with keys depths, width: 'height' is "
+     "not one"),
+    ("row_a", {"width": 3}, {"width": 200, "depths": [5, 50]}, "takes a table with keys depths, width: 'depths' "
+     "missing"),
+    ("settings", {"x": [2, 32]}, {"a": (2, 32, 0.05)}, "takes records of 3 items like [2, 32, 0.05]"),
+    ("lrs", {"sgd": [0.01, -0.2]}, {"sgd": "3e-2:3e-1:3"}, "takes numbers > 0"),
+    ("dataset", "", "mnist", "takes a non-empty string, got ''"),
+    ("flag", 1, True, "takes a boolean like True; got an integer 1"),
+    ("widths", [], [4, 8], "takes a non-empty list, got []"),
+    ("configs", [["tanh"]], [["sigmoid", None], ["sigmoid", 1.0]], "takes records of 2 items"),
 ])
 def test_overrides_are_checked_against_the_preset(name, value, preset, needle):
+    """The one --set validator (depthscope.params), one message per kind of misfit, each one line naming the key,
+    the experiment, what is allowed and the value."""
     with pytest.raises(ValueError) as e:
-        check_override("exp", name, value, preset)
-    assert needle in str(e.value) and f"--set {name}:" in str(e.value) and "\n" not in str(e.value)
+        check_override("exp", name, value, [preset])
+    assert f"--set {name}: experiment 'exp' {needle}" in str(e.value) and "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("name,value,preset", [
@@ -803,7 +813,7 @@ def test_overrides_are_checked_against_the_preset(name, value, preset, needle):
     ("lrs", {"sgd": [0.01, 0.2]}, {"sgd": "3e-2:3e-1:3"}),  # a range parameter given as its values
 ])
 def test_overrides_of_the_preset_shape_pass(name, value, preset):
-    check_override("exp", name, value, preset)
+    check_override("exp", name, value, [preset])
 
 
 def test_every_preset_passes_its_own_check():

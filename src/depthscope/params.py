@@ -1,13 +1,26 @@
-"""Checks for experiment parameter overrides (``depthscope reproduce NAME --set KEY=VALUE``).
+"""The one check of experiment parameter overrides (``depthscope reproduce NAME --set KEY=VALUE``).
 
-An override must have the shape of the parameter in one of the experiment's
-presets (an integer where the presets hold integers, a list of numbers where
-they hold lists of numbers, null only where a preset holds null, ...), hold no
-NaN or infinity, and respect the range its name implies across the project
-(:data:`COUNTS` are integers >= 1, :data:`POSITIVE` finite numbers > 0,
-:data:`NONNEGATIVE` numbers >= 0). Each failure is one
-:class:`~depthscope.errors.InputError` naming the experiment, the key, the value
-and what is allowed; nothing about the run has been touched when it is raised.
+:meth:`depthscope.experiments.Experiment.params` (and so ``reproduce``, ``resolve`` and
+every library caller) validates each override here and nowhere else. An override must
+
+* hold no NaN or infinity anywhere;
+* have the shape of the parameter in one of the experiment's presets (the chosen
+  preset's first): an integer where a preset holds an integer, any number where it holds
+  a float, ``true``/``false`` where a boolean, a non-empty string where a string (a
+  ``"LO:HI:COUNT"`` range string also takes a number or a list of numbers), a non-empty
+  list whose items are like the preset list's items (a list mixing kinds, or a tuple, is a
+  record: the same number of items, each like the preset's item in its place), a table
+  with the preset's keys (all of them, no others) or, where the preset's table maps names
+  to values of one kind (``lrs``: optimizer -> range), any names; ``null`` only where a
+  preset holds ``null``, and where a preset holds ``null`` any value;
+* respect the range its name implies across the project: :data:`COUNTS` are integers
+  >= 1, :data:`POSITIVE` numbers > 0, :data:`NONNEGATIVE` numbers >= 0 (also each element
+  of a list or table, a table's field by its own name when it has a rule: ``row_a.width``);
+* name a known activation (``activation``, ``activations``) or init (``init``, ``inits``).
+
+Each failure is one :class:`~depthscope.errors.InputError` naming the key, the experiment,
+what is allowed and the value given; nothing about the run has been touched when it is
+raised. Sizes are checked against memory separately (:func:`depthscope.memory`).
 """
 from __future__ import annotations
 
@@ -28,9 +41,18 @@ POSITIVE = frozenset({"lr", "lrs", "input_variance", "variance", "threshold", "t
                       "residual_scale"})
 #: Parameters that are numbers >= 0.
 NONNEGATIVE = frozenset({"seed", "workers", "vni_dense_steps", "probe_noise"})
-
+_RULED = COUNTS | POSITIVE | NONNEGATIVE
 
 _RANGE = re.compile(r"[0-9.eE+-]+:[0-9.eE+-]+:[0-9]+")
+
+
+class _Misfit(Exception):
+    """``value`` does not fit an example. ``shape``: its kind differs (reported with the examples' kinds);
+    otherwise ``text`` says what is allowed (the kind was right, a detail is not)."""
+
+    def __init__(self, text: str = "", shape: bool = False, name: str = ""):
+        super().__init__(text)
+        self.text, self.shape, self.name = text, shape, name
 
 
 def _kind(v: Any) -> str:
@@ -45,41 +67,139 @@ def _kind(v: Any) -> str:
     if isinstance(v, str):
         return "a string"
     if isinstance(v, (list, tuple)):
-        inner = sorted({_kind(x) for x in v})
         plural = {"an integer": "integers", "a number": "numbers", "a string": "strings", "null": "nulls",
                   "a boolean": "booleans", "a list": "lists", "a table": "tables"}
-        return "a list" if not inner else f"a list of {' and '.join(plural.get(k, k) for k in inner)}"
+        inner = sorted({plural.get(_kind(x), _kind(x)) for x in v})
+        return "a list" if not inner else f"a list of {' and '.join(inner)}"
     if isinstance(v, Mapping):
         return "a table"
     return type(v).__name__
 
 
-def _fits(value: Any, example: Any) -> bool:
-    """Does ``value`` have the shape of the preset value ``example``? (int fits float; lists element-wise)."""
-    if example is None:
-        return value is None
+def _group(v: Any) -> str:
+    """The coarse kind that decides whether a list is a record (mixed groups) or a list of like items."""
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, (int, float)):
+        return "number"
+    if isinstance(v, (list, tuple)):
+        return "list"
+    if isinstance(v, Mapping):
+        return "table"
+    return "null" if v is None else type(v).__name__
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_range(x: Any, name: str) -> None:
+    if name in COUNTS and (not isinstance(x, int) or isinstance(x, bool) or x < 1):
+        raise _Misfit("counts something: integers >= 1", name=name)
+    if name in POSITIVE and not x > 0:
+        raise _Misfit("takes numbers > 0", name=name)
+    if name in NONNEGATIVE and not x >= 0:
+        raise _Misfit("takes numbers >= 0", name=name)
+
+
+def _check_known(text: str, name: str) -> None:
+    if name in ("activation", "activations"):
+        from .activations import activation_names
+
+        if text not in activation_names():
+            raise _Misfit(f"takes known activations ({', '.join(activation_names())}): {text!r} is not one")
+    elif name in ("init", "inits"):
+        from .inits import INITS
+
+        if text not in INITS:
+            raise _Misfit(f"takes known inits ({', '.join(INITS)}): {text!r} is not one")
+
+
+def _first_fit(value: Any, examples: Iterable[Any], name: str) -> None:
+    """``value`` like one of ``examples``; else the most telling misfit (a detail before a shape)."""
+    misfits = []
+    for e in examples:
+        try:
+            _like(value, e, name)
+            return
+        except _Misfit as m:
+            misfits.append(m)
+    if not misfits:
+        return
+    raise next((m for m in misfits if not m.shape), misfits[0])
+
+
+def _like(value: Any, example: Any, name: str) -> None:
+    """Raise :class:`_Misfit` unless ``value`` has the shape of ``example`` and its numbers the range of ``name``."""
+    if example is None:  # the preset leaves the kind open (e.g. n_train: None = all): the value is like itself
+        if value is not None:
+            _like(value, value, name)
+        return
     if isinstance(example, bool):
-        return isinstance(value, bool)
+        if not isinstance(value, bool):
+            raise _Misfit(shape=True)
+        return
     if isinstance(example, int):
-        return isinstance(value, int) and not isinstance(value, bool)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise _Misfit(shape=True)
+        _check_range(value, name)
+        return
     if isinstance(example, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not _number(value):
+            raise _Misfit(shape=True)
+        _check_range(value, name)
+        return
     if isinstance(example, str):
-        if _RANGE.fullmatch(example):  # a "LO:HI:COUNT" range stands for numbers: a number or a list fits too
-            return isinstance(value, str) or _fits(value, 1.0) or _fits(value, [1.0])
-        return isinstance(value, str)
+        if _RANGE.fullmatch(example) and not isinstance(value, str):
+            # a "LO:HI:COUNT" range stands for numbers: a number or a list of numbers fits too
+            _first_fit(value, [1.0, [1.0]], name)
+            return
+        if not isinstance(value, str):
+            raise _Misfit(shape=True)
+        if not value:
+            raise _Misfit("takes a non-empty string")
+        # a range string such as "25:500:11" for a count or a rate: the experiment parses and checks it
+        if not (_RANGE.fullmatch(example) or _RANGE.fullmatch(value)):
+            _check_known(value, name)
+        return
     if isinstance(example, (list, tuple)):
         if not isinstance(value, (list, tuple)):
-            return False
+            raise _Misfit(shape=True)
+        if not value:
+            raise _Misfit("takes a non-empty list")
         if not example:
-            return True
-        return all(any(_fits(v, e) for e in example) for v in value)
+            for item in value:
+                _like(item, item, name)
+            return
+        if isinstance(example, tuple) or len({_group(e) for e in example}) > 1:  # a record such as (depth, width, lr)
+            if len(value) != len(example):
+                raise _Misfit(f"takes records of {len(example)} items like {list(example)!r}")
+            for item, e in zip(value, example):
+                _like(item, e, name)
+            return
+        for item in value:  # a list of like items: each like one of the preset's items
+            _first_fit(item, example, name)
+        return
     if isinstance(example, Mapping):
         if not isinstance(value, Mapping):
-            return False
-        return all(any(_fits(v, e) for e in ([example[k]] if k in example else list(example.values())))
-                   for k, v in value.items())
-    return isinstance(value, type(example))
+            raise _Misfit(shape=True)
+        is_map = len({_group(e) for e in example.values()}) == 1 and not all(k in _RULED for k in example)
+        for k, item in value.items():
+            sub = k if k in _RULED else name
+            if k in example:
+                _like(item, example[k], sub)
+            elif is_map:  # a map (e.g. optimizer -> lr range): new names are fine
+                _first_fit(item, list(example.values()), sub)
+            else:
+                raise _Misfit(f"takes a table with keys {', '.join(sorted(example))}: {k!r} is not one")
+        if not is_map:
+            lacking = [k for k in example if k not in value]
+            if lacking:
+                raise _Misfit(f"takes a table with keys {', '.join(sorted(example))}: {', '.join(map(repr, lacking))} "
+                              "missing")
+        return
+    if not isinstance(value, type(example)):
+        raise _Misfit(shape=True)
 
 
 def _numbers(value: Any) -> Iterable[Any]:
@@ -89,42 +209,41 @@ def _numbers(value: Any) -> Iterable[Any]:
     elif isinstance(value, Mapping):
         for v in value.values():
             yield from _numbers(v)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+    elif _number(value):
         yield value
 
 
 def check_override(experiment: str, key: str, value: Any, examples: list[Any]) -> Any:
-    """``value`` if it may replace parameter ``key`` of ``experiment`` (whose presets hold ``examples``).
+    """``value`` if it may replace parameter ``key`` of ``experiment``, whose presets hold ``examples`` (the
+    chosen preset's value first: its misfit is the one reported).
 
-    Raises :class:`InputError` for NaN or infinity anywhere in ``value``, a shape no
-    preset has (wrong type, null), and a number outside the range ``key`` implies.
+    Raises :class:`InputError` (one line) for NaN or infinity anywhere in ``value``, a shape no preset has
+    (wrong type, null), and a detail out of bounds (range, empty, record length, keys, names).
     """
     where = f"--set {key}: experiment {experiment!r}"
     for x in _numbers(value):
         if isinstance(x, float) and not math.isfinite(x):
             raise InputError(f"{where} takes finite numbers, got {value!r}")
-    if not any(_fits(value, e) for e in examples):
-        kinds = sorted({_kind(e) for e in examples})
-        shown = " or ".join(f"{k} like {next(repr(e) for e in examples if _kind(e) == k)}" for k in kinds)
-        got = "null" if value is None else f"{_kind(value)} {value!r}"
-        raise InputError(f"{where} takes {shown}; got {got}")
-    if isinstance(value, str) and key in COUNTS | POSITIVE:
-        return value  # a range such as "25:500:11": the experiment parses and checks it
-    for x in _numbers(value):
-        if key in COUNTS and (not isinstance(x, int) or x < 1):
-            raise InputError(f"{where} counts something: integers >= 1, got {value!r}")
-        if key in POSITIVE and not x > 0:
-            raise InputError(f"{where} takes numbers > 0, got {value!r}")
-        if key in NONNEGATIVE and not x >= 0:
-            raise InputError(f"{where} takes numbers >= 0, got {value!r}")
+    try:
+        _first_fit(value, examples, key)
+    except _Misfit as m:
+        if m.shape:
+            kinds = list(dict.fromkeys(_kind(e) for e in examples))
+            shown = " or ".join(f"{k} like {next(e for e in examples if _kind(e) == k)!r}" for k in kinds)
+            got = "null" if value is None else f"{_kind(value)} {value!r}"
+            raise InputError(f"{where} takes {shown}; got {got}") from None
+        at = f" (its {m.name})" if m.name and m.name != key else ""  # a table's field: row_a's width
+        raise InputError(f"{where} {m.text}{at}, got {value!r}") from None
     return value
 
 
 def check_overrides(experiment: str, presets: Mapping[str, Mapping[str, Any]],
-                    overrides: Mapping[str, Any] | None) -> None:
-    """:func:`check_override` for every override; an unknown key lists the valid ones."""
+                    overrides: Mapping[str, Any] | None, preset: str | None = None) -> None:
+    """:func:`check_override` for every override against the values of ``presets`` (``preset``'s first); an
+    unknown key lists the valid ones."""
+    order = ([preset] if preset in presets else []) + [p for p in presets if p != preset]
     for key, value in (overrides or {}).items():
-        examples = [p[key] for p in presets.values() if key in p]
+        examples = [presets[p][key] for p in order if key in presets[p]]
         if not examples:
             valid = sorted({k for p in presets.values() for k in p})
             raise InputError(f"experiment {experiment!r} has no parameter {key!r}; valid: {', '.join(valid)}")

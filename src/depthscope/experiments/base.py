@@ -18,7 +18,6 @@ trained together in batches (the sweep engine) override :meth:`Experiment.run`.
 from __future__ import annotations
 
 import importlib
-import json
 import math
 import pkgutil
 import time
@@ -163,19 +162,20 @@ class Experiment:
     presets: ClassVar[dict[str, dict]] = {}
 
     def params(self, preset: str, overrides: dict | None = None) -> dict:
-        """The preset's parameters with ``overrides`` applied, each override checked against the preset's value
-        (type, shape, range: see :func:`check_override`) so bad input is refused before anything runs."""
+        """The preset's parameters with ``overrides`` applied, each override checked against the presets' values
+        (type, shape, range, names: :func:`depthscope.params.check_overrides`, the one place ``--set`` values
+        are checked) so bad input is refused before anything runs."""
+        from ..params import check_overrides
+
         if preset not in self.presets:
             raise ValueError(f"experiment {self.name!r} has no preset {preset!r}; expected one of: "
                              f"{', '.join(self.presets)}")
+        check_overrides(self.name, self.presets, overrides, preset)
         p = dict(self.presets[preset])
-        from ..params import check_overrides  # shape, NaN/null and range of each --set value (errors helper)
-
-        check_overrides(self.name, self.presets, overrides)
         for k, v in (overrides or {}).items():
-            if k not in p:
-                raise ValueError(f"experiment {self.name!r} has no parameter {k!r}; valid: {', '.join(sorted(p))}")
-            check_override(self.name, k, v, p[k])
+            if k not in p:  # a parameter of another preset only: this preset's units would not read it
+                raise ValueError(f"experiment {self.name!r} has no parameter {k!r} at preset {preset!r}; valid: "
+                                 f"{', '.join(sorted(p))}")
             p[k] = v
         return p
 
@@ -315,114 +315,6 @@ def unit_keys(exp: Experiment, params: dict) -> list[str]:
     except (TypeError, KeyError, IndexError, AttributeError, ZeroDivisionError) as e:
         raise ValueError(f"parameters of {exp.name!r} do not fit together ({type(e).__name__}: {e}); compare "
                          f"them with `depthscope reproduce --list` and the preset") from None
-
-
-# Parameter names that mean the same thing in every experiment (DESIGN.md: one name per concept).
-_POSITIVE = {"width", "depth", "n", "seeds", "epochs", "steps", "batch", "batch_size", "n_train", "n_probe", "n_iid",
-             "n_mnist", "nodes", "pool", "probe_size", "group_size", "max_depth", "log_every", "every",
-             "probe_per_corner", "widths", "depths"}
-_NONNEGATIVE = {"seed", "workers", "vni_dense_steps"}
-_POSITIVE_FLOAT = {"lr", "lrs", "input_variance", "variance"}
-
-
-def check_override(experiment: str, name: str, value: Any, preset: Any) -> None:
-    """Refuse an override that does not have the shape of the preset's value, or is out of range.
-
-    Shape: a number where the preset has one (an integer where it has an integer), text where text, a list
-    where a list (its items like the preset's items), a dict with the preset's keys. Range: counts and sizes
-    (``width``, ``seeds``, ``epochs``, ...) >= 1, ``seed`` >= 0, learning rates and variances > 0, every
-    float finite, activations and inits known. One line naming the parameter, what was given and what is allowed.
-    """
-    def fail(what: str) -> None:
-        raise ValueError(f"--set {name}: {what}, got {json.dumps(value, default=str)} (preset value: "
-                         f"{json.dumps(preset, default=str)}) for experiment {experiment!r}")
-
-    _check_like(value, preset, name, fail)
-
-
-def _check_like(value: Any, preset: Any, name: str, fail) -> None:
-    if preset is None:  # the preset leaves the type open (e.g. an optional gain)
-        if value is not None:
-            _check_like(value, value, name, fail)
-        return
-    if isinstance(preset, bool):
-        if not isinstance(value, bool):
-            fail("expected true or false")
-        return
-    if isinstance(preset, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            fail("expected an integer")
-        if name in _POSITIVE and value < 1:
-            fail("expected an integer >= 1")
-        if name in _NONNEGATIVE and value < 0:
-            fail("expected an integer >= 0")
-        return
-    if isinstance(preset, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            fail("expected a number")
-        if not math.isfinite(value):
-            fail("expected a finite number")
-        if name in _POSITIVE_FLOAT and value <= 0:
-            fail("expected a number > 0")
-        return
-    if isinstance(preset, str):
-        if isinstance(value, list) and value and all(isinstance(v, (int, float, str)) for v in value):
-            for v in value:  # a range parameter given as its list of values ("1e-3:1e-1:3" or [0.001, 0.1])
-                _check_like(v, v if isinstance(v, str) else float(v), name, fail)
-            return
-        if not isinstance(value, str) or not value:
-            fail("expected a non-empty string")
-        _check_name(value, name, fail)
-        return
-    if isinstance(preset, (list, tuple)):
-        if not isinstance(value, (list, tuple)) or not value:
-            fail("expected a non-empty list")
-        kinds = {_kind(p) for p in preset}
-        if isinstance(preset, tuple) or (len(kinds) > 1 and len(value) == len(preset)):
-            if len(value) != len(preset):  # a fixed record like (depth, width, lr)
-                fail(f"expected {len(preset)} items")
-            for item, p in zip(value, preset):
-                _check_like(item, p, name, fail)
-        elif len(kinds) == 1 and preset:  # homogeneous preset list: every item like its items
-            floats = [p for p in preset if isinstance(p, float)]
-            for item in value:
-                _check_like(item, floats[0] if floats else preset[0], name, fail)
-        return
-    if isinstance(preset, dict):
-        if not isinstance(value, dict):
-            fail("expected a JSON object")
-        kinds = {_kind(p) for p in preset.values()}
-        for k, item in value.items():
-            if k in preset:
-                _check_like(item, preset[k], k if k in _ALL_RULES else name, fail)
-            elif len(kinds) == 1 and preset:  # a map (e.g. optimizer -> lr range): new keys are fine
-                _check_like(item, next(iter(preset.values())), name, fail)
-            else:
-                fail(f"unknown key {k!r} (keys: {', '.join(sorted(preset))})")
-
-
-_ALL_RULES = _POSITIVE | _NONNEGATIVE | _POSITIVE_FLOAT
-
-
-def _kind(v: Any) -> str:
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, (int, float)):
-        return "number"
-    return type(v).__name__
-
-
-def _check_name(value: str, name: str, fail) -> None:
-    if name in ("activation", "activations"):
-        from ..activations import activation_names
-
-        if value not in activation_names():
-            fail(f"unknown activation {value!r} (known: {', '.join(activation_names())})")
-    elif name in ("init", "inits"):
-        from ..inits import INITS
-
-        if value not in INITS:
-            fail(f"unknown init {value!r} (known: {', '.join(INITS)})")
 
 
 def run_noting_missing_data(exp: Experiment, ctx: RunContext) -> dict:
