@@ -291,7 +291,7 @@ def test_force_checks_first_then_replaces_each_run_as_its_new_result_lands(tmp_p
             execute(expand(mnist), store, "sweep", mnist.data, backend="inline", trainer=fake_train_group,
                     data_dir=str(tmp_path / "empty"), force=True, quiet=True)
         assert {u.key: u.finished for u in store.units("sweep")} == old and _rows(store) == want
-        assert store.get_meta("force:sweep") is None
+        assert not store.redo_pending("sweep") and store.get_meta("force:sweep") is None
         # a forced rerun interrupted after 2 runs: the others keep their old results
         with pytest.raises(KeyboardInterrupt):
             run_sweep(s, store, backend="inline", trainer=_interrupt_after(2), force=True, quiet=True)
@@ -303,11 +303,30 @@ def test_force_checks_first_then_replaces_each_run_as_its_new_result_lands(tmp_p
         assert (summ.skipped, summ.ran, summ.forced) == (2, 2, True)
         end = {u.key: u.finished for u in store.units("sweep")}
         assert all(end[k] == mid[k] for k in replaced) and all(end[k] != old[k] for k in old)
-        assert store.get_meta("force:sweep") is None and _rows(store) == want
+        assert not store.redo_pending("sweep") and _rows(store) == want
+        assert store.get_meta("force:sweep") is None  # one force mechanism: the store's generations, no meta mark
         # done: a plain rerun skips everything again; a new --force retrains all
         assert run_sweep(s, store, backend="inline", trainer=fake_train_group, quiet=True).skipped == 4
         again = run_sweep(s, store, backend="inline", trainer=fake_train_group, force=True, quiet=True)
         assert (again.ran, again.skipped) == (4, 0)
+
+
+def test_force_again_after_an_interrupted_force_resumes_it(tmp_path):
+    """A second --force while a forced rerun is under way resumes it (the runs it already redid are not
+    retrained again), as the help says; the store's generation is raised once."""
+    from sweep_fake import fake_train_group
+
+    s = SweepSpec(depths=[2, 3], lrs=[0.01, 0.02], seeds=1, dataset="synthetic", n_train=100, probe_size=50,
+                  group_size=1)
+    with Store(tmp_path) as store:
+        run_sweep(s, store, backend="inline", trainer=fake_train_group, quiet=True)
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(s, store, backend="inline", trainer=_interrupt_after(1), force=True, quiet=True)
+        gen = store._conn.execute("SELECT generation FROM experiments WHERE name='sweep'").fetchone()[0]
+        again = run_sweep(s, store, backend="inline", trainer=fake_train_group, force=True, quiet=True)
+        assert (again.ran, again.skipped, again.forced) == (3, 1, True)
+        assert store._conn.execute("SELECT generation FROM experiments WHERE name='sweep'").fetchone()[0] == gen
+        assert not store.redo_pending("sweep") and len(store.done_keys("sweep")) == 4
 
 
 def test_cli_force(tmp_path):
@@ -419,6 +438,63 @@ def test_kill_a_worker_then_the_driver_then_resume(tmp_path):
         got = sorted((r["key"], r["quantity"], r["layer"], r["value"]) for r in killed.rows("sweep"))
         assert got == want
         assert [u.status for u in killed.units("sweep")] == ["done"] * N_GRID
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to find worker processes")
+def test_kill_a_forced_sweep_midway_loses_nothing_old(tmp_path):
+    """`sweep --force` uses the store's one force mechanism (generations, as `reproduce --force`). Killed
+    (SIGKILL) midway, held deterministically at a gate: every old run is still stored with all its rows, the
+    two redone ones replaced in place, the runs of another grid under the same name untouched; resuming
+    without --force finishes the forced rerun, and only then do the old runs count as done again."""
+    run_dir = tmp_path / "run"
+    grid = ["--depths", "2,3", "--lrs", "0.01,0.02", "--seeds", "2", "--group-size", "2", "--workers", "2"]
+    other = ["--depths", "4", "--lrs", "0.01", "--seeds", "2", "--workers", "1"]  # another grid, same name
+    for g in (other, grid):
+        res = subprocess.run(_sweep_cmd(run_dir, *g), env=_env(), capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+    old = _finished(run_dir)
+    with Store(run_dir) as st:
+        want = _rows(st)
+        other_keys = {u.key for u in st.units("sweep") if u.spec["depth"] == 4}
+    assert len(old) == 10 and len(other_keys) == 2
+    gate = tmp_path / "gate"
+    env = {**_env(), "DEPTHSCOPE_FAKE_GATE": str(gate)}  # each group stores its first run, then waits
+    proc = subprocess.Popen(_sweep_cmd(run_dir, *grid, "--force"), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        t0 = time.time()
+        while sum(t != old[k] for k, t in _finished(run_dir).items()) < 2:  # 2 workers: 2 groups held at the gate
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() - t0 < 600, "the forced sweep made no progress"
+            time.sleep(0.1)
+        workers = _children(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    t0 = time.time()
+    while _alive_workers(workers) and time.time() - t0 < 30:
+        time.sleep(0.1)
+    assert not _alive_workers(workers), "workers outlived their driver"
+    mid = _finished(run_dir)
+    redone = {k for k in old if mid[k] != old[k]}
+    assert mid.keys() == old.keys() and len(redone) == 2 and not redone & other_keys
+    with Store(run_dir) as st:
+        assert _rows(st) == want and st.check().ok  # every old run whole, beside the two new ones
+        assert st.redo_pending("sweep") and st.done_keys("sweep") == redone
+        assert st.get_meta("force:sweep") is None  # no second force mechanism
+    res = subprocess.run(_sweep_cmd(run_dir, *grid), env=_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert (doc["ran"], doc["skipped"], doc["forced"]) == (6, 2, True)
+    end = _finished(run_dir)
+    assert end.keys() == old.keys()
+    assert all(end[k] == mid[k] for k in redone) and all(end[k] != old[k] for k in set(old) - other_keys)
+    assert all(end[k] == old[k] for k in other_keys)  # the other grid was never retrained
+    with Store(run_dir) as st:
+        assert _rows(st) == want and st.check().ok and not st.check().notes
+        assert not st.redo_pending("sweep") and st.done_keys("sweep") == set(old)
 
 
 # -- CLI and backends ------------------------------------------------------------

@@ -469,23 +469,39 @@ class Store:
             raise
         return undone
 
-    def drop_superseded(self, experiment: str, keys: Iterable[str]) -> int:
+    def redo_pending(self, experiment: str) -> bool:
+        """Whether a ``--force`` rerun of ``experiment`` is under way: units of an earlier generation than the
+        experiment's remain (:meth:`begin_redo`; they stop once :meth:`drop_superseded` has run)."""
+        eid = self._experiment_id(experiment)
+        return eid is not None and self._conn.execute(
+            "SELECT 1 FROM units WHERE experiment=? AND generation<? LIMIT 1", (eid, self._generation(eid))
+        ).fetchone() is not None
+
+    def drop_superseded(self, experiment: str, keys: Iterable[str], *, keep_unlisted: bool = False) -> int:
         """After a forced run: if every one of ``keys`` is done in the current generation, delete the units of
-        earlier generations (the old results the run replaced or no longer lists); returns how many."""
+        earlier generations (the old results the run replaced or no longer lists); returns how many.
+
+        ``keep_unlisted`` keeps the old units whose key is not among ``keys`` (a sweep's grid is one part of
+        its experiment: ``sweep --force`` retrains that grid and leaves other grids' runs as they were): they
+        join the current generation and count as done again. Each unit of ``keys`` already replaced its old
+        copy when it was recorded."""
         wanted = set(keys)
         eid = self._experiment_id(experiment)
-        if eid is None or self.readonly or not self._conn.execute(
-                "SELECT 1 FROM units WHERE experiment=? AND generation<? LIMIT 1",
-                (eid, self._generation(eid))).fetchone() or not wanted <= self.done_keys(experiment):
+        if eid is None or self.readonly or not self.redo_pending(experiment) \
+                or not wanted <= self.done_keys(experiment):
             return 0
         c = self._conn
         self._begin()
         try:
             gen = c.execute("SELECT generation FROM experiments WHERE id=?", (eid,)).fetchone()[0]
             stale = "SELECT id FROM units WHERE experiment=? AND generation<?"
-            n = c.execute(f"SELECT COUNT(*) FROM ({stale})", (eid, gen)).fetchone()[0]
-            c.execute(f"DELETE FROM measurements WHERE unit IN ({stale})", (eid, gen))
-            c.execute("DELETE FROM units WHERE experiment=? AND generation<?", (eid, gen))
+            if keep_unlisted:
+                c.execute("UPDATE units SET generation=? WHERE experiment=? AND generation<?", (gen, eid, gen))
+                n = 0
+            else:
+                n = c.execute(f"SELECT COUNT(*) FROM ({stale})", (eid, gen)).fetchone()[0]
+                c.execute(f"DELETE FROM measurements WHERE unit IN ({stale})", (eid, gen))
+                c.execute("DELETE FROM units WHERE experiment=? AND generation<?", (eid, gen))
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")

@@ -506,15 +506,15 @@ def crash_records(runs: Iterable, data: DataSpec, reason: str) -> list[dict]:
 def write_record(store: Store, experiment: str, rec: dict, done: set[str] | None = None) -> bool:
     """Record a run unless it is already done (then nothing is repeated); True if written.
 
-    ``done`` is the caller's set of done keys (kept up to date here). Without a forced rerun under way
-    the store is asked too, so a unit another writer finished meanwhile is never replaced; during one
-    (:func:`forced_since`) an old unit is replaced in the transaction that writes its new result. An
-    error never replaces a result.
+    ``done`` is the caller's set of done keys (kept up to date here). The store is asked too, so a unit
+    another writer finished meanwhile is never replaced; during a forced rerun the old units are of an
+    earlier generation (:meth:`Store.begin_redo`), not done, and each is replaced in the transaction that
+    writes its new result. An error never replaces a result.
     """
     key = rec["key"]
     if done is not None and key in done:
         return False
-    if (done is None or forced_since(store, experiment) is None) and store.is_done(experiment, key):
+    if store.is_done(experiment, key):
         return False
     store.record(experiment, key, spec=rec["spec"], seed=rec["seed"], values=rec["values"],
                  status=rec["status"], reason=rec["reason"], started=rec["started"])
@@ -523,23 +523,11 @@ def write_record(store: Store, experiment: str, rec: dict, done: set[str] | None
     return True
 
 
-def _force_meta(experiment: str) -> str:
-    return f"force:{experiment}"
-
-
-def forced_since(store: Store, experiment: str) -> float | None:
-    """When the forced rerun of ``experiment`` under way began (None: none is)."""
-    v = store.get_meta(_force_meta(experiment))
-    return float(v) if v is not None else None
-
-
 def done_keys(store: Store, experiment: str) -> set[str]:
-    """Keys of the runs of ``experiment`` that count as done: stored as done or failed (an error is
-    retried) and, while a forced rerun is under way, finished since it began."""
-    since = forced_since(store, experiment)
-    if since is None:
-        return store.done_keys(experiment)
-    return {u.key for u in store.units(experiment) if u.status != "error" and u.finished >= since}
+    """Keys of the runs of ``experiment`` that count as done (:meth:`Store.done_keys`): stored as done or
+    failed with all their rows (an error is retried) and, while a forced rerun is under way, recorded in
+    its generation."""
+    return store.done_keys(experiment)
 
 
 def train_one_group(runs: list, x, y, probe, device: str, trainer: Callable, data: DataSpec,
@@ -783,11 +771,14 @@ def execute(
 
     ``trainer`` is train_group or anything with its signature (a callable works
     only with the inline backend; the others need ``"module:function"``).
-    Runs stored as ``error`` (a crash) are retried. ``force`` retrains every run: everything
-    (backend, trainer, device, the data) is checked first, then the rerun is marked in the store's
-    meta (``force:EXPERIMENT``) and each old unit is replaced in the transaction that writes its new
-    result, so an interrupted forced rerun loses nothing and resumes (with or without ``force``)
-    where it stopped; the mark is removed when every run of the grid has its new result.
+    Runs stored as ``error`` (a crash) are retried. ``force`` retrains every run with the store's one
+    force mechanism, as ``reproduce --force`` does: everything (backend, trainer, device, the data) is
+    checked first, then :meth:`Store.begin_redo` raises the experiment's generation (unless a forced
+    rerun is already under way: it is resumed, not restarted), so the old units stop counting as done
+    but stay readable, and each is replaced in the transaction that writes its new result. An
+    interrupted forced rerun loses nothing and resumes (with or without ``force``, :func:`run_sweep`)
+    where it stopped. Once every run of the grid has its new result, :meth:`Store.drop_superseded`
+    ends the rerun, keeping the runs of other grids stored under the same name (``keep_unlisted``).
     """
     from .progress import Progress
 
@@ -796,15 +787,15 @@ def execute(
     keys = [run_key(r, data) for r in runs]
     if len(set(keys)) != len(keys):
         raise ValueError("the sweep lists the same run twice; check for repeated values in its axes")
-    if force and forced_since(store, experiment) is None:
+    if force and not store.redo_pending(experiment):
         load_data(data, data_dir)  # the data must be there before old results stop counting
-        store.set_meta(_force_meta(experiment), t0)
+        store.begin_redo(experiment)
     all_keys = set(keys)
     done = done_keys(store, experiment)
     before = done & all_keys
     todo = [r for r, k in zip(runs, keys) if k not in done]
     summary = SweepSummary(experiment, backend, device, workers, total=len(runs), skipped=len(before),
-                           forced=forced_since(store, experiment) is not None)
+                           forced=force or store.redo_pending(experiment))
     if todo:
         groups = make_groups(todo, group_size)
         summary.groups = len(groups)
@@ -822,10 +813,18 @@ def execute(
                 _run_ray(groups, store, experiment, data, data_dir, device, trainer, workers, address, bar, done,
                          summary)
     _summarize(store, experiment, all_keys, before, summary)
-    if summary.forced and summary.pending == 0:
-        store.set_meta(_force_meta(experiment), None)  # the forced rerun is complete
+    if force:
+        finish_redo(store, experiment, all_keys)
     summary.seconds = time.time() - t0
     return summary
+
+
+def finish_redo(store: Store, experiment: str, keys: Iterable[str]) -> bool:
+    """End the forced rerun of ``experiment`` once every one of ``keys`` (a grid) has its new result; the runs
+    of other grids under the same name are kept (:meth:`Store.drop_superseded` with ``keep_unlisted``).
+    True when no forced rerun is left under way."""
+    store.drop_superseded(experiment, keys, keep_unlisted=True)
+    return not store.redo_pending(experiment)
 
 
 def _settled(store: Store, experiment: str, keys: set[str], since: float) -> set[str]:
@@ -989,4 +988,8 @@ def run_sweep(sweep: SweepSpec, store: Store, **kwargs) -> SweepSummary:
                   kwargs.get("device", "auto"), kwargs.get("workers"))  # before the config is written
     store.set_meta(f"sweep:{sweep.name}", sweep.to_dict())
     kwargs.setdefault("group_size", sweep.group_size)
-    return execute(expand(sweep), store, sweep.name, sweep.data, **kwargs)
+    runs = expand(sweep)
+    summary = execute(runs, store, sweep.name, sweep.data, **kwargs)
+    if summary.pending == 0:  # also a forced rerun resumed without force: it ends here
+        finish_redo(store, sweep.name, (run_key(r, sweep.data) for r in runs))
+    return summary
