@@ -603,6 +603,66 @@ def test_one_set_validator_on_every_path(name, preset, over, places, capsys):
     assert not [n for n in vars(base) if "check_override" in n or n in ("_check_like", "_POSITIVE")]
 
 
+TOO_BIG = [  # (experiment, --set, the size that cannot fit); the machine is pinned at 8 GB available
+    ("fig3.4", "width=100000", "width 100000"),
+    ("fig3.5", "depth=1000000000", "depth 1000000000"),
+    ("fig3.6", "batch=1000000000", "samples 1000000000"),
+    ("fig5", "width=100000", "width 100000"),
+    ("fig5", "seeds=100000000", "units"),
+    ("fig5", 'depths="25:100000000:3"', "depth 100000000"),
+    ("effective-nodes", "widths=[100000]", "width 100000"),
+    ("effective-nodes", "n=1000000000", "samples 1000000000"),
+    ("effective-nodes", "depth=1000000000", "depth 1000000000"),
+    ("effective-nodes", "seeds=100000000", "units"),
+    ("fig3.1", "n=1000000000", "samples 1000000000"),
+    ("fig3.2", "n_iid=1000000000", "samples 1000000000"),
+    ("fig3.3", 'row_a={"width": 100000, "depths": [5]}', "width 100000"),
+    ("table3.1", "width=100000", "width 100000"),
+    ("gradients", "width=100000", "width 100000"),
+    ("gradients", "n_train=1000000000", "training rows 1000000000"),
+    ("batchnorm", "width=100000", "width 100000"),
+    ("dvcnn", "width=100000", "width 100000"),
+    ("xor", "seeds=100000000000", "units"),
+]
+
+
+@pytest.mark.parametrize("name,override,size", TOO_BIG, ids=[f"{n}-{o.split('=')[0]}" for n, o, _ in TOO_BIG])
+@pytest.mark.parametrize("force", [False, True])
+def test_set_sizes_that_cannot_fit_are_refused_before_allocating(name, override, size, force, places, capsys,
+                                                                 monkeypatch):
+    """Issue 11 §3: sizes entering through --set are memory-checked like the flags: refused before anything is
+    allocated (the units are not even listed: seeds=1e8 would build 1e8 of them), with the estimate and the
+    machine's memory, exit 2, one line, the store byte-identical (also under --force)."""
+    from depthscope import memory
+
+    monkeypatch.setattr(memory, "machine_memory", lambda: (8 * 10**9, 16 * 10**9))
+    before = tree(places["run"])
+    argv = ["reproduce", name, "--run-dir", places["run"], "--no-report", "--quiet", "--device", "cpu",
+            "--set", override] + (["--force"] if force else [])
+    rc, err = run_cli(argv, capsys)
+    assert_one_line(rc, err, "needs about")
+    line = err.strip()
+    assert f"with --set {override.split('=')[0]}=" in line and size in line
+    assert "but only 8.0 GB is available on this machine (of 16.0 GB)" in line
+    assert tree(places["run"]) == before
+
+
+def test_set_sizes_that_fit_are_not_refused(monkeypatch):
+    """The other side of the check: the quick presets, and each quick preset with a size doubled, pass on a
+    machine pinned at 8 GB (the estimate refuses only what cannot fit)."""
+    from depthscope import memory
+    from depthscope.experiments import registry
+    from depthscope.experiments.base import resolve
+
+    monkeypatch.setattr(memory, "machine_memory", lambda: (8 * 10**9, 16 * 10**9))
+    for name, exp in registry().items():
+        quick = exp.presets["quick"]
+        resolve(name, "quick")
+        for key in ("width", "n", "depth", "seeds"):
+            if isinstance(quick.get(key), int) and not isinstance(quick[key], bool):
+                resolve(name, "quick", {key: 2 * quick[key]})
+
+
 def test_names_and_confined_paths(tmp_path):
     from depthscope.errors import InputError, check_name, confined
 

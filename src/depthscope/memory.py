@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Mapping
 
 from .errors import TooBig
 
 __all__ = ["machine_memory", "device_memory", "vni_bytes", "train_member_bytes", "grid_bytes",
-           "theory_bytes", "check_fits", "format_bytes", "GRID_BYTES_PER_RUN"]
+           "theory_bytes", "check_fits", "format_bytes", "GRID_BYTES_PER_RUN", "experiment_bytes"]
 
 #: Bytes one expanded sweep run costs in the driver: its RunSpec, its store key (a JSON string), its
 #: slots in the run, key and group lists and a done-set: 0.64 kB measured with tracemalloc
@@ -156,3 +157,105 @@ def theory_bytes(depth: int) -> int:
     m1, m2, ...) plus their Python lists for JSON (some 50 bytes per value each).
     """
     return int(depth) * 20 * (8 + 50)
+
+
+# ----------------------------------------------------------------------------- an experiment's parameters
+#: Parameter names (one name per concept across experiments) that size an experiment's largest unit.
+WIDTH_KEYS = ("width", "widths")
+DEPTH_KEYS = ("depth", "depths", "max_depth")
+#: Samples pushed through a net at once (a batch, a probe, the simulated inputs).
+SAMPLE_KEYS = ("n", "n_iid", "n_mnist", "batch", "batch_size", "probe_size", "n_probe")
+#: Bytes of one measurement held in a unit's list of values before it is stored (a Value tuple of four fields
+#: and its float: 72 + 24 bytes by sys.getsizeof); every experiment records at least one per layer.
+VALUE_BYTES = 96
+_MNIST_ROWS, _MNIST_PIXELS = 60000, 784
+
+
+def _sizes(value: Any) -> list[int]:
+    """Every integer a parameter value names: itself, a list's items, a ``LO:HI:COUNT`` range's HI."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, float) and value.is_integer():
+        return [int(value)]
+    if isinstance(value, str):
+        parts = value.split(":")
+        try:
+            return [int(float(parts[1]))] if len(parts) == 3 else [int(v) for v in value.split(",")]
+        except (ValueError, OverflowError):
+            return []  # not a size: the experiment's own parsing reports it
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in _sizes(v)]
+    if isinstance(value, Mapping):
+        return [x for v in value.values() for x in _sizes(v)]
+    return []
+
+
+def _axis_len(value: Any) -> int:
+    """How many values an axis of the grid takes: a list's length, a range's COUNT, a table's largest axis."""
+    if isinstance(value, (list, tuple)):
+        return max(1, len(value))
+    if isinstance(value, str):
+        parts = value.split(":")
+        try:
+            return max(1, int(parts[2])) if len(parts) == 3 else max(1, len(value.split(",")))
+        except (ValueError, OverflowError):
+            return 1
+    if isinstance(value, Mapping):
+        inner = [_axis_len(v) for v in value.values() if isinstance(v, (list, tuple, str, Mapping))]
+        return max(inner) if inner else max(1, len(value))
+    return 1
+
+
+def _largest(params: Mapping[str, Any], keys: tuple[str, ...]) -> int:
+    """The largest size any of ``keys`` names, at the top or inside a table (fig3.3's row_a.width)."""
+    found = [0]
+    for k, v in params.items():
+        if k in keys:
+            found += _sizes(v)
+        elif isinstance(v, Mapping):
+            found.append(_largest(v, keys))
+    return max(found)
+
+
+def experiment_bytes(params: Mapping[str, Any]) -> tuple[int, dict[str, int]]:
+    """(bytes, sizes): the memory an experiment's parameters need at least, from the names they share.
+
+    sizes = the largest width N, depth L and samples S its parameters name, its units U (seeds times
+    the length of every list-valued parameter: an upper bound of the grid) and its training rows T.
+    Bytes = the driver's unit list (:func:`grid_bytes` of U) plus its largest unit: a trained net
+    (``epochs`` or ``steps`` among the parameters) costs :func:`train_member_bytes` of one member at
+    (L, N, its batch size) or the VNI of S probe samples, whichever is larger, plus its T training
+    rows of 784 float32 pixels (60,000 rows when ``n_train`` is null); a simulated
+    one costs :func:`vni_bytes` at (N, S), streamed one layer at a time, plus its per-layer values
+    (L x :data:`VALUE_BYTES`). Sizes hidden in records (xor's ``settings``) are not read.
+    """
+    from types import SimpleNamespace
+
+    width = _largest(params, WIDTH_KEYS)
+    depth = _largest(params, DEPTH_KEYS)
+    samples = _largest(params, SAMPLE_KEYS)
+    seeds = params.get("seeds", 1)
+    units = max(1, len(seeds) if isinstance(seeds, (list, tuple)) else (seeds if isinstance(seeds, int) else 1))
+    for k, v in params.items():
+        if k != "seeds" and isinstance(v, (list, tuple, Mapping)) or (isinstance(v, str) and v.count(":") == 2):
+            units *= _axis_len(v)
+    mnist = params.get("dataset", "mnist") in ("mnist", "fashion-mnist")
+    rows = 0
+    if "n_train" in params:
+        rows = _MNIST_ROWS if params["n_train"] is None else max(_sizes(params["n_train"]) or [0])
+    sizes = {"width": width, "depth": depth, "samples": samples, "units": units, "training_rows": rows}
+    if "epochs" in params or "steps" in params:
+        optimizers = [o for o in params.get("optimizers", ["sgd"]) if isinstance(o, str)] or ["sgd"]
+        inputs = _MNIST_PIXELS if mnist else max(1, width)
+        batch = _largest(params, ("batch", "batch_size")) or samples
+        unit = max(train_member_bytes(SimpleNamespace(depth=max(1, depth), width=width, batch_size=batch,
+                                                      optimizer=o), inputs) for o in optimizers)
+        probe = vni_bytes(SimpleNamespace(width=width, n_in=width, init="gaussian", arch="feedforward"),
+                          max(1, samples))  # the VNI of the probe batch, one layer at a time, after training
+        unit = max(unit, probe) + 4 * rows * inputs
+    else:
+        spec = SimpleNamespace(width=width, n_in=width, init=str(params.get("init", "gaussian")), arch="feedforward")
+        unit = vni_bytes(spec, max(1, samples)) + depth * VALUE_BYTES
+    return grid_bytes(units) + unit, sizes

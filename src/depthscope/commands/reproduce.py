@@ -75,8 +75,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if overrides and len(names) != 1:
         raise ValueError("--set applies to one experiment: name exactly one NAME")
     device = resolve_device(args.device)
-    for n in names:  # every experiment's parameters are checked before the store is opened
-        resolve(n, args.preset, overrides)
+    for n in names:  # every experiment's parameters (and their memory) are checked before the store is opened
+        resolve(n, args.preset, overrides, device=device)
     kept: list[str] = []
     missing: dict[str, str] = {}  # dataset -> where its files go (one warning at the end, not one per experiment)
     not_run: list[str] = []

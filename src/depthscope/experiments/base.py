@@ -18,6 +18,7 @@ trained together in batches (the sweep engine) override :meth:`Experiment.run`.
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import pkgutil
 import time
@@ -179,6 +180,13 @@ class Experiment:
             p[k] = v
         return p
 
+    def memory_bytes(self, params: dict) -> tuple[int, dict]:
+        """(bytes, sizes): the least memory these parameters need (:func:`depthscope.memory.experiment_bytes`,
+        from the sizes the parameter names give); an experiment with a tighter count overrides it."""
+        from ..memory import experiment_bytes
+
+        return experiment_bytes(params)
+
     def validate(self, params: dict) -> None:
         """Raise ValueError (one line) for parameters this experiment cannot run; called before anything is
         written. The default checks nothing beyond :meth:`params`; experiments override it for their own rules."""
@@ -261,7 +269,7 @@ def run_experiment(
     all their measurements are redone (:meth:`Store.done_keys`).
     """
     exp = get_experiment(name)
-    params, keys = resolve(name, preset, overrides)
+    params, keys = resolve(name, preset, overrides, device=device)
     if store.readonly:
         raise ValueError(f"{store.path} is open read-only; cannot run {name!r} into it")
     t0 = time.time()
@@ -296,14 +304,30 @@ def _note_not_run(store: Store, name: str, keys: list[str], counts: dict) -> Non
         store.set_meta(f"not_run:{name}", value)
 
 
-def resolve(name: str, preset: str = "quick", overrides: dict[str, Any] | None = None) -> tuple[dict, list[str]]:
+def resolve(name: str, preset: str = "quick", overrides: dict[str, Any] | None = None, *,
+            device: str = "cpu") -> tuple[dict, list[str]]:
     """The checked parameters of experiment ``name`` and its unit keys; a ValueError (one line) for anything
-    it cannot run. Writes nothing: callers validate every experiment with it before touching a store."""
+    it cannot run, a :class:`~depthscope.errors.TooBig` for sizes that cannot fit in ``device``'s memory
+    (checked before the units are listed: ``--set seeds=100000000`` allocates nothing). Writes nothing:
+    callers validate every experiment with it before touching a store."""
     exp = get_experiment(name)
     params = exp.params(preset, overrides)
+    check_memory(exp, preset, params, overrides, device)
     keys = unit_keys(exp, params)
     exp.validate(params)
     return params, keys
+
+
+def check_memory(exp: Experiment, preset: str, params: dict, overrides: dict[str, Any] | None,
+                 device: str = "cpu") -> None:
+    """Refuse (:class:`~depthscope.errors.TooBig`, one line with both numbers) parameters whose estimated memory
+    (:meth:`Experiment.memory_bytes`) exceeds what ``device`` has; the message names the ``--set`` values."""
+    from ..memory import check_fits
+
+    needed, sizes = exp.memory_bytes(params)
+    shown = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sizes.items() if v)
+    given = " ".join(f"--set {k}={json.dumps(v)}" for k, v in (overrides or {}).items())
+    check_fits(needed, f"{exp.name} at preset {preset}{' with ' + given if given else ''} ({shown})", device)
 
 
 def unit_keys(exp: Experiment, params: dict) -> list[str]:
