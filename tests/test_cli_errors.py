@@ -663,18 +663,47 @@ def test_set_sizes_that_fit_are_not_refused(monkeypatch):
                 resolve(name, "quick", {key: 2 * quick[key]})
 
 
+NAMES_OK = ("fig3.1", "my-sweep_2", "a+b", "watch", "watch-2", "run-17", "x" * 100, "effective-nodes", "A.b_c+d-e")
+NAMES_BAD = ("", "..", ".", "../x", "a/b", "a\\b", "a b", "x" * 101, None, "-lead", ".hidden", "_x", "a:b", "é",
+             "a\nb", 3, "x/../../../escaped")
+
+
 def test_names_and_confined_paths(tmp_path):
     from depthscope.errors import InputError, check_name, confined
 
-    for ok in ("fig3.1", "my-sweep_2", "a+b"):
+    for ok in NAMES_OK:
         assert check_name(ok) == ok
-    for bad in ("", "..", ".", "../x", "a/b", "a b", "x" * 101, None, "-lead"):
+    for bad in NAMES_BAD:
         with pytest.raises(InputError):
             check_name(bad)
     assert confined(tmp_path, "a.png") == tmp_path / "a.png"
     for bad in ("../a.png", "x/../../a", "/etc/passwd", "", ".."):
         with pytest.raises(InputError):
             confined(tmp_path, bad)
+
+
+def test_one_name_rule_for_experiments_sweeps_and_watch_runs():
+    """errors.check_name and watch's check_run_name were twins (100 characters with '+', 64 without): one rule
+    now. Both accept and refuse the same names with the same words, and a fresh watch run name (run-2, ...)
+    made from the longest allowed name still passes it."""
+    from depthscope.errors import NAME_MAX, InputError, check_name
+    from depthscope.sweep import SweepSpec
+    from depthscope.watch.writers import RUN_NAME, check_run_name, fresh_run_name
+
+    for name in NAMES_OK:
+        assert check_run_name(name) == check_name(name) == name and RUN_NAME.fullmatch(name)
+    for name in NAMES_BAD:
+        with pytest.raises(InputError) as a:
+            check_run_name(name)
+        with pytest.raises(InputError) as b:
+            check_name(name, "run name")
+        assert str(a.value) == str(b.value) and f"1 to {NAME_MAX} letters" in str(a.value)
+    long = "r" * NAME_MAX
+    assert fresh_run_name(long, [long]) == "r" * (NAME_MAX - 2) + "-2"
+    assert check_run_name(fresh_run_name(long, [long, "r" * (NAME_MAX - 2) + "-2"])) == "r" * (NAME_MAX - 2) + "-3"
+    assert SweepSpec.from_dict({"name": "a+b"}).name == "a+b"
+    with pytest.raises(InputError, match="sweep name 'x/y' is not allowed"):
+        SweepSpec.from_dict({"name": "x/y"})
 
 
 def test_measure_vni_lives_in_the_library():

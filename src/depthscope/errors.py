@@ -27,7 +27,8 @@ import re
 from pathlib import Path
 
 __all__ = ["OneLineError", "InputError", "WorkersDied", "TooBig", "describe_exit", "check_name", "check_input_file",
-           "check_input_dir", "check_output_dir", "check_output_file", "confined", "user_message", "NAME_PATTERN"]
+           "check_input_dir", "check_output_dir", "check_output_file", "confined", "user_message", "NAME_PATTERN",
+           "NAME_MAX"]
 
 
 class OneLineError(Exception):
@@ -53,17 +54,22 @@ class TooBig(InputError):
 
 
 # ----------------------------------------------------------------------------- names
-#: Experiment and run names: a letter or digit, then letters, digits, ``.``, ``_``, ``+``, ``-``
-#: (at most 100 characters). No separators, no spaces, never ``.`` or ``..``: a name becomes part
-#: of file names (figures, exports), so it must never leave its directory.
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+#: The longest name: with a suffix such as ``-vni_heatmap.png`` it stays far below the 255 bytes a file
+#: name may have.
+NAME_MAX = 100
+#: The one rule for every name that becomes part of a file name: experiment, sweep and watch run names
+#: (:func:`check_name`; ``depthscope.watch``'s ``check_run_name`` is this check). A letter or digit,
+#: then letters, digits, ``.``, ``_``, ``+``, ``-``, at most :data:`NAME_MAX` characters: no separators,
+#: no spaces, never ``.`` or ``..``, never a leading ``-`` (an option) or ``.`` (a hidden file), so a name
+#: never leaves its directory.
+NAME_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._+-]{{0,{NAME_MAX - 1}}}")
 
 
 def check_name(name: object, what: str = "name") -> str:
     """``name`` if it matches :data:`NAME_PATTERN`, else an :class:`InputError` saying what is allowed."""
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        raise InputError(f"{what} must be 1 to 100 characters of letters, digits, '.', '_', '+' or '-', "
-                         f"starting with a letter or digit, got {name!r}")
+        raise InputError(f"{what} {name!r} is not allowed: use 1 to {NAME_MAX} letters, digits, '.', '_', '+' or "
+                         "'-', starting with a letter or digit (it becomes part of file names)")
     return name
 
 

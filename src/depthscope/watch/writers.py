@@ -5,11 +5,11 @@ import csv
 import logging
 import math
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import NAME_MAX, NAME_PATTERN, check_name
 from .alerts import Alert
 from .quantities import QUANTITIES
 from .select import _Watched
@@ -18,26 +18,24 @@ logger = logging.getLogger("depthscope.watch")
 
 EXPERIMENT = "watch"
 
-#: A run name: it becomes part of file names, so letters, digits, '.', '_' and '-' only, at most 64.
-RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: A run name follows the one name rule of experiments and sweeps (:data:`depthscope.errors.NAME_PATTERN`).
+RUN_NAME = NAME_PATTERN
 
 
 def check_run_name(run: Any, what: str = "run") -> str:
-    """``run`` if it is a valid run name (:data:`RUN_NAME`), else a one-line ValueError."""
-    if not isinstance(run, str) or not RUN_NAME.fullmatch(run):
-        raise ValueError(f"{what} name {run!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
-                         f"starting with a letter or digit (it becomes part of file names)")
-    return run
+    """``run`` if it is a valid run name (:func:`depthscope.errors.check_name`), else a one-line InputError."""
+    return check_name(run, f"{what} name")
 
 
 def fresh_run_name(run: str, taken: Sequence[str]) -> str:
-    """``run`` if it is not taken, else the first free ``run-2``, ``run-3``, ... (cut to fit 64 characters)."""
+    """``run`` if it is not taken, else the first free ``run-2``, ``run-3``, ... (cut to fit
+    :data:`~depthscope.errors.NAME_MAX` characters)."""
     if run not in taken:
         return run
     i = 2
     while True:
         suffix = f"-{i}"
-        name = run[: 64 - len(suffix)] + suffix
+        name = run[: NAME_MAX - len(suffix)] + suffix
         if name not in taken:
             return name
         i += 1
