@@ -281,8 +281,10 @@ def run_experiment(
         finished = True
     finally:
         recorded = store.recorded_since(exp.name, t0)
-        if recorded or finished:
-            store.set_meta(f"params:{exp.name}", {"preset": preset, "params": params})
+        saved = {"preset": preset, "params": params}
+        # written only when it changes: a forced rerun that could redo nothing leaves the store's bytes as they were
+        if (recorded or finished) and store.get_meta(f"params:{exp.name}") != json.loads(json.dumps(saved, default=str)):
+            store.set_meta(f"params:{exp.name}", saved)
         if generation is not None and not recorded:
             store.abandon_redo(exp.name, generation)  # nothing new: the old results count as done again
     # also after a killed --force resumed without it: the old units go once every new one is in
