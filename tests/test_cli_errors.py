@@ -165,6 +165,8 @@ CASES = [
     (RP, ["effective-nodes", "--run-dir", "{run}", "--set", "seeds=-1"], "integers >= 1"),
     (RP, ["effective-nodes", "--run-dir", "{run}", "--set", "seeds=0"], "integers >= 1"),
     (RP, ["fig5", "--run-dir", "{run}", "--set", "seeds=-1"], "integers >= 1"),
+    (RP, ["effective-nodes", "--run-dir", "{run}", "--set", "widths=[25,25]"], "takes distinct values (25 is"),
+    (RP, ["fig3.2", "--run-dir", "{run}", "--set", "depths=[10,20,10]"], "takes distinct values (10 is repeated)"),
     (RP, ["fig3.1", "--run-dir", "{run}", "--device", "tpu"], "tpu"),
     (RP, ["fig3.1", "--run-dir", "{run}", "--data-dir", "{file}"], "is a file, expected a directory"),
     (RP, ["fig3.1", "--run-dir", "{run}", "--data-dir", "{missing}"], "does not exist"),
@@ -680,6 +682,19 @@ def test_names_and_confined_paths(tmp_path):
     for bad in ("../a.png", "x/../../a", "/etc/passwd", "", ".."):
         with pytest.raises(InputError):
             confined(tmp_path, bad)
+
+
+def test_parameters_listing_a_unit_twice_are_refused(monkeypatch):
+    """Whatever slips past the --set check and lists one unit twice (it would run twice and mean nothing more)
+    is refused before anything runs."""
+    from depthscope.errors import InputError
+    from depthscope.experiments.base import resolve
+    from depthscope.experiments.chapter3 import EffectiveNodes
+
+    real = EffectiveNodes.units
+    monkeypatch.setattr(EffectiveNodes, "units", lambda self, p: real(self, p) + real(self, p)[:1])
+    with pytest.raises(InputError, match="list the same unit twice"):
+        resolve("effective-nodes", "quick")
 
 
 def test_one_name_rule_for_experiments_sweeps_and_watch_runs():

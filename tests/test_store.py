@@ -796,6 +796,7 @@ def test_a_read_only_run_directory_is_read_and_exported(tmp_path):
     ("dataset", "", "mnist", "takes a non-empty string, got ''"),
     ("flag", 1, True, "takes a boolean like True; got an integer 1"),
     ("widths", [], [4, 8], "takes a non-empty list, got []"),
+    ("widths", [[25]], [4, 8], "takes a list of integers like [4, 8]; got a list of lists [[25]]"),
     ("configs", [["tanh"]], [["sigmoid", None], ["sigmoid", 1.0]], "takes records of 2 items"),
 ])
 def test_overrides_are_checked_against_the_preset(name, value, preset, needle):

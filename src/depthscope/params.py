@@ -8,7 +8,7 @@ every library caller) validates each override here and nowhere else. An override
   preset's first): an integer where a preset holds an integer, any number where it holds
   a float, ``true``/``false`` where a boolean, a non-empty string where a string (a
   ``"LO:HI:COUNT"`` range string also takes a number or a list of numbers), a non-empty
-  list whose items are like the preset list's items (a list mixing kinds, or a tuple, is a
+  list of distinct items each like one of the preset list's items (a list mixing kinds, or a tuple, is a
   record: the same number of items, each like the preset's item in its place), a table
   with the preset's keys (all of them, no others) or, where the preset's table maps names
   to values of one kind (``lrs``: optimizer -> range), any names; ``null`` only where a
@@ -69,7 +69,7 @@ def _kind(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         plural = {"an integer": "integers", "a number": "numbers", "a string": "strings", "null": "nulls",
                   "a boolean": "booleans", "a list": "lists", "a table": "tables"}
-        inner = sorted({plural.get(_kind(x), _kind(x)) for x in v})
+        inner = sorted({plural.get(_kind(x), "lists" if _kind(x).startswith("a list") else _kind(x)) for x in v})
         return "a list" if not inner else f"a list of {' and '.join(inner)}"
     if isinstance(v, Mapping):
         return "a table"
@@ -177,8 +177,13 @@ def _like(value: Any, example: Any, name: str) -> None:
             for item, e in zip(value, example):
                 _like(item, e, name)
             return
-        for item in value:  # a list of like items: each like one of the preset's items
+        seen = set()
+        for item in value:  # a list of like items (an axis): each like one of the preset's items, none twice
             _first_fit(item, example, name)
+            text = repr(item)
+            if text in seen:
+                raise _Misfit(f"takes distinct values ({text} is repeated)")
+            seen.add(text)
         return
     if isinstance(example, Mapping):
         if not isinstance(value, Mapping):

@@ -296,7 +296,7 @@ class Store:
             missing = [t for t in _TABLES if t not in tables]
             if missing:
                 raise StoreError(f"{self.path} lacks table(s) {', '.join(missing)} (damaged); open it writable "
-                                 "(`depthscope check RUN_DIR`) to recreate them and see which units lost rows")
+                                 f"(`depthscope check {self.run_dir}`) to recreate them and see which units lost rows")
             return SCHEMA_VERSION
         if version == SCHEMA_VERSION and all(t in tables for t in _TABLES) and self._has_view():
             return SCHEMA_VERSION  # nothing to write: opening a store never changes its bytes

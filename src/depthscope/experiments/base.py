@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..errors import InputError
 from ..progress import Progress
 from ..store import Store, Value, unit_key
 
@@ -333,14 +334,22 @@ def check_memory(exp: Experiment, preset: str, params: dict, overrides: dict[str
 
 
 def unit_keys(exp: Experiment, params: dict) -> list[str]:
-    """The keys of ``exp``'s units at ``params``; parameters its units cannot be made from are a ValueError."""
+    """The keys of ``exp``'s units at ``params``; parameters its units cannot be made from, or that list a unit
+    twice (a value repeated in a list, ``widths=[25,25]``: the unit would run twice and mean nothing more), are
+    a ValueError."""
     try:
-        return [u.key for u in exp.units(params)]
+        keys = [u.key for u in exp.units(params)]
     except ValueError:
         raise
     except (TypeError, KeyError, IndexError, AttributeError, ZeroDivisionError) as e:
         raise ValueError(f"parameters of {exp.name!r} do not fit together ({type(e).__name__}: {e}); compare "
                          f"them with `depthscope reproduce --list` and the preset") from None
+    if len(set(keys)) != len(keys):
+        seen: set[str] = set()
+        twice = next(k for k in keys if k in seen or seen.add(k))
+        raise InputError(f"the parameters of {exp.name!r} list the same unit twice (a value repeated in a list?): "
+                         f"{twice[:120]}")
+    return keys
 
 
 def run_noting_missing_data(exp: Experiment, ctx: RunContext) -> dict:
