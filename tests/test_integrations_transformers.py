@@ -129,5 +129,62 @@ def test_hf_trainer_close_after_a_failed_train_and_reuse(tmp_path):
 def test_hf_callback_rejects_bad_keywords():
     with pytest.raises(TypeError, match="evry"):
         DepthscopeTrainerCallback(evry=3)
-    with pytest.raises(TypeError, match="optimizer"):
+    with pytest.raises(ValueError, match="optimizer= is set by the callback"):
         DepthscopeTrainerCallback(optimizer=None)
+    with pytest.raises(ValueError, match="ranks must be one of"):
+        DepthscopeTrainerCallback(ranks="all")
+
+
+def _ddp_worker(rank: int, port: int, outdir: str) -> None:
+    """One rank of a 2-process Trainer run (gloo on 127.0.0.1): accelerate reads the torchrun variables."""
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from pathlib import Path
+
+    cb = DepthscopeTrainerCallback(every=1, modules=MODULES, csv=Path(outdir) / f"watch{rank}.csv")
+    opt_model = make_model(0)
+    opt = torch.optim.SGD(opt_model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    args = transformers.TrainingArguments(
+        output_dir=str(Path(outdir) / "out"), per_device_train_batch_size=4, max_steps=3, max_grad_norm=0.0,
+        use_cpu=True, ddp_backend="gloo", report_to="none", save_strategy="no", logging_strategy="no",
+        disable_tqdm=True, train_sampling_strategy="sequential", dataloader_num_workers=0)
+    trainer = transformers.Trainer(model=opt_model, args=args, train_dataset=Tokens(32, seed=1), callbacks=[cb],
+                                   optimizers=(opt, sched))
+    trainer.train()
+    torch.save({"records": cb.records, "world": trainer.args.world_size,
+                "ddp": type(trainer.model_wrapped).__name__}, Path(outdir) / f"records{rank}.pt")
+
+
+@pytest.mark.slow
+def test_hf_trainer_under_ddp_gathers_across_ranks(tmp_path):
+    """The Trainer's own DDP (accelerate, 2 CPU processes, gloo): both ranks record the global batch of 8,
+    equal to a plain loop on one process; only rank 0 writes its CSV."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = torch.multiprocessing.start_processes(_ddp_worker, args=(port, str(tmp_path)), nprocs=2, join=False,
+                                                start_method="spawn")
+    deadline = time.monotonic() + 300
+    try:
+        while not ctx.join(timeout=5):
+            if time.monotonic() > deadline:
+                pytest.fail("the 2-process Trainer run did not finish in 300 s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    got = [torch.load(tmp_path / f"records{r}.pt") for r in range(2)]
+    assert [g["world"] for g in got] == [2, 2] and got[0]["ddp"] == "DistributedDataParallel"
+    # accelerate deals a sequential sampler's batches round robin: step s is rows 8s..8s+7 on one process
+    want = plain_records(Tokens(32, seed=1), steps=3, every=1, batch=8)
+    assert_same(got[0]["records"], want)
+    assert_same(got[1]["records"], want)
+    assert all(r["samples"] == 8 * T for r in got[0]["records"] if r["name"] != "lm_head")
+    assert (tmp_path / "watch0.csv").exists() and not (tmp_path / "watch1.csv").exists()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import numbers
@@ -23,6 +24,13 @@ from .writers import CSVWriter, StoreWriter, TensorBoardWriter, check_run_name
 logger = logging.getLogger("depthscope.watch")
 
 _disable = getattr(torch.compiler, "disable", None) or (lambda f: f)
+
+
+@_disable
+def _read_grad(cap: _Capture, g: torch.Tensor) -> None:
+    """The output-gradient hook: ||dL/d(output)|| of one call, in g's dtype (cascade summation)."""
+    cap.grad_norms.append(torch.linalg.vector_norm(g.detach()))
+    cap.grad_numel += g.numel()
 
 
 def is_compiled(model: nn.Module) -> bool:
@@ -491,12 +499,9 @@ class Watch:
 
     @staticmethod
     def _make_grad_hook(cap: _Capture):
-        @_disable
-        def grad_hook(g: torch.Tensor) -> None:
-            cap.grad_norms.append(torch.linalg.vector_norm(g.detach()))  # native dtype, cascade summation
-            cap.grad_numel += g.numel()
-
-        return grad_hook
+        # a partial of one disabled function: wrapping a fresh closure in torch.compiler.disable
+        # on every captured call cost more than the norm itself
+        return functools.partial(_read_grad, cap)
 
     # -- alerts ------------------------------------------------------------------------------
     def _check_alerts(self, step: int, recs: list[dict], measured: set[tuple[int, str]]) -> None:
