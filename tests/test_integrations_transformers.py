@@ -188,3 +188,31 @@ def test_hf_trainer_under_ddp_gathers_across_ranks(tmp_path):
     assert_same(got[1]["records"], want)
     assert all(r["samples"] == 8 * T for r in got[0]["records"] if r["name"] != "lm_head")
     assert (tmp_path / "watch0.csv").exists() and not (tmp_path / "watch1.csv").exists()
+
+
+def test_real_gpt2_default_watches_every_conv1d_block_and_lm_head_with_finite_sigma_w2(caplog):
+    """Issue 13 §0 on transformers' own GPT2LMHeadModel (built from a config): the default selection covers
+    every Conv1D (4 per block), every block's residual stream and lm_head, says so in one log line, and
+    sigma_w2 / sigma_w2_mu1 are finite where they were NaN (Conv1D stores its weight (in, out))."""
+    import logging
+    import math
+
+    from transformers.pytorch_utils import Conv1D
+
+    model = make_model(0)
+    ids = Tokens(4, seed=5).ids
+    caplog.set_level(logging.INFO, logger="depthscope.watch")
+    with depthscope.watch(model, every=1) as w:
+        model(input_ids=ids, labels=ids).loss.backward()
+    conv1d = {n for n, m in model.named_modules() if isinstance(m, Conv1D)}
+    assert len(conv1d) == 8
+    assert conv1d | {"transformer.h.0", "transformer.h.1", "lm_head"} <= set(w.names)
+    assert not any(n.split(".")[-1] in ("wte", "wpe", "ln_1", "ln_2", "ln_f") for n in w.names)
+    line = [m for m in caplog.messages if "watching" in m]
+    assert len(line) == 1 and "Conv1D 8" in line[0], line
+    recs = {r["name"]: r for r in w.records}
+    for name in conv1d:
+        wt = model.get_submodule(name).weight.detach().double()
+        assert recs[name]["sigma_w2"] == pytest.approx(wt.shape[0] * float(wt.var(unbiased=False)), rel=1e-12)
+        assert math.isfinite(recs[name]["grad_rms"]) and math.isfinite(recs[name]["vni"])
+    assert math.isfinite(recs["lm_head"]["sigma_w2"])
