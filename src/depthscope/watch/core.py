@@ -136,6 +136,7 @@ class Watch:
         self._recording = False  # read by the hooks: a scheduled step, attached, not paused
         self._handles: list[Any] = []  # optimizer hook (and every forward hook when compiled)
         self._armed: list[Any] = []  # forward hooks registered only while a scheduled step runs
+        self._hook_fns: list[tuple[Callable, Callable]] | None = None  # (register method, hook), made once
         self._writer_args = dict(run_dir=run_dir, run=run, resume=resume, csv=csv, tensorboard=tensorboard)
         self._extra_writers = list(writers)
         self._writers: list[Any] = []
@@ -277,10 +278,13 @@ class Watch:
             self._disarm()
 
     def _register_hooks(self) -> list[Any]:
-        hs = [w.module.register_forward_hook(self._make_hook(w)) for w in self.watched]
-        hs += [w.phi_module.register_forward_pre_hook(self._make_phi_hook(w))
-               for w in self.watched if w.phi_module is not None]
-        return hs
+        # The hook functions are made (and wrapped by torch.compiler.disable, which costs more than
+        # registering them) once per watch; each scheduled step registers the same functions again.
+        if self._hook_fns is None:
+            self._hook_fns = ([(w.module.register_forward_hook, self._make_hook(w)) for w in self.watched]
+                              + [(w.phi_module.register_forward_pre_hook, self._make_phi_hook(w))
+                                 for w in self.watched if w.phi_module is not None])
+        return [register(fn) for register, fn in self._hook_fns]
 
     def _disarm(self) -> None:
         armed, self._armed = self._armed, []
