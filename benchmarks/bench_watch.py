@@ -137,6 +137,55 @@ def estimator_accuracy(build, max_rows: int, seeds: int = 8) -> tuple[float, flo
     return statistics.median(raw), max(raw), statistics.median(deb), max(deb)
 
 
+def breakdown(build, steps: int = 20) -> tuple[float, dict[str, float]]:
+    """(overhead, {part: share of the bare step}) of every=1: where a recorded step's extra time goes.
+
+    Process CPU time of the watch's own functions, timed by wrapping them for this
+    measurement only (restored after): the forward hooks (``Watch._capture``), the
+    output-gradient hooks (``core._read_grad``), VNI and the moments (``slab_moments`` /
+    ``moments``: the batched Grams) and the rest of the record (``Watch.flush`` minus the
+    moments); "other" is the remainder of the measured overhead (hook registration, tensor
+    hooks, Python between them). The bare and watched copies alternate step by step.
+    """
+    from depthscope.watch import core, quantities
+
+    acc = dict.fromkeys(("forward hooks", "gradient hooks", "moments (Grams)", "flush"), 0.0)
+
+    def timed_(fn, key):
+        def g(*a, **k):
+            t = time.process_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                acc[key] += time.process_time() - t
+        return g
+
+    saved = [(core.Watch, "_capture"), (core.Watch, "flush"), (core, "_read_grad"), (quantities, "slab_moments"),
+             (quantities, "moments")]
+    saved = [(o, n, getattr(o, n)) for o, n in saved]
+    for (o, n, f), key in zip(saved, ("forward hooks", "flush", "gradient hooks", "moments (Grams)", "moments (Grams)")):
+        setattr(o, n, timed_(f, key))
+    try:
+        (model_w, batch, loss_fn), (model_b, _, _) = build(), build()
+        opt_w = torch.optim.SGD(model_w.parameters(), lr=1e-3)
+        opt_b = torch.optim.SGD(model_b.parameters(), lr=1e-3)
+        tw = tb = 0.0
+        with depthscope.watch(model_w, every=1, optimizer=opt_w):
+            for i in range(steps + 3):
+                if i == 3:
+                    acc.update(dict.fromkeys(acc, 0.0))
+                    tw = tb = 0.0
+                tb += timed(lambda: train_step(model_b, opt_b, batch, loss_fn))[1]
+                tw += timed(lambda: train_step(model_w, opt_w, batch, loss_fn))[1]
+    finally:
+        for o, n, f in saved:
+            setattr(o, n, f)
+    parts = {"moments (Grams)": acc["moments (Grams)"], "rest of the record": acc["flush"] - acc["moments (Grams)"],
+             "forward hooks": acc["forward hooks"], "gradient hooks": acc["gradient hooks"]}
+    parts["other"] = (tw - tb) - sum(parts.values())
+    return (tw - tb) / tb, {k: v / tb for k, v in parts.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cycles", type=int, default=6, help="cycles of `every` steps per watch setting (every=1: 50x as many)")
@@ -182,6 +231,9 @@ def main() -> None:
             if every == 1 and max_rows == 4096:
                 print(f"  {'':18s} memory: watch buffers peak {m['peak'] / 2**20:.2f} MiB, "
                       f"stated bound {m['bound'] / 2**20:.2f} MiB")
+        over, parts = breakdown(build)
+        print(f"  where every=1's time goes (CPU time, share of the bare step; +{100 * over:.1f}% in this "
+              "measurement): " + ", ".join(f"{k} {100 * v:+.1f}%" for k, v in parts.items()))
         for rows_ in sorted({4096, args.estimator_rows}):
             med, mx, dmed, dmx = estimator_accuracy(build, rows_)
             print(f"  max_rows={rows_}: |VNI - VNI of every row| median {med:.1e}, max {mx:.1e}; "
