@@ -23,7 +23,12 @@ so the compiled overhead is printed beside the eager one, measured in the same r
 Memory: the peak of the watch's own buffers (``w.peak_held_bytes``, counted by the
 watch) and the stated bound (``extra_memory_bound``) for each model at every=1.
 
+Estimator row (``every=1 rows=256``): every=1 with ``max_rows=256``, a sample of 256 rows per
+module instead of up to 4096, and for each model the VNI error of that sample (and of the
+default 4096) against the VNI of every row of the same forward pass.
+
     python benchmarks/bench_watch.py [--cycles 6] [--threads 1] [--only transformer] [--compile inductor]
+                                     [--estimator-rows 256]
 """
 from __future__ import annotations
 
@@ -67,7 +72,7 @@ def timed(fn) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def measure(build, every: int | None, cycles: int, backend: str | None = None) -> dict[str, list]:
+def measure(build, every: int | None, cycles: int, backend: str | None = None, max_rows: int = 4096) -> dict[str, list]:
     """{'scheduled' | 'idle': [(wall ratio, cpu ratio) per pair], 'sums': [wall w, wall b, cpu w, cpu b], 'peak': bytes}."""
     (model_w, batch, loss_fn), (model_b, _, _) = build(), build()
     if backend is not None:
@@ -83,7 +88,7 @@ def measure(build, every: int | None, cycles: int, backend: str | None = None) -
         train_step(model_b, opt_b, batch, loss_fn)
         train_step(model_w, opt_w, batch, loss_fn)
     out: dict[str, list] = {"scheduled": [], "idle": [], "sums": [0.0, 0.0, 0.0, 0.0]}
-    w = depthscope.watch(model_w, every=every or 1, optimizer=opt_w)
+    w = depthscope.watch(model_w, every=every or 1, optimizer=opt_w, max_rows=max_rows)
     with w if every else contextlib.nullcontext():  # every=None: the control, both copies bare
         for i in range(cycles * (every or 1)):
             scheduled = every is not None and w.step_count % every == 0
@@ -110,6 +115,77 @@ def measure(build, every: int | None, cycles: int, backend: str | None = None) -
     return out
 
 
+def estimator_accuracy(build, max_rows: int, seeds: int = 8) -> tuple[float, float, float, float]:
+    """(median, max) |VNI - exact| and (median, max) |vni_debiased - exact vni_debiased| over modules and seeds.
+
+    One forward pass of the model at initialisation: "exact" is the VNI of every row (no sampling),
+    the estimate that of ``max_rows`` rows drawn with each seed (the watch's sample).
+    """
+    model, (x, _), _ = build()
+
+    def vnis(rows: int, seed: int) -> dict[str, tuple[float, float]]:
+        with depthscope.watch(model, every=1, max_rows=rows, seed=seed) as w, torch.no_grad():
+            model(x)
+        return {r["name"]: (r["vni"], r["vni_debiased"]) for r in w.records}
+
+    exact = vnis(2**40, 0)
+    raw, deb = [], []
+    for seed in range(seeds):
+        for name, (v, d) in vnis(max_rows, seed).items():
+            raw.append(abs(v - exact[name][0]))
+            deb.append(abs(d - exact[name][1]))
+    return statistics.median(raw), max(raw), statistics.median(deb), max(deb)
+
+
+def breakdown(build, steps: int = 20) -> tuple[float, dict[str, float]]:
+    """(overhead, {part: share of the bare step}) of every=1: where a recorded step's extra time goes.
+
+    Process CPU time of the watch's own functions, timed by wrapping them for this
+    measurement only (restored after): the forward hooks (``Watch._capture``), the
+    output-gradient hooks (``core._read_grad``), VNI and the moments (``slab_moments`` /
+    ``moments``: the batched Grams) and the rest of the record (``Watch.flush`` minus the
+    moments); "other" is the remainder of the measured overhead (hook registration, tensor
+    hooks, Python between them). The bare and watched copies alternate step by step.
+    """
+    from depthscope.watch import core, quantities
+
+    acc = dict.fromkeys(("forward hooks", "gradient hooks", "moments (Grams)", "flush"), 0.0)
+
+    def timed_(fn, key):
+        def g(*a, **k):
+            t = time.process_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                acc[key] += time.process_time() - t
+        return g
+
+    saved = [(core.Watch, "_capture"), (core.Watch, "flush"), (core, "_read_grad"), (quantities, "slab_moments"),
+             (quantities, "moments")]
+    saved = [(o, n, getattr(o, n)) for o, n in saved]
+    for (o, n, f), key in zip(saved, ("forward hooks", "flush", "gradient hooks", "moments (Grams)", "moments (Grams)")):
+        setattr(o, n, timed_(f, key))
+    try:
+        (model_w, batch, loss_fn), (model_b, _, _) = build(), build()
+        opt_w = torch.optim.SGD(model_w.parameters(), lr=1e-3)
+        opt_b = torch.optim.SGD(model_b.parameters(), lr=1e-3)
+        tw = tb = 0.0
+        with depthscope.watch(model_w, every=1, optimizer=opt_w):
+            for i in range(steps + 3):
+                if i == 3:
+                    acc.update(dict.fromkeys(acc, 0.0))
+                    tw = tb = 0.0
+                tb += timed(lambda: train_step(model_b, opt_b, batch, loss_fn))[1]
+                tw += timed(lambda: train_step(model_w, opt_w, batch, loss_fn))[1]
+    finally:
+        for o, n, f in saved:
+            setattr(o, n, f)
+    parts = {"moments (Grams)": acc["moments (Grams)"], "rest of the record": acc["flush"] - acc["moments (Grams)"],
+             "forward hooks": acc["forward hooks"], "gradient hooks": acc["gradient hooks"]}
+    parts["other"] = (tw - tb) - sum(parts.values())
+    return (tw - tb) / tb, {k: v / tb for k, v in parts.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cycles", type=int, default=6, help="cycles of `every` steps per watch setting (every=1: 50x as many)")
@@ -117,9 +193,12 @@ def main() -> None:
     ap.add_argument("--only", choices=sorted(CASES), action="append", help="run only this case (repeatable)")
     ap.add_argument("--compile", choices=("eager", "inductor"), default=None,
                     help="also time each case torch.compile'd with this backend (rows 'compiled ...')")
+    ap.add_argument("--estimator-rows", type=int, default=256,
+                    help="also time every=1 with max_rows this small, and print its VNI error against every row")
     args = ap.parse_args()
-    if args.cycles < 1 or args.threads < 1:
-        raise SystemExit(f"--cycles and --threads must be >= 1, got {args.cycles} and {args.threads}")
+    if args.cycles < 1 or args.threads < 1 or args.estimator_rows < 2:
+        raise SystemExit(f"--cycles and --threads must be >= 1 and --estimator-rows >= 2, got {args.cycles}, "
+                         f"{args.threads} and {args.estimator_rows}")
     torch.set_num_threads(args.threads)
     load0 = os.getloadavg()
     print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} cores, "
@@ -129,10 +208,13 @@ def main() -> None:
         print(f"\n{title}: {len(depthscope.watch(build()[0]).names)} watched modules")
         print(f"  {'':18s} {'pairs':>5s} {'bare ms':>8s} {'wall: r_s':>10s} {'r_u':>6s} {'overhead':>9s} {'sum ratio':>9s}"
               f" {'cpu: r_s':>9s} {'r_u':>6s} {'overhead':>9s} {'sum ratio':>9s}")
-        for backend, every in [(None, e) for e in EVERY] + ([(args.compile, e) for e in EVERY] if args.compile else []):
-            m = measure(build, every, args.cycles * (1 if every == 50 else 50), backend)
+        rows = [(None, e, 4096) for e in EVERY] + [(None, 1, args.estimator_rows)]
+        rows += [(args.compile, e, 4096) for e in EVERY] if args.compile else []
+        for backend, every, max_rows in rows:
+            m = measure(build, every, args.cycles * (1 if every == 50 else 50), backend, max_rows)
             pairs = len(m["scheduled"]) + len(m["idle"])
             label = ("compiled " if backend else "") + ("control" if every is None else f"every={every}")
+            label += f" rows={max_rows}" if max_rows != 4096 else ""
             row = f"  {label:18s} {pairs:5d} {1e3 * m['sums'][1] / pairs:8.2f}"
             for c in (0, 1):
                 rs = statistics.median(r[c] for r in m["scheduled"]) if m["scheduled"] else float("nan")
@@ -146,9 +228,16 @@ def main() -> None:
                 total = m["sums"][2 * c] / m["sums"][2 * c + 1] - 1
                 row += f" {rs:10.3f} {ru:6.3f} {100 * overhead:+8.1f}% {100 * total:+8.1f}%"
             print(row)
-            if every == 1:
+            if every == 1 and max_rows == 4096:
                 print(f"  {'':18s} memory: watch buffers peak {m['peak'] / 2**20:.2f} MiB, "
                       f"stated bound {m['bound'] / 2**20:.2f} MiB")
+        over, parts = breakdown(build)
+        print(f"  where every=1's time goes (CPU time, share of the bare step; +{100 * over:.1f}% in this "
+              "measurement): " + ", ".join(f"{k} {100 * v:+.1f}%" for k, v in parts.items()))
+        for rows_ in sorted({4096, args.estimator_rows}):
+            med, mx, dmed, dmx = estimator_accuracy(build, rows_)
+            print(f"  max_rows={rows_}: |VNI - VNI of every row| median {med:.1e}, max {mx:.1e}; "
+                  f"vni_debiased: median {dmed:.1e}, max {dmx:.1e} (against its every-row value; 8 seeds, every module, at init)")
     load1 = os.getloadavg()
     print(f"\nload average at end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
 

@@ -6,6 +6,8 @@ One spawn runs three phases, each with a fresh model:
   silent    rank 1's passes are paused (it records nothing) while rank 0 records: no deadlock,
             both ranks hold rank 0's statistics
   per_rank  no communication: each rank's forward statistics are those of its own batch
+  norm      sequences (B, T, 5) through Linear -> LayerNorm -> Tanh with collapse=True: sigma_w2_mu1
+            read through the norm and token collapse equal a single process on the concatenated batch
 """
 from __future__ import annotations
 
@@ -32,10 +34,27 @@ def make_net() -> nn.Module:
     return nn.Sequential(nn.Linear(5, 12), nn.Tanh(), nn.Linear(12, 12), nn.Tanh(), nn.Linear(12, 3))
 
 
-def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The global batches (2B rows each); rank r trains on rows [rB, (r+1)B)."""
+T = 4  # tokens per sequence (phase "norm")
+
+
+class MeanTokens(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(1)
+
+
+def make_seq_net() -> nn.Module:
+    """Linear -> LayerNorm -> Tanh in an nn.Sequential: mu_1 is read at the Tanh's input (through the norm).
+    LayerNorm normalises each token alone, so the ranks' forward passes are the single process's."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 12), nn.LayerNorm(12), nn.Tanh(), nn.Linear(12, 12), nn.Tanh(),
+                         nn.Linear(12, 3), MeanTokens())
+
+
+def batches(seq: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The global batches (2B rows or sequences each); rank r trains on rows [rB, (r+1)B)."""
     g = torch.Generator().manual_seed(3)
-    return [(torch.randn(2 * B, 5, generator=g), torch.randint(0, 3, (2 * B,), generator=g)) for _ in range(STEPS)]
+    shape = (2 * B, T, 5) if seq else (2 * B, 5)
+    return [(torch.randn(shape, generator=g), torch.randint(0, 3, (2 * B,), generator=g)) for _ in range(STEPS)]
 
 
 def loss_fn(net, x, y):
@@ -53,14 +72,15 @@ def _worker(rank: int, port: int, outdir: str) -> None:
                             timeout=timedelta(seconds=60))
     try:
         out = {}
-        for phase in ("gather", "silent", "per_rank"):
-            net = make_net()
+        for phase in ("gather", "silent", "per_rank", "norm"):
+            net = make_seq_net() if phase == "norm" else make_net()
             ddp = DDP(net)
             opt = torch.optim.SGD(ddp.parameters(), lr=0.3)
             csv = os.path.join(outdir, f"{phase}_rank{rank}.csv")
+            extra = dict(collapse=True, token_sequences=2 * B) if phase == "norm" else {}
             with distributed_watch(net, every=1, optimizer=opt, csv=csv,
-                                   ranks="per_rank" if phase == "per_rank" else "gather") as w:
-                for x, y in batches():
+                                   ranks="per_rank" if phase == "per_rank" else "gather", **extra) as w:
+                for x, y in batches(seq=phase == "norm"):
                     xs, ys = x[rank * B:(rank + 1) * B], y[rank * B:(rank + 1) * B]
                     opt.zero_grad()
                     if phase == "silent" and rank == 1:
@@ -98,6 +118,18 @@ def single_process(rows: slice | None = None) -> list[dict]:
     return w0.records
 
 
+def single_process_seq() -> list[dict]:
+    """The reference of phase "norm": one process, the concatenated sequences, every sequence read."""
+    net = make_seq_net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.3)
+    with depthscope.watch(net, every=1, optimizer=opt, collapse=True, token_sequences=2 * B) as w:
+        for x, y in batches(seq=True):
+            opt.zero_grad()
+            loss_fn(net, x, y).backward()
+            opt.step()
+    return w.records
+
+
 def assert_same(got: list[dict], want: list[dict], quantities=COMPARED) -> None:
     assert [(r["step"], r["name"]) for r in got] == [(r["step"], r["name"]) for r in want]
     for a, b in zip(got, want):
@@ -129,6 +161,16 @@ def test_ddp_gathered_statistics_equal_one_process_on_the_concatenated_batch(ddp
     assert_same(r0["gather"], want)
     assert_same(r1["gather"], want)
     assert all(r["samples"] == 2 * B for r in r0["gather"])
+
+
+def test_ddp_mu1_through_a_norm_and_token_collapse_equal_one_process(ddp_run):
+    _, (r0, r1) = ddp_run
+    want = single_process_seq()
+    first = [r for r in want if r["name"] == "0"]
+    assert first and all(r["sigma_w2_mu1"] > 0 and 0 < r["token_collapse"] < 1 for r in first)  # read, not NaN
+    quantities = COMPARED + ("token_collapse", "effective_rank", "rankme", "stable_rank", "dormant_fraction")
+    assert_same(r0["norm"], want, quantities)
+    assert_same(r1["norm"], want, quantities)
 
 
 def test_ddp_only_rank_zero_writes(ddp_run):

@@ -129,5 +129,90 @@ def test_hf_trainer_close_after_a_failed_train_and_reuse(tmp_path):
 def test_hf_callback_rejects_bad_keywords():
     with pytest.raises(TypeError, match="evry"):
         DepthscopeTrainerCallback(evry=3)
-    with pytest.raises(TypeError, match="optimizer"):
+    with pytest.raises(ValueError, match="optimizer= is set by the callback"):
         DepthscopeTrainerCallback(optimizer=None)
+    with pytest.raises(ValueError, match="ranks must be one of"):
+        DepthscopeTrainerCallback(ranks="all")
+
+
+def _ddp_worker(rank: int, port: int, outdir: str) -> None:
+    """One rank of a 2-process Trainer run (gloo on 127.0.0.1): accelerate reads the torchrun variables."""
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from pathlib import Path
+
+    cb = DepthscopeTrainerCallback(every=1, modules=MODULES, csv=Path(outdir) / f"watch{rank}.csv")
+    opt_model = make_model(0)
+    opt = torch.optim.SGD(opt_model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    args = transformers.TrainingArguments(
+        output_dir=str(Path(outdir) / "out"), per_device_train_batch_size=4, max_steps=3, max_grad_norm=0.0,
+        use_cpu=True, ddp_backend="gloo", report_to="none", save_strategy="no", logging_strategy="no",
+        disable_tqdm=True, train_sampling_strategy="sequential", dataloader_num_workers=0)
+    trainer = transformers.Trainer(model=opt_model, args=args, train_dataset=Tokens(32, seed=1), callbacks=[cb],
+                                   optimizers=(opt, sched))
+    trainer.train()
+    torch.save({"records": cb.records, "world": trainer.args.world_size,
+                "ddp": type(trainer.model_wrapped).__name__}, Path(outdir) / f"records{rank}.pt")
+
+
+@pytest.mark.slow
+def test_hf_trainer_under_ddp_gathers_across_ranks(tmp_path):
+    """The Trainer's own DDP (accelerate, 2 CPU processes, gloo): both ranks record the global batch of 8,
+    equal to a plain loop on one process; only rank 0 writes its CSV."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = torch.multiprocessing.start_processes(_ddp_worker, args=(port, str(tmp_path)), nprocs=2, join=False,
+                                                start_method="spawn")
+    deadline = time.monotonic() + 300
+    try:
+        while not ctx.join(timeout=5):
+            if time.monotonic() > deadline:
+                pytest.fail("the 2-process Trainer run did not finish in 300 s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    got = [torch.load(tmp_path / f"records{r}.pt") for r in range(2)]
+    assert [g["world"] for g in got] == [2, 2] and got[0]["ddp"] == "DistributedDataParallel"
+    # accelerate deals a sequential sampler's batches round robin: step s is rows 8s..8s+7 on one process
+    want = plain_records(Tokens(32, seed=1), steps=3, every=1, batch=8)
+    assert_same(got[0]["records"], want)
+    assert_same(got[1]["records"], want)
+    assert all(r["samples"] == 8 * T for r in got[0]["records"] if r["name"] != "lm_head")
+    assert (tmp_path / "watch0.csv").exists() and not (tmp_path / "watch1.csv").exists()
+
+
+def test_real_gpt2_default_watches_every_conv1d_block_and_lm_head_with_finite_sigma_w2(caplog):
+    """Issue 13 §0 on transformers' own GPT2LMHeadModel (built from a config): the default selection covers
+    every Conv1D (4 per block), every block's residual stream and lm_head, says so in one log line, and
+    sigma_w2 / sigma_w2_mu1 are finite where they were NaN (Conv1D stores its weight (in, out))."""
+    import logging
+    import math
+
+    from transformers.pytorch_utils import Conv1D
+
+    model = make_model(0)
+    ids = Tokens(4, seed=5).ids
+    caplog.set_level(logging.INFO, logger="depthscope.watch")
+    with depthscope.watch(model, every=1) as w:
+        model(input_ids=ids, labels=ids).loss.backward()
+    conv1d = {n for n, m in model.named_modules() if isinstance(m, Conv1D)}
+    assert len(conv1d) == 8
+    assert conv1d | {"transformer.h.0", "transformer.h.1", "lm_head"} <= set(w.names)
+    assert not any(n.split(".")[-1] in ("wte", "wpe", "ln_1", "ln_2", "ln_f") for n in w.names)
+    line = [m for m in caplog.messages if "watching" in m]
+    assert len(line) == 1 and "Conv1D 8" in line[0], line
+    recs = {r["name"]: r for r in w.records}
+    for name in conv1d:
+        wt = model.get_submodule(name).weight.detach().double()
+        assert recs[name]["sigma_w2"] == pytest.approx(wt.shape[0] * float(wt.var(unbiased=False)), rel=1e-12)
+        assert math.isfinite(recs[name]["grad_rms"]) and math.isfinite(recs[name]["vni"])
+    assert math.isfinite(recs["lm_head"]["sigma_w2"])

@@ -20,7 +20,9 @@ See docs/integrations.md.
 from __future__ import annotations
 
 import importlib
+import inspect
 from types import ModuleType
+from typing import Any
 
 #: The keys the writers and loggers get: ``depthscope/<quantity>/<module name>``.
 LOGGED_QUANTITIES = ("vni", "vni_debiased", "effective_nodes", "participation_ratio", "act_mean",
@@ -51,3 +53,32 @@ def flatten(records: list[dict], quantities: tuple[str, ...] = LOGGED_QUANTITIES
             if v == v:  # not NaN
                 out[metric_key(q, r["name"], prefix)] = float(v)
     return out
+
+
+def check_callback_args(ranks: str, watch_kwargs: dict[str, Any]) -> None:
+    """The callbacks' constructor checks: ``ranks`` is one of distributed.RANKS and every keyword is a
+    depthscope.watch keyword other than ``model`` and ``optimizer`` (the trainer's), one-line errors."""
+    from depthscope.watch import Watch
+
+    from .distributed import RANKS
+
+    if ranks not in RANKS:
+        raise ValueError(f"ranks must be one of {', '.join(RANKS)}, got {ranks!r}")
+    if "optimizer" in watch_kwargs:
+        raise ValueError("optimizer= is set by the callback (the trainer's optimizer); leave it out")
+    bad = set(watch_kwargs) - (set(inspect.signature(Watch).parameters) - {"model", "optimizer"})
+    if bad:
+        raise TypeError(f"unknown depthscope.watch keyword(s): {', '.join(sorted(bad))}")
+
+
+def attach_watch(old: Any, model: Any, *, ranks: str, every: int, step: int, **watch_kwargs: Any) -> Any:
+    """The callbacks' attach: detach ``old`` if it is still attached (dropping its step in progress, which
+    has no optimizer step), build :func:`distributed.distributed_watch` of ``model`` (refusing FSDP), start
+    its step counter at the trainer's global ``step`` (a resumed run continues its numbering), attach it."""
+    from .distributed import distributed_watch
+
+    if old is not None and old.attached:
+        old.detach(flush=False)
+    w = distributed_watch(model, ranks=ranks, every=every, **watch_kwargs)
+    w.step_count = int(step)
+    return w.attach()

@@ -16,9 +16,13 @@ DDP's averaged parameter gradient is the gradient of the mean of the rank losses
 whose gradient reaching a sample's output is 1/W of its rank's, so ``out_grad_rms``
 is that of the global loss, as a single process on the concatenated batch records it.
 ``grad_norm`` / ``sigma_w2`` read ``p.grad`` and the weights, already equal on all
-ranks under DDP. The numbers equal a single process on the concatenated batch when
-no output is subsampled (each rank's rows and their total at most ``max_rows``);
-otherwise each rank's sample of ``max_rows`` rows is pooled and subsampled again.
+ranks under DDP. ``sigma_w2_mu1`` read through a norm (mu_1 at the activation's input)
+and ``token_collapse`` (``collapse=True``) add each rank's float64 sums and counts. The
+numbers equal a single process on the concatenated batch when no output is subsampled
+(each rank's rows and their total at most ``max_rows``) and, for token collapse, every
+sequence is read (``token_sequences`` at least the global batch); otherwise each rank's
+sample of ``max_rows`` rows is pooled and subsampled again, and token collapse averages
+up to ``token_sequences`` sequences of each rank.
 
 ``ranks="per_rank"``: no communication; each rank records its own batch.
 
@@ -85,9 +89,11 @@ def gather_captures(w: Watch, pending: dict[int, Any]) -> dict[int, Any]:
     """``Watch.sync`` for ``ranks="gather"``: this step's captures of every rank, pooled in rank order.
 
     Two collectives per scheduled step whatever was captured: one ``all_gather_object`` of
-    each rank's (rows, nodes, calls, output-gradient sum of squares, numel, dtype) per
-    watched module, then one ``all_gather`` per row dtype of every rank's rows flattened
-    and zero-padded to the longest.
+    each rank's (rows, nodes, calls, output-gradient sum of squares, numel, dtype, the
+    mu_1 sum and count through a norm, the token-collapse sum and count) per watched
+    module, then one ``all_gather`` per row dtype of every rank's rows flattened and
+    zero-padded to the longest. The sums are added over ranks: sigma_w2_mu1 through a
+    norm and token collapse are those of the global batch.
     """
     dist = _dist()
     if dist is None:
@@ -102,7 +108,12 @@ def gather_captures(w: Watch, pending: dict[int, Any]) -> dict[int, Any]:
         x = torch.cat(cap.rows) if len(cap.rows) > 1 else cap.rows[0]
         local[ww.layer] = x
         sq = float(torch.stack([g.to(torch.float64) for g in cap.grad_norms]).pow(2).sum()) if cap.grad_norms else None
-        meta[ww.layer] = (x.shape[0], x.shape[1], cap.calls, sq, cap.grad_numel, str(x.dtype).removeprefix("torch."))
+        # the float64 sums behind sigma_w2_mu1 read through a norm (phi'(h)^2 over the activation's
+        # input) and behind token collapse (over the sequences read): summed over ranks below
+        mu1 = float(cap.mu1_sum) if cap.mu1_n else None
+        tc = float(cap.tc_sum) if cap.tc_n else None
+        meta[ww.layer] = (x.shape[0], x.shape[1], cap.calls, sq, cap.grad_numel, str(x.dtype).removeprefix("torch."),
+                          mu1, cap.mu1_n, tc, cap.tc_n)
     metas: list[Any] = [None] * world
     dist.all_gather_object(metas, meta)
     layers = [ww.layer for ww in w.watched if any(ww.layer in m for m in metas)]
@@ -142,6 +153,11 @@ def gather_captures(w: Watch, pending: dict[int, Any]) -> dict[int, Any]:
             # the global loss is the mean of the rank losses: its output gradient is 1/W of a rank's
             cap.grad_norms = [torch.tensor(sum(sqs), dtype=torch.float64).sqrt() / world]
             cap.grad_numel = sum(mm[4] for _, mm in have if mm[3] is not None)
+        for total, count, i in (("mu1_sum", "mu1_n", 6), ("tc_sum", "tc_n", 8)):
+            parts = [(mm[i], mm[i + 1]) for _, mm in have if mm[i] is not None]
+            if parts:  # a sum over every rank's entries (sequences), as one process sums the whole batch
+                setattr(cap, total, torch.tensor(sum(v for v, _ in parts), dtype=torch.float64, device=device))
+                setattr(cap, count, sum(n for _, n in parts))
         merged[layer] = cap
     return merged
 

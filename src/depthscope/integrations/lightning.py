@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from . import LOGGED_QUANTITIES, flatten
+from . import LOGGED_QUANTITIES, attach_watch, check_callback_args, flatten
 
 
 def _lightning():
@@ -75,24 +75,12 @@ class _WatchCallbackLogic:
 
     def __init__(self, every: int = 50, *, log_to_logger: bool | None = None, ranks: str = "gather",
                  quantities: Sequence[str] = LOGGED_QUANTITIES, **watch_kwargs: Any):
-        from .distributed import RANKS
-
-        if ranks not in RANKS:
-            raise ValueError(f"ranks must be one of {', '.join(RANKS)}, got {ranks!r}")
-        if "optimizer" in watch_kwargs:
-            raise ValueError("optimizer= is set by the callback (the trainer's first optimizer); leave it out")
+        check_callback_args(ranks, watch_kwargs)  # fail now, not at fit start, on a bad keyword
         self.every, self.log_to_logger, self.ranks = every, log_to_logger, ranks
         self.quantities = tuple(quantities)
         self.watch_kwargs = watch_kwargs
         self.watch: Any = None
         self._we_paused = False
-        # fail now, not at fit start, on a bad keyword (the same checks the watch makes)
-        from depthscope.watch import Watch
-        import inspect
-
-        bad = set(watch_kwargs) - (set(inspect.signature(Watch).parameters) - {"model"})
-        if bad:
-            raise TypeError(f"unknown depthscope.watch keyword(s): {', '.join(sorted(bad))}")
 
     # -- reading -----------------------------------------------------------------------------
     @property
@@ -117,20 +105,14 @@ class _WatchCallbackLogic:
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # Attached here, not at fit start: a resumed fit has restored trainer.global_step by now.
-        from .distributed import distributed_watch
-
-        if self.watch is not None and self.watch.attached:
-            self.watch.detach(flush=False)
         kwargs = dict(self.watch_kwargs)
         log = self.log_to_logger if self.log_to_logger is not None else bool(trainer.loggers)
         if log and trainer.loggers:
             kwargs["writers"] = list(kwargs.get("writers", ())) + [LightningLoggerWriter(trainer.loggers, self.quantities)]
         if not trainer.optimizers:
             raise ValueError("DepthscopeCallback needs an optimizer to count steps (configure_optimizers returned none)")
-        w = distributed_watch(pl_module, ranks=self.ranks, every=self.every, optimizer=trainer.optimizers[0], **kwargs)
-        w.step_count = int(trainer.global_step)
-        self.watch = w
-        w.attach()
+        self.watch = attach_watch(self.watch, pl_module, ranks=self.ranks, every=self.every, step=trainer.global_step,
+                                  optimizer=trainer.optimizers[0], **kwargs)
 
     def _pause(self, *_: Any) -> None:
         if self.watch is not None and self.watch.attached and not self.watch.is_paused:

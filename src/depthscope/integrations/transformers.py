@@ -27,8 +27,9 @@ them. Under DDP: see :mod:`depthscope.integrations.distributed` (``ranks=``).
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any
+
+from . import attach_watch, check_callback_args
 
 
 def _transformers():
@@ -44,15 +45,7 @@ class _TrainerCallbackLogic:
     """The hooks of the callback; the class users get also subclasses ``transformers.TrainerCallback``."""
 
     def __init__(self, every: int = 50, *, ranks: str = "gather", **watch_kwargs: Any):
-        from depthscope.watch import Watch
-
-        from .distributed import RANKS
-
-        if ranks not in RANKS:
-            raise ValueError(f"ranks must be one of {', '.join(RANKS)}, got {ranks!r}")
-        bad = set(watch_kwargs) - (set(inspect.signature(Watch).parameters) - {"model", "optimizer"})
-        if bad:
-            raise TypeError(f"unknown depthscope.watch keyword(s) (optimizer is the Trainer's): {', '.join(sorted(bad))}")
+        check_callback_args(ranks, watch_kwargs)
         self.every, self.ranks, self.watch_kwargs = every, ranks, watch_kwargs
         self.watch: Any = None
 
@@ -67,17 +60,11 @@ class _TrainerCallbackLogic:
 
     # -- Trainer events ----------------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        from .distributed import check_supported, distributed_watch
-
         if model is None:
             raise ValueError("DepthscopeTrainerCallback: the Trainer passed no model to on_train_begin")
-        check_supported(model)
-        self.close()
-        w = distributed_watch(model, ranks=self.ranks, every=self.every, **self.watch_kwargs)
-        w.step_count = int(state.global_step)
-        self.watch = w
-        w.attach()
-        w.pause()  # until the first training pass (eval_on_start runs before it)
+        self.watch = attach_watch(self.watch, model, ranks=self.ranks, every=self.every, step=state.global_step,
+                                  **self.watch_kwargs)
+        self.watch.pause()  # until the first training pass (eval_on_start runs before it)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.watch is not None and self.watch.attached:

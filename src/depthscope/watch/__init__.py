@@ -25,9 +25,10 @@ How it works (nothing of the model is wrapped or rewritten):
   state reaches a guard, so watching adds no recompilation. The hook samples its
   module's output into a reservoir; the output's gradient is read by a tensor hook
   registered on that output, parameter gradients from ``p.grad`` when the step ends.
-* A recorded step's statistics are computed together when it ends: each module's
-  :func:`depthscope.metrics.vni.vni_moments` in place on its reservoir (a float32 Gram
-  summed in float64; within sqrt(512) 2^-24 = 1.35e-6 of the float64
+* A recorded step's statistics are computed together when it ends: VNI and the moments of
+  each module in place on its reservoir, the reservoirs of same-shape modules as one slab
+  in one batch (:mod:`depthscope.watch.batched`, :func:`depthscope.metrics.vni.vni_moments`'
+  algorithm and numbers; a float32 Gram summed in float64; within sqrt(512) 2^-24 = 1.35e-6 of the float64
   :func:`depthscope.metrics.vni`, about 1e-8 in practice), all parameter gradients
   one fused norm, and everything reaches the host in one transfer.
 * The step counter advances when ``w.step()`` is called, or, with ``optimizer=``,
@@ -63,7 +64,7 @@ INFO) saying what is watched; ``w.description`` holds it.
 
 Quantities recorded per watched module and scheduled step (missing ones are NaN):
 
-``vni``                 R_sq = tr(C^2)/tr(C)^2 of the node covariance (thesis eq. 3.5), via :func:`depthscope.metrics.vni.vni_moments`
+``vni``                 R_sq = tr(C^2)/tr(C)^2 of the node covariance (thesis eq. 3.5), via vni_moments' algorithm (watch.batched)
 ``vni_debiased``        :func:`depthscope.metrics.vni.debias_vni` of it: the finite-sample excess removed
 ``effective_nodes``     N (1 - VNI) + 1, the thesis' effective number of nodes
 ``participation_ratio`` 1 / VNI (not delve's saturation, which counts the eigendirections explaining 99%)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import numbers
@@ -23,6 +24,13 @@ from .writers import CSVWriter, StoreWriter, TensorBoardWriter, check_run_name
 logger = logging.getLogger("depthscope.watch")
 
 _disable = getattr(torch.compiler, "disable", None) or (lambda f: f)
+
+
+@_disable
+def _read_grad(cap: _Capture, g: torch.Tensor) -> None:
+    """The output-gradient hook: ||dL/d(output)|| of one call, in g's dtype (cascade summation)."""
+    cap.grad_norms.append(torch.linalg.vector_norm(g.detach()))
+    cap.grad_numel += g.numel()
 
 
 def is_compiled(model: nn.Module) -> bool:
@@ -115,6 +123,12 @@ class Watch:
         self._free: dict[tuple, list[torch.Tensor]] = {}
         self._in_use: list[torch.Tensor] = []
         self._adopted: list[torch.Tensor] = []
+        # Same-shape reservoirs as one slab (batched.slab_moments computes it as one batch): the
+        # shapes are those of the previous recorded step, layer -> (rows, nodes, dtype, device).
+        self._layout: dict[int, tuple] = {}
+        self._groups: dict[tuple, list[int]] = {}  # shape -> its layers (two or more), in watched order
+        self._slot_of: dict[int, tuple[tuple, int]] = {}  # layer -> (shape, index in its slab)
+        self._slabs: dict[tuple, torch.Tensor] = {}  # this step's slabs, allocated at their first use
         self.held_bytes = 0  # bytes of the reservoirs and kept buffers the watch holds now
         self.peak_held_bytes = 0
         self._attached = False
@@ -122,6 +136,7 @@ class Watch:
         self._recording = False  # read by the hooks: a scheduled step, attached, not paused
         self._handles: list[Any] = []  # optimizer hook (and every forward hook when compiled)
         self._armed: list[Any] = []  # forward hooks registered only while a scheduled step runs
+        self._hook_fns: list[tuple[Callable, Callable]] | None = None  # (register method, hook), made once
         self._writer_args = dict(run_dir=run_dir, run=run, resume=resume, csv=csv, tensorboard=tensorboard)
         self._extra_writers = list(writers)
         self._writers: list[Any] = []
@@ -263,10 +278,13 @@ class Watch:
             self._disarm()
 
     def _register_hooks(self) -> list[Any]:
-        hs = [w.module.register_forward_hook(self._make_hook(w)) for w in self.watched]
-        hs += [w.phi_module.register_forward_pre_hook(self._make_phi_hook(w))
-               for w in self.watched if w.phi_module is not None]
-        return hs
+        # The hook functions are made (and wrapped by torch.compiler.disable, which costs more than
+        # registering them) once per watch; each scheduled step registers the same functions again.
+        if self._hook_fns is None:
+            self._hook_fns = ([(w.module.register_forward_hook, self._make_hook(w)) for w in self.watched]
+                              + [(w.phi_module.register_forward_pre_hook, self._make_phi_hook(w))
+                                 for w in self.watched if w.phi_module is not None])
+        return [register(fn) for register, fn in self._hook_fns]
 
     def _disarm(self) -> None:
         armed, self._armed = self._armed, []
@@ -282,11 +300,20 @@ class Watch:
             return []
         step = self.step_count
         measured: set[tuple[int, str]] = set()
+        slabs = [(slab, self._groups[key]) for key, slab in self._slabs.items()]
         try:
             recs = compute_records([(w, pending[w.layer]) for w in self.watched
                                     if w.layer in pending and pending[w.layer].kept], step, measured,
-                                   collapse=self.collapse, dormant_tau=self.dormant_tau)
+                                   collapse=self.collapse, dormant_tau=self.dormant_tau, slabs=slabs)
         finally:
+            if self._learn_layout(pending):
+                # a new grouping: the next step puts these layers in new slabs, so their buffers of
+                # this step are freed now rather than pooled (never two sets held at once)
+                for slab in self._slabs.values():
+                    self._drop(slab)
+                for layer in self._slot_of:
+                    if layer in pending and pending[layer].buf is not None:
+                        self._drop(pending[layer].buf)
             self._release_buffers(keep=self.every == 1 and self.attached)
         self._check_alerts(step, recs, measured)
         if self.keep_records:
@@ -296,6 +323,33 @@ class Watch:
         return recs
 
     # -- buffers -----------------------------------------------------------------------------
+    def _learn_layout(self, pending: dict[int, _Capture]) -> bool:
+        """Remember each module's kept-row shape of this step; True when the slab grouping changed."""
+        layout = {layer: (c.kept, int(c.buf.shape[1]), c.buf.dtype, c.buf.device)
+                  for layer, c in pending.items() if c.buf is not None and c.kept >= 2}
+        if layout == self._layout:
+            return False
+        self._layout = layout
+        groups: dict[tuple, list[int]] = {}
+        for w in self.watched:
+            if w.layer in layout:
+                groups.setdefault(layout[w.layer], []).append(w.layer)
+        old = self._groups
+        self._groups = {key: layers for key, layers in groups.items() if len(layers) >= 2}
+        self._slot_of = {layer: (key, i) for key, layers in self._groups.items() for i, layer in enumerate(layers)}
+        return self._groups != old
+
+    def _slot(self, layer: int, rows: int, d: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+        """This layer's (rows, d) slot of its shape's slab, when the previous recorded step predicts that shape."""
+        found = self._slot_of.get(layer)
+        if found is None or found[0] != (rows, d, dtype, device):
+            return None
+        key, i = found
+        slab = self._slabs.get(key)
+        if slab is None:
+            slab = self._slabs[key] = self._alloc((len(self._groups[key]), rows, d), dtype, device)
+        return slab[i]
+
     def _alloc(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """An uninitialised scratch tensor, reused from the previous step when possible (every=1)."""
         free = self._free.get((shape, dtype, device))
@@ -330,6 +384,7 @@ class Watch:
         """End of a step: with ``keep``, the buffers of this step become the pool of the next (and only
         they: what the pool held and this step did not use is freed), else everything is freed."""
         in_use, self._in_use = self._in_use, []
+        self._slabs = {}
         freed = self._adopted + [t for ts in self._free.values() for t in ts]
         self._adopted, self._free = [], {}
         if keep:
@@ -375,7 +430,7 @@ class Watch:
                             "only calls like the first of each step are recorded")
             return
         cap.calls += 1
-        self._offer(cap, t_det, axis, n, d, _seed_for(self.seed, self.step_count, w.layer, cap.calls))
+        self._offer(w.layer, cap, t_det, axis, n, d, _seed_for(self.seed, self.step_count, w.layer, cap.calls))
         if self.collapse and t_det.ndim == 3 and axis % 3 == 2:
             self._token_collapse(cap, t_det, _seed_for(self.seed, self.step_count, w.layer, cap.calls) + 1)
         if t.requires_grad:
@@ -393,17 +448,29 @@ class Watch:
                 cap.tc_sum = r if cap.tc_sum is None else cap.tc_sum + r
                 cap.tc_n += 1
 
-    def _offer(self, cap: _Capture, t: torch.Tensor, axis: int, n: int, d: int, seed: int) -> None:
-        """Add the n rows of one call to the module's reservoir of at most max_rows rows (capture.reservoir_plan)."""
+    def _offer(self, layer: int, cap: _Capture, t: torch.Tensor, axis: int, n: int, d: int, seed: int) -> None:
+        """Add the n rows of one call to the module's reservoir of at most max_rows rows (capture.reservoir_plan).
+
+        The reservoir is the layer's slot of a slab (see _slot) when the previous recorded step
+        kept the rows the layer will hold (a module called once: this call's rows).
+        """
         k = self.max_rows
         if cap.seen == 0 and n > k:  # one call fills it: exactly sample_rows' randperm sample
-            cap.buf = self._adopt(sample_output_rows(t, axis, k, seed))
+            sample = sample_output_rows(t, axis, k, seed)
+            slot = self._slot(layer, k, d, t.dtype, t.device)
+            cap.buf = self._adopt(sample) if slot is None else slot.copy_(sample)
             cap.kept, cap.seen = k, n
             return
         f, slots, rows = reservoir_plan(cap.seen, n, k, seed)
         need = cap.kept + f
-        if cap.buf is None or need > cap.buf.shape[0]:
-            size = need if cap.buf is None else min(k, max(need, 2 * cap.buf.shape[0]))
+        if cap.buf is None:
+            predicted = self._layout.get(layer)
+            size = predicted[0] if predicted is not None and need <= predicted[0] <= k else need
+            cap.buf = self._slot(layer, size, d, t.dtype, t.device)
+            if cap.buf is None:
+                cap.buf = self._alloc((need, d), t.dtype, t.device)
+        elif need > cap.buf.shape[0]:
+            size = min(k, max(need, 2 * cap.buf.shape[0]))
             old, cap.buf = cap.buf, self._alloc((size, d), t.dtype, t.device)
             if old is not None:
                 cap.buf[: cap.kept].copy_(old[: cap.kept])
@@ -436,12 +503,9 @@ class Watch:
 
     @staticmethod
     def _make_grad_hook(cap: _Capture):
-        @_disable
-        def grad_hook(g: torch.Tensor) -> None:
-            cap.grad_norms.append(torch.linalg.vector_norm(g.detach()))  # native dtype, cascade summation
-            cap.grad_numel += g.numel()
-
-        return grad_hook
+        # a partial of one disabled function: wrapping a fresh closure in torch.compiler.disable
+        # on every captured call cost more than the norm itself
+        return functools.partial(_read_grad, cap)
 
     # -- alerts ------------------------------------------------------------------------------
     def _check_alerts(self, step: int, recs: list[dict], measured: set[tuple[int, str]]) -> None:

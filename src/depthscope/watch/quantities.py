@@ -7,6 +7,7 @@ transfer to the host.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Callable
 
@@ -16,6 +17,7 @@ from torch import nn
 from ..metrics import effective_nodes, participation_ratio
 from ..metrics.collapse import spectral_collapse
 from ..metrics.vni import debias_vni, vni_moments
+from .batched import group_size, moments, slab_moments
 from .capture import _Capture
 from .select import _Watched, is_linear_like
 
@@ -95,22 +97,25 @@ def extra_memory_bound(widths: Sequence[int], max_rows: int, *, itemsize: int = 
                        rows: Sequence[int] | None = None, call_rows: int = 0) -> int:
     """Bytes: the bound on the watch's extra peak memory in a recorded step (docs/watch.md, "Memory").
 
-    sum_l k_l D_l b  +  4 max_l k_l D_l max(b, 4)  +  28 max_l m_l^2  +  41 n  +  8 CHUNK64
+    sum_l k_l D_l b  +  4 max_l k_l D_l max(b, 4)  +  28 max_(k,D) g_(k,D) m^2  +  41 n  +  8 CHUNK64
 
     k_l = min(max_rows, rows_l) rows kept of module l (rows_l: the rows all its calls produce in
-    the step, default max_rows), D_l its width (nodes), b the output's bytes per entry, m_l =
-    min(k_l, D_l) the side of its Gram, n the rows of the largest single call. The terms: the
-    reservoirs; at most four transient copies of one module's rows (a reservoir that grows,
-    the gathered rows of one call, phi' and a half-precision input converted to float32);
-    vni_moments' float32 product and three float64 Gram-sized temporaries; the sampling
-    indices of one call; one float64 chunk of a variance or mu_1 sum. It does not grow with
-    the number of calls. Returned after detach: nothing of it stays.
+    the step, default max_rows), D_l its width (nodes), b the output's bytes per entry, m =
+    min(k, D) the side of a Gram, g_(k,D) = batched.group_size(#modules with k_l = k and D_l = D,
+    m) the Grams of same-shape modules formed at once (at most GRAM_BATCH_ENTRIES entries, or
+    one), n the rows of the largest single call. The terms: the reservoirs (same-shape ones
+    allocated as one slab, the same bytes); at most four transient copies of one module's rows
+    (a reservoir that grows, the gathered rows of one call, phi' and a half-precision input
+    converted to float32); the float32 products and three float64 Gram-sized temporaries of
+    one batch of Grams; the sampling indices of one call; one float64 chunk of a variance or
+    mu_1 sum. It does not grow with the number of calls. Returned after detach: nothing of it stays.
     """
     rows = list(rows) if rows is not None else [max_rows] * len(widths)
     ks = [min(max_rows, r) for r in rows]
     res = sum(k * d * itemsize for k, d in zip(ks, widths))
     trans = max((k * d for k, d in zip(ks, widths)), default=0) * 4 * max(itemsize, 4)
-    gram = max((min(k, d) ** 2 for k, d in zip(ks, widths)), default=0) * 28
+    shapes = Counter(zip(ks, widths))
+    gram = max((group_size(c, min(k, d)) * min(k, d) ** 2 for (k, d), c in shapes.items()), default=0) * 28
     return res + trans + gram + 41 * call_rows + 8 * CHUNK64
 
 
@@ -185,13 +190,19 @@ def centred_gram(xc: torch.Tensor) -> torch.Tensor:
 
 def compute_records(caps: Sequence[tuple[_Watched, _Capture]], step: int,
                     measured: set[tuple[int, str]] | None = None, *, collapse: bool = False,
-                    dormant_tau: float = 0.025) -> list[dict]:
+                    dormant_tau: float = 0.025, slabs: Sequence[tuple[torch.Tensor, Sequence[int]]] = (),
+                    reference: bool = False) -> list[dict]:
     """The records of one step (one dict per watched module that captured rows).
 
     Every statistic stays a tensor where the activations live until one transfer at the
-    end (one host sync per step, not one per number). VNI and the moments are computed
-    per module by :func:`vni_moments` in place on the module's own reservoir (no copy of
-    the rows; its temporaries are Gram-sized), all parameter gradients in one fused norm.
+    end (one host sync per step, not one per number). VNI and the moments are computed in
+    place on the modules' own reservoirs (no copy of the rows; the temporaries are
+    Gram-sized): ``slabs`` lists (slab (G, S, N), [layer of slab[0], ...]) of reservoirs
+    allocated as one tensor; where every member's kept rows are exactly its whole slot,
+    the slab is computed as one batch (batched.slab_moments), every other module alone
+    (batched.moments). ``reference``: metrics.vni.vni_moments module by module, the slow
+    reference the tests compare the fast path with (same numbers within its stated
+    bound, vni_moments_error). All parameter gradients go through one fused norm.
     The reservoirs are overwritten (centred): they are this step's scratch. ``measured``
     receives (layer, quantity) of each gradient number measured (NaN there means a NaN gradient).
     """
@@ -203,17 +214,21 @@ def compute_records(caps: Sequence[tuple[_Watched, _Capture]], step: int,
     pnorm: dict[int, float] = {}  # id(parameter) -> ||gradient||, filled by the transfer
     grad_of: list[tuple[dict, list[float], int, list[int]]] = []  # rec, output-grad norms, numel, params
     weights: list[tuple[dict, int]] = []  # (record, fan_in)
+    rec_of: dict[int, dict] = {}
+    cap_of: dict[int, _Capture] = {}
 
     def put(v: torch.Tensor, where: Sequence[tuple[Any, Any]]) -> None:
         vals.append(v.reshape(-1))
         slots.extend(where)
 
+    # 1. what reads the rows as captured (before they are centred in place)
     for w, cap in caps:
         x = cap.buf[: cap.kept]
         n_samples, n_nodes = x.shape
         rec = dict(step=step, layer=w.layer, name=w.name, **{q: nan for q in QUANTITIES})
         rec.update(nodes=float(n_nodes), samples=float(n_samples), calls=float(cap.calls))
         recs.append(rec)
+        rec_of[w.layer], cap_of[w.layer] = rec, cap
         if cap.grad_norms:  # a backward pass reached this module's output in this step
             norms = [nan] * len(cap.grad_norms)
             put(torch.stack(cap.grad_norms), [(norms, k) for k in range(len(norms))])
@@ -236,17 +251,37 @@ def compute_records(caps: Sequence[tuple[_Watched, _Capture]], step: int,
             put(dormant_fraction_rows(x, dormant_tau), [(rec, "dormant_fraction")])
             if cap.tc_n:
                 put(cap.tc_sum / cap.tc_n, [(rec, "token_collapse")])
-        if n_samples >= 2:
-            # the rows are this step's own copies and every other use of them is already done;
-            # a half-precision reservoir is centred in a float32 copy, which the spectrum then reads
-            xf = x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
-            put(vni_moments(xf, overwrite=True), [(rec, q) for q in ("vni", "act_mean", "act_var")])
-            if collapse:  # xf now holds X_c (times a power of two): the metrics are scale invariant
-                sc = spectral_collapse(centred_gram(xf))
-                put(torch.stack([sc[q] for q in ("effective_rank", "rankme", "stable_rank")]),
-                    [(rec, q) for q in ("effective_rank", "rankme", "stable_rank")])
-        else:
+        if n_samples < 2:
             put(x.to(torch.float64).mean(), [(rec, "act_mean")])
+
+    # 2. VNI and the moments; the rows are this step's own copies and every other use of them
+    # is done: they are centred in place (a half-precision reservoir in a float32 copy)
+    moment_q = ("vni", "act_mean", "act_var")
+    centred: dict[int, torch.Tensor] = {}
+    if not reference:
+        for slab, layers in slabs:
+            members = [cap_of.get(layer) for layer in layers]
+            if (slab.dtype in (torch.float32, torch.float64) and slab.shape[1] >= 2 and len(members) == slab.shape[0]
+                    and all(c is not None and c.kept == slab.shape[1] and c.buf is not None
+                            and c.buf.shape == slab.shape[1:] and c.buf.data_ptr() == slab[i].data_ptr()
+                            for i, c in enumerate(members))):
+                put(slab_moments(slab), [(rec_of[layer], q) for layer in layers for q in moment_q])
+                centred.update((layer, slab[i]) for i, layer in enumerate(layers))
+    for w, cap in caps:
+        if w.layer in centred or cap.kept < 2:
+            continue
+        x = cap.buf[: cap.kept]
+        xf = x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
+        put(vni_moments(xf, overwrite=True) if reference else moments(xf), [(rec_of[w.layer], q) for q in moment_q])
+        centred[w.layer] = xf
+
+    # 3. the spectrum, from the centred rows (X_c times a power of two: the metrics are scale invariant)
+    if collapse:
+        for w, cap in caps:
+            if w.layer in centred:
+                sc = spectral_collapse(centred_gram(centred[w.layer]))
+                put(torch.stack([sc[q] for q in ("effective_rank", "rankme", "stable_rank")]),
+                    [(rec_of[w.layer], q) for q in ("effective_rank", "rankme", "stable_rank")])
     if grads:
         put(_norms(list(grads.values())), [(pnorm, i) for i in grads])
 
