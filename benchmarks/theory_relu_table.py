@@ -30,14 +30,15 @@ def depths_for(n: int) -> list[int]:
     return sorted({d for d in (1, 3, 10, n // 10, n // 4, n // 2, n) if 1 <= d <= n})
 
 
-def measure(init: str, n: int, depths: list[int], seeds: int, samples: int, p: int = 784) -> np.ndarray:
+def measure(init: str, n: int, depths: list[int], seeds: int, samples: int, p: int = 784,
+            first_seed: int = 0) -> np.ndarray:
     out = np.empty((seeds, len(depths)))
-    for s in range(seeds):
+    for i, s in enumerate(range(first_seed, first_seed + seeds)):
         spec = NetSpec(depth=max(depths), width=n, activation="relu", init=init, in_features=p)
         g = torch.Generator().manual_seed(1_000_000 + s)
         x = torch.randn(samples, p, generator=g, dtype=torch.float64) * math.sqrt(0.1)
         got = {l: float(vni(xl)) for l, _, xl in stream_layers(spec, x, s) if l in depths}
-        out[s] = [got[d] for d in depths]
+        out[i] = [got[d] for d in depths]
     return out
 
 
@@ -48,20 +49,27 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--depths", default=None, help="comma list (default: 1, 3, 10, N/10, N/4, N/2, N)")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first..first+seeds-1 (extra seeds for a run)")
     ap.add_argument("--out", default=None)
-    ap.add_argument("--from", dest="source", default=None, help="a JSON file from --out: re-evaluate, no simulation")
+    ap.add_argument("--from", dest="source", default=None,
+                    help="JSON files from --out (comma list; distinct seeds are pooled per point): re-evaluate, "
+                         "no simulation")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     saved = {}
     if a.source:
-        with open(a.source) as f:
-            for r in json.load(f):
-                saved.setdefault((r["width"], r["init"]), {})[r["depth"]] = r["per_seed"]
+        for path in a.source.split(","):
+            with open(path) as f:
+                for r in json.load(f):
+                    point = saved.setdefault((r["width"], r["init"]), {}).setdefault(r["depth"], {})
+                    # older files have no seed list: their seeds were 0..k-1
+                    point.update(zip(r.get("seed_ids", range(len(r["per_seed"]))), r["per_seed"]))
         a.widths = ",".join(sorted({str(w) for w, _ in saved}, key=int))
         a.inits = ",".join(dict.fromkeys(i for _, i in saved))
     rows = []
-    print("| N | init | L | measured | se | model | err | eq. 3.7 err |")
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| N | init | L | seeds | measured | se | model | err | eq. 3.7 err |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n in [int(w) for w in a.widths.split(",")]:
         depths = depths_for(n)
         for init in a.inits.split(","):
@@ -70,19 +78,25 @@ def main() -> None:
                 if (n, init) not in saved:
                     continue
                 depths = sorted(saved[(n, init)])
-                m = np.array([saved[(n, init)][d] for d in depths]).T
+                per = [np.array(list(saved[(n, init)][d].values())) for d in depths]
+                ids = [list(saved[(n, init)][d]) for d in depths]
             else:
-                m = measure(init, n, depths, a.seeds, a.samples)
-            seeds = m.shape[0]
+                if a.depths:
+                    depths = [int(d) for d in a.depths.split(",")]
+                m = measure(init, n, depths, a.seeds, a.samples, first_seed=a.first_seed)
+                per = list(m.T)
+                ids = [list(range(a.first_seed, a.first_seed + a.seeds))] * len(depths)
             r = theory.predict(max(depths), n, "relu", init, in_features=784, samples=a.samples)
             for i, d in enumerate(depths):
-                mean = float(m[:, i].mean())
-                se = float(m[:, i].std(ddof=1) / math.sqrt(seeds)) / mean if seeds > 1 else float("nan")
+                vals = per[i]
+                seeds = len(vals)
+                mean = float(vals.mean())
+                se = float(vals.std(ddof=1) / math.sqrt(seeds)) / mean if seeds > 1 else float("nan")
                 model, eq37 = float(r.vni_sampled[d - 1]), float(r.vni_asymptotic[d - 1])
                 rows.append(dict(width=n, init=init, depth=d, measured=mean, se=se, model=model,
                                  err=model / mean - 1, eq37_err=eq37 / mean - 1, seeds=seeds,
-                                 per_seed=m[:, i].tolist()))
-                print(f"| {n} | {init} | {d} | {mean:.4f} | {100 * se:.1f}% | {model:.4f} | "
+                                 per_seed=vals.tolist(), seed_ids=[int(k) for k in ids[i]]))
+                print(f"| {n} | {init} | {d} | {seeds} | {mean:.4f} | {100 * se:.1f}% | {model:.4f} | "
                       f"{100 * (model / mean - 1):+.1f}% | {100 * (eq37 / mean - 1):+.0f}% |", flush=True)
             print(f"<!-- N={n} {init}: {time.time() - t0:.0f} s -->", flush=True)
     worst = max(rows, key=lambda r: abs(r["err"]))

@@ -244,11 +244,14 @@ class Fig32(_Ch3):
     presets = {
         "quick": {"widths": [200, 500], "depths": list(range(10, 101, 10)), "activation": "hard_tanh",
                   "seeds": 4, "n_iid": 1000, "n_mnist": 2000, "input_variance": 0.1,
-                  "mnist_preprocess": ["whiten", "center"]},
+                  "mnist_preprocess": ["whiten", "center"], "relu_inits": ["gaussian", "orthogonal"]},
         "paper": {"widths": [200, 500], "depths": list(range(10, 101, 10)), "activation": "hard_tanh",
                   "seeds": 100, "n_iid": 1000, "n_mnist": None, "input_variance": 0.1,
-                  "mnist_preprocess": ["whiten", "center"]},
+                  "mnist_preprocess": ["whiten", "center"], "relu_inits": ["gaussian", "orthogonal"]},
     }
+    #: the relu panel's tolerance for the radial-angular form (issue 12 section 1: within 10% of simulation;
+    #: a gap inside 2 standard errors of the seeds' mean is not told apart from it)
+    RELU_RTOL = 0.10
 
     def units(self, p):
         pres = [check_preprocess(pre) for pre in p["mnist_preprocess"]]
@@ -269,10 +272,23 @@ class Fig32(_Ch3):
         if s["source"] == "theory":
             th = predict(s["depth"], s["width"], s["activation"], "gaussian", input_variance=s["input_variance"],
                          in_features=s["in_features"])
-            return [Value("vni_theory", float(th.vni_finite[l - 1]), layer=l) for l in range(1, s["depth"] + 1)]
+            out = [Value("vni_theory", float(th.vni_finite[l - 1]), layer=l) for l in range(1, s["depth"] + 1)]
+            # the relu panel rides on the same units (no extra units: a store's unit list is unchanged): the
+            # radial-angular form as read from the i.i.d. series' sample count, and eq. 3.7, per init
+            for init in ctx.params.get("relu_inits", []):
+                th = predict(s["depth"], s["width"], "relu", init, input_variance=s["input_variance"],
+                             in_features=s["in_features"], samples=ctx.params["n_iid"])
+                out += [Value(f"relu_vni_theory_{init}", float(th.vni_sampled[l - 1]), layer=l) for l in depths]
+                out += [Value(f"relu_vni_eq37_{init}", float(th.vni_asymptotic[l - 1]), layer=l) for l in depths]
+            return out
         if s["source"] == "iid":
             x = gaussian(s["n"], 784, s["input_variance"], seed=10_000 + u.seed)
             series, note = "iid", f"{s['n']} i.i.d. N(0, {s['input_variance']}) inputs, 784 features"
+            relu = []
+            for init in ctx.params.get("relu_inits", []):  # bias-free relu nets on the same inputs, same seed
+                spec = NetSpec(s["depth"], s["width"], "relu", init, in_features=784)
+                r, _ = stream_vni(spec, x, u.seed, measure=depths, device=ctx.device)
+                relu += [Value(f"relu_vni_{init}", v, layer=l) for l, v in r.items()]
         else:
             # whitened features get the i.i.d. inputs' variance; centred pixels keep their own (mean ~0.067)
             b = self._need_mnist(ctx, s["n"], u.seed, s["preprocess"], s["input_variance"])
@@ -281,7 +297,7 @@ class Fig32(_Ch3):
         spec = NetSpec(s["depth"], s["width"], s["activation"], "gaussian", in_features=x.shape[1])
         r, _ = stream_vni(spec, x, u.seed, measure=depths, device=ctx.device)
         ctx.store.set_meta(f"note:{self.name}:{series}", note)
-        return [Value("vni", v, layer=l) for l, v in r.items()]
+        return [Value("vni", v, layer=l) for l, v in r.items()] + (relu if s["source"] == "iid" else [])
 
     def _curves(self, store, params, width):
         curves = {}
@@ -354,7 +370,83 @@ class Fig32(_Ch3):
                 "(1/255)²/12. Theory: the finite-width covariance form with the first matrix N x 784 "
                 "(depthscope.theory.predict(..., in_features=784).vni_finite; docs/theory.md).",
                 ok, claims=claims))
+            relu = self._relu_figure(store, outdir, params, w, i)
+            if relu is not None:
+                res.append(relu)
         return res
+
+    def _relu_curves(self, store, params, width: int, init: str) -> dict:
+        """{"iid" | "form" | "eq37": {layer: (mean, std, count)}} of the relu panel at one width and init."""
+        out = {}
+        for name, q, src in [("iid", f"relu_vni_{init}", "iid"), ("form", f"relu_vni_theory_{init}", "theory"),
+                             ("eq37", f"relu_vni_eq37_{init}", "theory")]:
+            by = {}
+            for r in store.rows(self.name, q, width=width, source=src):
+                if r["layer"] in params["depths"]:
+                    by.setdefault(r["layer"], []).append(r["value"])
+            if by:
+                out[name] = {l: _mean_std(v) + (len(v),) for l, v in sorted(by.items())}
+        return out
+
+    def _relu_figure(self, store, outdir, params, width: int, i: int) -> FigureResult | None:
+        """The relu panel at one width: measured VNI, eq. 3.7 and the radial-angular form (docs/theory.md,
+        "ReLU"), one axis per init. None when no relu measurement is in the store."""
+        curves = {init: self._relu_curves(store, params, width, init) for init in params.get("relu_inits", [])}
+        curves = {init: c for init, c in curves.items() if "iid" in c}
+        if not curves:
+            return None
+        fig, axes = _figure(ncols=len(curves), size=(4.6, 3.4))
+        claims, parts, seeds = [], [], 0
+        for ax, (init, c) in zip(axes[0], curves.items()):
+            iid = c["iid"]
+            ls = sorted(iid)
+            m = np.array([iid[l][0] for l in ls])
+            sd = np.array([iid[l][1] for l in ls])
+            k = max(v[2] for v in iid.values())
+            seeds = max(seeds, k)
+            ax.plot(ls, m, "-o", ms=3, color="tab:blue", label="Simulation i.i.d. inputs")
+            ax.fill_between(ls, m - sd, m + sd, color="tab:blue", alpha=0.2)
+            for name, label, style, colour in [("eq37", "eq. 3.7", "--", "gray"),
+                                               ("form", "radial-angular form", "-", "red")]:
+                if name in c:
+                    ax.plot(sorted(c[name]), [c[name][l][0] for l in sorted(c[name])], style, color=colour,
+                            label=label)
+            ax.set_xlabel("depth L")
+            ax.set_ylabel("VNI R_sq")
+            ax.set_title(f"relu, {init}, N = {width}")
+            ax.legend(fontsize=6)
+            scale = f"width {width}, {init} weights, depths {ls[0]}-{ls[-1]}, {k} seeds"
+            what = "the radial-angular form predicts relu nets' VNI (issue 12, section 1)"
+            thesis = "(not in the thesis: eq. 3.7 assumes zero-mean layers)"
+            if "form" not in c:
+                claims.append(Claim(what, thesis, "-", scale, "not run", "no theory series in the store"))
+                continue
+            gap = _relative_gaps(c["form"], iid)
+            # the standard error of each depth's mean, as a share of it (one seed: no error bar, judged bare)
+            se = {l: (iid[l][1] / math.sqrt(iid[l][2]) / iid[l][0] if iid[l][2] > 1 else 0.0) for l in gap}
+            lw = max(gap, key=lambda l: abs(gap[l]))
+            ok = all(abs(g) <= max(self.RELU_RTOL, 2 * se[l]) for l, g in gap.items())
+            ours = f"radial-angular form worst {100 * gap[lw]:+.0f}% at L={lw} (se {100 * se[lw]:.0f}%)"
+            if "eq37" in c:
+                eq = _relative_gaps(c["eq37"], iid)
+                le = max(eq, key=lambda l: abs(eq[l]))
+                ours += f"; eq. 3.7 worst {100 * eq[le]:+.0f}% at L={le}"
+            parts.append(f"{init}: {ours}")
+            claims.append(Claim(what, thesis, ours, scale, "agree" if ok else "differs",
+                                f"tolerance: within {100 * self.RELU_RTOL:.0f}% (or 2 standard errors of the "
+                                "seeds' mean, where larger) at every depth, against the form read from the same "
+                                "sample count"))
+        fig.tight_layout()
+        name = f"fig3.2{'ab'[i] if i < 2 else i}-relu"
+        return FigureResult(
+            name, f"relu VNI vs depth, width {width}: measurement, eq. 3.7 and the radial-angular form",
+            _save(fig, outdir, name), "depthscope reproduce fig3.2", "thesis Fig. 3.2 (a relu panel it does not have)",
+            "; ".join(parts) or "no theory series in the store",
+            f"Bias-free relu nets at sigma_w^2 = 2 on the i.i.d. series' inputs ({params['n_iid']} N(0, "
+            f"{params['input_variance']}) samples of 784 features, same seeds), mean ± std over {seeds} seeds. "
+            "Theory: eq. 3.7 and the radial-angular form as read from that many samples "
+            "(depthscope.theory.predict(..., 'relu', init, in_features=784, samples=n).vni_sampled; docs/theory.md, "
+            "'ReLU').", all(c.verdict == "agree" for c in claims), claims=claims)
 
 
 #: Fig 3.2's tolerance: the thesis calls the curves "very close"; we read that as within 20% at every depth
