@@ -52,7 +52,8 @@ def test_radial_variance_is_the_mean_scaled_by_each_samples_norm():
 @pytest.mark.parametrize("n_w,depth,alpha,seeds", [(64, 120, 0.3, 48)])
 def test_relu_two_layer_branch_within_10_percent_where_the_radial_mode_grows(n_w, depth, alpha, seeds):
     # 48 seeds (~8 s): measured 0.0588 / 0.108 / 0.160 / 0.244 at L = 30 / 60 / 90 / 120 (se 1-6%); the
-    # first-order (bulk-only) form read 0.052 / 0.080 / 0.105 / 0.137 (-11% to -44%)
+    # first-order (bulk-only) form reads 0.053 / 0.083 / 0.112 / 0.140 (-11% to -42%), and R = f^2 + (1 - f)^2 R_b
+    # without the bulk share along the mean -14% to -25%
     layers = [depth // 4, depth // 2, 3 * depth // 4, depth]
     runs = [vni_per_layer(NetSpec(depth, n_w, "relu", "gaussian", arch="residual", branch="two", alpha=alpha),
                           torch.randn(4 * n_w, n_w, generator=torch.Generator().manual_seed(1000 + s)), s,
