@@ -10,6 +10,13 @@ streamed (depthscope.nets.stream_layers: one layer's weights in memory). For eac
 the standard error of the measured mean over seeds, as a share of it: a gap below ~2 se is within the noise.
 Prints a markdown table; --out FILE also writes the numbers (every seed's measurement) as JSON, and --from FILE
 prints the table again from such a file with the current model, without simulating.
+
+--parts measures the model's pieces per net instead (docs/theory.md, "ReLU"): the radial fraction f = m^T C m / tr C
+(m the mean direction), the VNI of the orthogonal complement R_perp (debiased for the sample count), the share of
+2 |Cov(r, u_perp)|^2 in tr C^2, and the spread over nets of 1 - c (c the mean cosine over all pairs), each beside
+the model's value:
+
+    PYTHONPATH=src python benchmarks/theory_relu_table.py --parts --widths 100 --seeds 24
 """
 from __future__ import annotations
 
@@ -42,6 +49,46 @@ def measure(init: str, n: int, depths: list[int], seeds: int, samples: int, p: i
     return out
 
 
+def parts(init: str, n: int, depths: list[int], seeds: int, samples: int, p: int = 784) -> None:
+    """Print measured vs modelled f, R_perp, the cross share and sd(1 - c_net) (the mechanisms, one by one)."""
+    from depthscope.theory_relu import relu_vni
+
+    acc = {d: [] for d in depths}
+    for s in range(seeds):
+        spec = NetSpec(depth=max(depths), width=n, activation="relu", init=init, in_features=p)
+        g = torch.Generator().manual_seed(1_000_000 + s)
+        x = torch.randn(samples, p, generator=g, dtype=torch.float64) * math.sqrt(0.1)
+        for l, _, xl in stream_layers(spec, x, s):
+            if l not in acc:
+                continue
+            m = xl.mean(0)
+            mh = m / m.norm()
+            xc = xl - m
+            c = xc.T @ xc / (samples - 1)
+            t = c.trace()
+            cm = c @ mh
+            vr = mh @ cm
+            cov = cm - vr * mh
+            proj = torch.eye(n, dtype=c.dtype) - torch.outer(mh, mh)
+            cp = proj @ c @ proj
+            xn = xl / xl.norm(dim=1, keepdim=True)
+            cos = ((xn.sum(0) ** 2).sum() - samples) / (samples * (samples - 1))
+            acc[l].append([float((c * c).sum() / t**2), float(vr / t), float((cp * cp).sum() / cp.trace() ** 2),
+                           float(2 * (cov @ cov) / (c * c).sum()), float(1 - cos)])
+    mod = relu_vni(max(depths), n, init, p, samples)
+    print(f"| {n} {init} L | R meas / model | f meas / model | N R_perp meas / model | cross share meas / model "
+          "| sd(1 - c_net) meas / model |")
+    print("| ---: | --- | --- | --- | --- | --- |")
+    for d in depths:
+        a = np.array(acc[d])
+        r, f, rp, cr, oc = a.mean(0)
+        rp = (rp - 1 / samples) / (1 + 1 / samples)  # the Wishart excess of the complement's own VNI
+        i = d - 1
+        print(f"| {d} | {r:.4f} / {mod['vni_sampled'][i]:.4f} | {f:.3f} / {mod['radial_fraction'][i]:.3f} | "
+              f"{n * rp:.2f} / {n * mod['vni_angular'][i]:.2f} | {cr:.3f} / {mod['cross'][i] / mod['vni'][i]:.3f} | "
+              f"{a[:, 4].std(ddof=1):.4f} / {math.sqrt(mod['_e'][i]):.4f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--widths", default="100,200,400")
@@ -51,12 +98,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--depths", default=None, help="comma list (default: 1, 3, 10, N/10, N/4, N/2, N)")
     ap.add_argument("--first-seed", type=int, default=0, help="seeds first..first+seeds-1 (extra seeds for a run)")
+    ap.add_argument("--parts", action="store_true", help="measure the model's pieces per net (see above)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--from", dest="source", default=None,
                     help="JSON files from --out (comma list; distinct seeds are pooled per point): re-evaluate, "
                          "no simulation")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.parts:
+        for n in [int(w) for w in a.widths.split(",")]:
+            for init in a.inits.split(","):
+                ds = [int(d) for d in a.depths.split(",")] if a.depths else depths_for(n)
+                parts(init, n, ds, a.seeds, a.samples)
+        return
     saved = {}
     if a.source:
         for path in a.source.split(","):

@@ -150,7 +150,8 @@ def relu_vni(depth: int, width: int, init: str = "gaussian", in_features: int | 
 
     Returns arrays (element l-1 is layer l): ``vni`` (population R), ``vni_sampled`` (R (1 + 1/S) + 1/S, NaN
     without ``samples``), ``cosine`` c_l, ``norm_variance`` v_l (variance of |x_l|^2 / mean over samples),
-    ``radial_fraction`` f_l and ``vni_angular`` R_perp.
+    ``radial_fraction`` f_l, ``vni_angular`` R_perp and ``cross`` (the radial-perpendicular covariance's part
+    of R, averaged over nets like ``vni``).
     """
     from .theory import s1_of
 
@@ -160,7 +161,7 @@ def relu_vni(depth: int, width: int, init: str = "gaussian", in_features: int | 
     c, v, b, x = 0.0, 2.0 / p, 0.0, 0.0  # i.i.d. inputs: cosine 0, |x|^2 / (P sigma^2) ~ chi2_P / P
     o, d, g, cbar, e, k_cross, r_prev = 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0 / n
     keys = ("vni", "cosine", "norm_variance", "radial_fraction", "vni_angular")
-    out = {k: np.empty(depth) for k in keys + ("_b", "_x", "_cbar", "_e")}
+    out = {k: np.empty(depth) for k in keys + ("cross", "_b", "_x", "_cbar", "_e")}
     for l in range(1, depth + 1):
         removed = (min(n / p, 1.0) if l == 1 else 1.0) if orth else 0.0
         nz = _noise(c, n, removed)
@@ -204,8 +205,10 @@ def relu_vni(depth: int, width: int, init: str = "gaussian", in_features: int | 
             fz = radial / (radial + tp)
             cross = 0.5 * c * k_cross * tp / (radial + tp) ** 2
             out["vni"][l - 1] = float(_GH_W @ (fz * fz + (1.0 - fz) ** 2 * r_perp + cross))
+            out["cross"][l - 1] = float(_GH_W @ cross)
         else:
             out["vni"][l - 1] = f * f + (1.0 - f) ** 2 * r_perp
+            out["cross"][l - 1] = 0.0
         r_prev = r_perp
         out["cosine"][l - 1], out["norm_variance"][l - 1] = c, v
         out["radial_fraction"][l - 1], out["vni_angular"][l - 1] = f, r_perp
