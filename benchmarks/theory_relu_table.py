@@ -1,7 +1,11 @@
 """Accuracy of the relu radial-angular VNI model (issue 12 section 1): a table of measured VNI against it.
 
-    PYTHONPATH=src python benchmarks/theory_relu_table.py --widths 100,200,400 --seeds 8
-    PYTHONPATH=src python benchmarks/theory_relu_table.py --widths 1000 --seeds 2 --threads 2
+    PYTHONPATH=src python benchmarks/theory_relu_table.py --widths 100 --seeds 32 --out benchmarks/data/relu_100.json
+    PYTHONPATH=src python benchmarks/theory_relu_table.py --widths 1000 --inits gaussian --seeds 1 --first-seed 3 \
+        --depths 1,3,10,100,250 --out benchmarks/data/relu_1000_gaussian_mid_s3.json   # one more seed, resumable
+    PYTHONPATH=src python benchmarks/theory_relu_table.py --from benchmarks/data/relu_100.json,...  # the table again
+
+The table in docs/theory.md is the --from of every file in benchmarks/data/ (seeds pooled per point).
 
 Bias-free relu nets at sigma_w^2 = 2, i.i.d. N(0, 0.1) inputs of 784 features, 1000 samples, float64, layers
 streamed (depthscope.nets.stream_layers: one layer's weights in memory). For each width N and init, the VNI
