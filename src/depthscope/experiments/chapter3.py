@@ -319,7 +319,10 @@ class Fig32(_Ch3):
             curves = self._curves(store, params, w)
             if "iid" not in curves:
                 continue
-            fig, axes = _figure(size=(4.6, 3.4))
+            # the relu panel: one more axis per init with relu measurements (docs/theory.md, "ReLU")
+            relu = {init: c for init in params.get("relu_inits", [])
+                    if "iid" in (c := self._relu_curves(store, params, w, init))}
+            fig, axes = _figure(ncols=1 + len(relu), size=(4.6, 3.4))
             ax = axes[0][0]
             if "theory" in curves:
                 c = curves["theory"]
@@ -344,7 +347,11 @@ class Fig32(_Ch3):
             scale = f"width {w}, depths {min(params['depths'])}-{max(params['depths'])}, {seeds} seeds"
             claims = fig32_claims(curves, scale, w)
             parts = [c.ours for c in claims]
-            ok = all(c.verdict == "agree" for c in claims)
+            ok = all(c.verdict == "agree" for c in claims)  # the thesis' claims; the relu rows stand apart
+            relu_claims, relu_parts = self._relu_panels(relu, axes[0][1:], w)
+            fig.tight_layout()
+            claims += relu_claims
+            parts += relu_parts
             if "mnist-center" in curves:
                 gap = _relative_gaps(curves["mnist-center"], iid)
                 lw, lo, hi = max(gap, key=lambda l: abs(gap[l])), min(gap), max(gap)
@@ -368,11 +375,12 @@ class Fig32(_Ch3):
                 f"series from layer 2 on). {notes}. Per seed a different random MNIST subset; whitening is "
                 "fitted on the whole split, cut-off: eigenvalues above the variance of 8-bit rounding noise "
                 "(1/255)²/12. Theory: the finite-width covariance form with the first matrix N x 784 "
-                "(depthscope.theory.predict(..., in_features=784).vni_finite; docs/theory.md).",
+                "(depthscope.theory.predict(..., in_features=784).vni_finite; docs/theory.md)."
+                + (" Relu panel: bias-free relu nets at sigma_w^2 = 2 on the i.i.d. series' inputs and seeds, "
+                   "beside eq. 3.7 and the radial-angular form read from the same sample count "
+                   "(predict(..., 'relu', init, in_features=784, samples=n).vni_sampled; docs/theory.md, 'ReLU')."
+                   if relu else ""),
                 ok, claims=claims))
-            relu = self._relu_figure(store, outdir, params, w, i)
-            if relu is not None:
-                res.append(relu)
         return res
 
     def _relu_curves(self, store, params, width: int, init: str) -> dict:
@@ -388,23 +396,17 @@ class Fig32(_Ch3):
                 out[name] = {l: _mean_std(v) + (len(v),) for l, v in sorted(by.items())}
         return out
 
-    def _relu_figure(self, store, outdir, params, width: int, i: int) -> FigureResult | None:
-        """The relu panel at one width: measured VNI, eq. 3.7 and the radial-angular form (docs/theory.md,
-        "ReLU"), one axis per init. None when no relu measurement is in the store."""
-        curves = {init: self._relu_curves(store, params, width, init) for init in params.get("relu_inits", [])}
-        curves = {init: c for init, c in curves.items() if "iid" in c}
-        if not curves:
-            return None
-        fig, axes = _figure(ncols=len(curves), size=(4.6, 3.4))
-        claims, parts, seeds = [], [], 0
-        for ax, (init, c) in zip(axes[0], curves.items()):
+    def _relu_panels(self, curves: dict, axes, width: int) -> tuple[list[Claim], list[str]]:
+        """Draw the relu panel (one axis per init: measured VNI ± std, eq. 3.7, the radial-angular form read
+        from the same sample count) and return its claims and verdict parts."""
+        claims, parts = [], []
+        for ax, (init, c) in zip(axes, curves.items()):
             iid = c["iid"]
             ls = sorted(iid)
             m = np.array([iid[l][0] for l in ls])
             sd = np.array([iid[l][1] for l in ls])
             k = max(v[2] for v in iid.values())
-            seeds = max(seeds, k)
-            ax.plot(ls, m, "-o", ms=3, color="tab:blue", label="Simulation i.i.d. inputs")
+            ax.plot(ls, m, "-o", ms=3, color="tab:blue", label="Simulation i.i.d. inputs (relu)")
             ax.fill_between(ls, m - sd, m + sd, color="tab:blue", alpha=0.2)
             for name, label, style, colour in [("eq37", "eq. 3.7", "--", "gray"),
                                                ("form", "radial-angular form", "-", "red")]:
@@ -415,8 +417,8 @@ class Fig32(_Ch3):
             ax.set_ylabel("VNI R_sq")
             ax.set_title(f"relu, {init}, N = {width}")
             ax.legend(fontsize=6)
-            scale = f"width {width}, {init} weights, depths {ls[0]}-{ls[-1]}, {k} seeds"
-            what = "the radial-angular form predicts relu nets' VNI (issue 12, section 1)"
+            scale = f"width {width}, relu, {init} weights, depths {ls[0]}-{ls[-1]}, {k} seeds"
+            what = f"the radial-angular form predicts relu nets' VNI ({init}; issue 12, section 1)"
             thesis = "(not in the thesis: eq. 3.7 assumes zero-mean layers)"
             if "form" not in c:
                 claims.append(Claim(what, thesis, "-", scale, "not run", "no theory series in the store"))
@@ -426,27 +428,17 @@ class Fig32(_Ch3):
             se = {l: (iid[l][1] / math.sqrt(iid[l][2]) / iid[l][0] if iid[l][2] > 1 else 0.0) for l in gap}
             lw = max(gap, key=lambda l: abs(gap[l]))
             ok = all(abs(g) <= max(self.RELU_RTOL, 2 * se[l]) for l, g in gap.items())
-            ours = f"radial-angular form worst {100 * gap[lw]:+.0f}% at L={lw} (se {100 * se[lw]:.0f}%)"
+            ours = f"relu {init}: radial-angular form worst {100 * gap[lw]:+.0f}% at L={lw} (se {100 * se[lw]:.0f}%)"
             if "eq37" in c:
                 eq = _relative_gaps(c["eq37"], iid)
                 le = max(eq, key=lambda l: abs(eq[l]))
                 ours += f"; eq. 3.7 worst {100 * eq[le]:+.0f}% at L={le}"
-            parts.append(f"{init}: {ours}")
+            parts.append(ours)
             claims.append(Claim(what, thesis, ours, scale, "agree" if ok else "differs",
                                 f"tolerance: within {100 * self.RELU_RTOL:.0f}% (or 2 standard errors of the "
                                 "seeds' mean, where larger) at every depth, against the form read from the same "
                                 "sample count"))
-        fig.tight_layout()
-        name = f"fig3.2{'ab'[i] if i < 2 else i}-relu"
-        return FigureResult(
-            name, f"relu VNI vs depth, width {width}: measurement, eq. 3.7 and the radial-angular form",
-            _save(fig, outdir, name), "depthscope reproduce fig3.2", "thesis Fig. 3.2 (a relu panel it does not have)",
-            "; ".join(parts) or "no theory series in the store",
-            f"Bias-free relu nets at sigma_w^2 = 2 on the i.i.d. series' inputs ({params['n_iid']} N(0, "
-            f"{params['input_variance']}) samples of 784 features, same seeds), mean ± std over {seeds} seeds. "
-            "Theory: eq. 3.7 and the radial-angular form as read from that many samples "
-            "(depthscope.theory.predict(..., 'relu', init, in_features=784, samples=n).vni_sampled; docs/theory.md, "
-            "'ReLU').", all(c.verdict == "agree" for c in claims), claims=claims)
+        return claims, parts
 
 
 #: Fig 3.2's tolerance: the thesis calls the curves "very close"; we read that as within 20% at every depth
