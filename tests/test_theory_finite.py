@@ -80,14 +80,15 @@ def test_relu_moments_closed_forms_and_monte_carlo():
 
 
 def test_relu_radial_model_against_simulation():
-    # CI-sized points of benchmarks/theory_relu_table.py (N = 100, 1000 samples, 16 seeds): within 10% at
-    # layer 3 (eq. 3.7: +100% gaussian), 15% at layer 20 (seed noise there: one seed's std is ~35% of the mean).
+    # CI-sized points of benchmarks/theory_relu_table.py (N = 100, 1000 samples, 16 seeds): within the table's
+    # 10% at layer 3 (eq. 3.7: +100%) and at layer 20, where one net's VNI varies by ~35% (the net-to-net
+    # spread of the mean cosine the model averages over; without it the model reads 10-15% low there)
     layers = [3, 20]
     for init in ("gaussian", "orthogonal"):
         m = measure("relu", init, 100, 20, layers, 1000, 16)
         r = theory.predict(20, 100, "relu", init, in_features=784, samples=1000)
         got = r.vni_sampled[[l - 1 for l in layers]]
         err = got / m - 1
-        assert abs(err[0]) < 0.10 and abs(err[1]) < 0.15, (init, err)
+        assert abs(err[0]) < 0.10 and abs(err[1]) < 0.10, (init, err)
         eq37 = r.vni_asymptotic[[l - 1 for l in layers]]
         assert abs(err[0]) < abs(eq37[0] / m[0] - 1) / 5, (init, eq37 / m - 1)  # eq. 3.7 crosses near L = 20

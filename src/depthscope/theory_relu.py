@@ -26,6 +26,8 @@ import numpy as np
 import torch
 
 _SQ2PI = math.sqrt(2.0 * math.pi)
+_GH_X, _GH_W = np.polynomial.hermite_e.hermegauss(40)
+_GH_W = _GH_W / _SQ2PI
 
 
 def c_map(c: float) -> float:
@@ -121,8 +123,11 @@ def _noise(c: float, width: int, removed: float) -> dict[str, float]:
     vaa, vaabb, vabaa, vab = s * cov["aa,aa"], s * cov["aa,bb"], s * cov["aa,ab"], s * cov["ab,ab"]
     vpair = vab - 2 * c1 * vabaa + 0.25 * c1 * c1 * (2 * vaa + 2 * vaabb)
     bias = c1 * (0.75 * vaa + 0.25 * vaabb) - vabaa
+    # the part of the cosine noise that every pair of a net shares (disjoint pairs ab, cd): the net-to-net
+    # fluctuation of the mean cosine, which no average over the samples removes
+    vcommon = s * (cov["ab,cd"] - 2 * c1 * cov["aa,bc"] + c1 * c1 * cov["aa,bb"])
     return {"vn": vn, "vb": va - c1 * xan + 0.25 * c1 * c1 * vn, "xbn": xan - 0.5 * c1 * vn,
-            "vpair": vpair, "bias": bias}
+            "vpair": vpair, "bias": bias, "vcommon": max(vcommon, 0.0)}
 
 
 def _offset_factors(tau2: float) -> tuple[float, float]:
@@ -145,7 +150,8 @@ def relu_vni(depth: int, width: int, init: str = "gaussian", in_features: int | 
 
     Returns arrays (element l-1 is layer l): ``vni`` (population R), ``vni_sampled`` (R (1 + 1/S) + 1/S, NaN
     without ``samples``), ``cosine`` c_l, ``norm_variance`` v_l (variance of |x_l|^2 / mean over samples),
-    ``radial_fraction`` f_l and ``vni_angular`` R_perp.
+    ``radial_fraction`` f_l, ``vni_angular`` R_perp and ``cross`` (the radial-perpendicular covariance's part
+    of R, averaged over nets like ``vni``).
     """
     from .theory import s1_of
 
@@ -153,9 +159,9 @@ def relu_vni(depth: int, width: int, init: str = "gaussian", in_features: int | 
     n, p = int(width), int(in_features or width)
     orth = s1 == 0.0
     c, v, b, x = 0.0, 2.0 / p, 0.0, 0.0  # i.i.d. inputs: cosine 0, |x|^2 / (P sigma^2) ~ chi2_P / P
-    o, d, g, cbar = 0.0, 1.0, 0.0, 0.0
+    o, d, g, cbar, e, k_cross, r_prev = 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0 / n
     keys = ("vni", "cosine", "norm_variance", "radial_fraction", "vni_angular")
-    out = {k: np.empty(depth) for k in keys + ("_b", "_x", "_cbar")}
+    out = {k: np.empty(depth) for k in keys + ("cross", "_b", "_x", "_cbar", "_e")}
     for l in range(1, depth + 1):
         removed = (min(n / p, 1.0) if l == 1 else 1.0) if orth else 0.0
         nz = _noise(c, n, removed)
@@ -173,17 +179,39 @@ def relu_vni(depth: int, width: int, init: str = "gaussian", in_features: int | 
         cbar = math.exp(-v / 4.0) * (c_map(c) + 0.5 * curv * g)
         c_next = c_map(c) + 0.5 * curv * g + nz["bias"]
         c_next = min(c_next, 1.0 - 0.5 * (1.0 - c_map(c)))  # the corrections are small; never past 1
+        # the part of this layer's norm gain that is linear in the sample's perpendicular coordinate u_a
+        # (chaos 1 of relu(h)^2 in the sample's own direction: 4 (1 - c) E[s_a s_b] per N/4); orthogonal W
+        # keeps W^T W x = x, which halves it (only W^T |h| has a perpendicular part, not W^T h)
+        lin = min(4.0 / n * 4.0 * (1.0 - c) * relu_moments(c)["E11"] * (0.5 if orth else 1.0), nz["vn"])
+        k_cross += lin * r_prev
         b, x, v = slope**2 * b + nz["vb"], slope * x + nz["xbn"], v + nz["vn"]
         g, c = slope**2 * g + nz["vpair"], c_next
+        e = slope**2 * e + nz["vcommon"]
         # |x_a|^2 is a product of per-layer gains: log-normal with log-variance v, so Var |x_a| / E|x|^2 =
         # 1 - exp(-v/4) (v reaches 0.4 at N = 100: no small-v expansion)
         t = 1.0 - cbar
         radial = c * (1.0 - math.exp(-v / 4.0)) + b / max(c, 1e-300) + x
         f = min(radial / t, 1.0)
         r_perp = (d + o) / n
-        out["vni"][l - 1] = f * f + (1.0 - f) ** 2 * r_perp
+        # every net has its own mean cosine (variance e over nets), so its own perpendicular variance
+        # T_perp = t - radial: relative spread sqrt(e e^{-v/2}) / T_perp, 25-90% at L = N/10..N/2 for N = 100.
+        # R is convex in T_perp: average it over a mean-preserving log-normal T_perp (T_perp > 0)
+        t_perp = t - radial
+        # the radial coordinate carries sum_k gamma_k . u_a (the gains' linear parts): a covariance with the
+        # perpendicular coordinates, tr C^2 gains 2 |Cov(r, u)|^2 ~ 2 (c/4) K T_perp (units of (N Q)^2)
+        if t_perp > 0:
+            sig2 = math.log1p(e * math.exp(-v / 2.0) / t_perp**2)
+            tp = t_perp * np.exp(math.sqrt(sig2) * _GH_X - 0.5 * sig2)
+            fz = radial / (radial + tp)
+            cross = 0.5 * c * k_cross * tp / (radial + tp) ** 2
+            out["vni"][l - 1] = float(_GH_W @ (fz * fz + (1.0 - fz) ** 2 * r_perp + cross))
+            out["cross"][l - 1] = float(_GH_W @ cross)
+        else:
+            out["vni"][l - 1] = f * f + (1.0 - f) ** 2 * r_perp
+            out["cross"][l - 1] = 0.0
+        r_prev = r_perp
         out["cosine"][l - 1], out["norm_variance"][l - 1] = c, v
         out["radial_fraction"][l - 1], out["vni_angular"][l - 1] = f, r_perp
-        out["_b"][l - 1], out["_x"][l - 1], out["_cbar"][l - 1] = b, x, cbar
+        out["_b"][l - 1], out["_x"][l - 1], out["_cbar"][l - 1], out["_e"][l - 1] = b, x, cbar, e
     out["vni_sampled"] = out["vni"] * (1 + 1 / samples) + 1 / samples if samples else np.full(depth, np.nan)
     return out

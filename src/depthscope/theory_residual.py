@@ -29,8 +29,11 @@ import torch
 
 from .activations import get_activation, numpy_phi
 from .theory import critical_sigma_w2, gaussian_expectation, s1_of
+from .theory_relu import c_map
 
 BRANCHES = ("one", "two")
+_GH_X, _GH_W = np.polynomial.hermite_e.hermegauss(40)
+_GH_W = _GH_W / math.sqrt(2.0 * math.pi)
 
 
 def branch_growth(a: float, k: float) -> float:
@@ -123,6 +126,12 @@ class ResidualTheory:
     vni: np.ndarray = field(repr=False)
     m1: np.ndarray = field(repr=False)
     q: np.ndarray = field(repr=False)
+    #: share f of the centred variance along the stream's mean (two-layer relu branch; 0 elsewhere):
+    #: vni = f^2 + (1 - f)^2 (1 + v)/N
+    radial_fraction: np.ndarray = field(repr=False, default=None)
+    #: the stream's mean square per node (|mean_a x_a|^2 / N) and the samples' log-norm variance Var log |x_a|^2
+    mean2: np.ndarray = field(repr=False, default=None)
+    norm_variance: np.ndarray = field(repr=False, default=None)
 
     def crossing(self, threshold: float) -> float:
         """Deepest L with predicted VNI <= threshold before the first crossing (inf if none within depth)."""
@@ -168,10 +177,17 @@ def predict_residual(
     # the sample mean of x_l: per-node mean square, and its average coordinate u (a one-layer branch with
     # E phi != 0 adds kappa0 to every node, so u grows; a two-layer branch's V scatters it with zero mean)
     mean2, u = 0.0, 0.0
+    # the radial mode (two-layer branch, E phi != 0): log-variance over samples of |x_a|^2, from the inputs'
+    # chi^2_N spread on (2/N) and the per-sample part of each layer's gain; the stream's mean, scaled by each
+    # sample's own norm, puts T_r = mean2 (1 - exp(-vr/4)) of centred variance along the mean direction
+    vr, var_m2 = 2.0 / width, 0.0
     vnis, m1s, qs = np.empty(depth), np.empty(depth), np.empty(depth)
+    radial, mean2s, vrs = np.zeros(depth), np.zeros(depth), np.zeros(depth)
     g_first = math.nan
     covered = True
+    radial_on = branch == "two" and activation == "relu" and sb2 == 0.0
     for l in range(depth):
+        m1_in, mean2_in = m1, mean2
         q_c, q_o = sw2 * m1, sw2 * mean2 + sb2
         bm = branch_moments(activation, q_c, q_o)
         if branch == "one" and abs(bm.k0) > 1e-9 * math.sqrt(q_c + q_o):
@@ -191,9 +207,39 @@ def predict_residual(
             mean2 += 2.0 * alpha * u * bm.k0 + alpha * alpha * bm.k0_sq
             u += alpha * bm.k0
         else:
+            # per-sample gain |x_a'|^2/|x_a|^2 = 1 + 2 alpha x_a.V phi_a/|x_a|^2 + O(alpha^2): over V its variance
+            # is 4 alpha^2 |phi_a|^2/(N |x_a|^2), shared between two samples as rho C(rho) (rho the samples'
+            # cosine, mean included; C the relu arc-cosine map: the cosine of phi(W x_a), phi(W x_b)); relu is
+            # homogeneous, so a sample keeps its deviation in every later layer
+            if radial_on and mean2_in + m1_in > 0:
+                rho = mean2_in / (mean2_in + m1_in)
+                phi2 = bm.k0_sq + bm.k1_sq * q_c + bm.var_psi  # E phi^2 per node: the Hermite parts' sum
+                vr += 4.0 * alpha * alpha / width * phi2 / (mean2_in + m1_in) * (1.0 - rho * c_map(rho))
             mean2 += alpha * alpha * bm.k0_sq
-        vnis[l], m1s[l], qs[l] = (1.0 + v) / width, m1, q_c + q_o
+            # net-to-net spread of |m|^2: m' = m + alpha V kappa0 moves |m|^2 by 2 alpha m.V kappa0 (zero mean over
+            # V, variance 4 alpha^2 mean2 E kappa0^2 / N per node^2) and alpha^2 |V kappa0|^2 (variance 2 alpha^4
+            # (E kappa0^2)^2 / N); the old spread grows with mean2 (factor (mean2' / mean2)^2)
+            if radial_on:
+                grow = mean2 / mean2_in if mean2_in > 0 else 0.0
+                var_m2 = (grow * grow * var_m2 + 4.0 * alpha**2 * mean2_in * bm.k0_sq / width
+                          + 2.0 * alpha**4 * bm.k0_sq**2 / width)
+        if radial_on and mean2 > 0:
+            # f is convex in the net's own mean2: average over a mean-preserving log-normal of it
+            sig2 = math.log1p(var_m2 / mean2**2)
+            t_r = mean2 * np.exp(math.sqrt(sig2) * _GH_X - 0.5 * sig2) * -math.expm1(-vr / 4.0)
+            fz = t_r / (m1 + t_r)
+            # the mean is built from increments that every later layer amplifies like the samples, so its
+            # direction carries the bulk's variance tr C_b^2 / tr C_b = T_b R_b too: the radial variance adds on
+            # top of it, tr C^2 = (T_r + T_b R_b)^2 + tr C_b^2 - (T_b R_b)^2, i.e. R = f^2 + (1 - f^2) R_b
+            vnis[l] = float(_GH_W @ (fz * fz + (1.0 - fz * fz) * (1.0 + v) / width))
+            f, t_mean = float(_GH_W @ fz), mean2 * -math.expm1(-vr / 4.0)
+        else:
+            f, t_mean = 0.0, 0.0
+            vnis[l] = (1.0 + v) / width
+        m1s[l], qs[l] = m1 + t_mean, q_c + q_o
+        radial[l], mean2s[l], vrs[l] = f, mean2, vr
     return ResidualTheory(depth=depth, width=width, samples=samples or 0, activation=activation, init=init,
                           branch=branch, alpha=float(alpha), sigma_w2=sw2, sigma_b2=sb2,
                           input_variance=float(input_variance), covered=covered,
-                          growth_linear=g_first, vni=vnis, m1=m1s, q=qs)
+                          growth_linear=g_first, vni=vnis, m1=m1s, q=qs, radial_fraction=radial,
+                          mean2=mean2s, norm_variance=vrs)

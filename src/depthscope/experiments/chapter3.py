@@ -244,11 +244,14 @@ class Fig32(_Ch3):
     presets = {
         "quick": {"widths": [200, 500], "depths": list(range(10, 101, 10)), "activation": "hard_tanh",
                   "seeds": 4, "n_iid": 1000, "n_mnist": 2000, "input_variance": 0.1,
-                  "mnist_preprocess": ["whiten", "center"]},
+                  "mnist_preprocess": ["whiten", "center"], "relu_inits": ["gaussian", "orthogonal"]},
         "paper": {"widths": [200, 500], "depths": list(range(10, 101, 10)), "activation": "hard_tanh",
                   "seeds": 100, "n_iid": 1000, "n_mnist": None, "input_variance": 0.1,
-                  "mnist_preprocess": ["whiten", "center"]},
+                  "mnist_preprocess": ["whiten", "center"], "relu_inits": ["gaussian", "orthogonal"]},
     }
+    #: the relu panel's tolerance for the radial-angular form (issue 12 section 1: within 10% of simulation;
+    #: a gap inside 2 standard errors of the seeds' mean is not told apart from it)
+    RELU_RTOL = 0.10
 
     def units(self, p):
         pres = [check_preprocess(pre) for pre in p["mnist_preprocess"]]
@@ -269,10 +272,23 @@ class Fig32(_Ch3):
         if s["source"] == "theory":
             th = predict(s["depth"], s["width"], s["activation"], "gaussian", input_variance=s["input_variance"],
                          in_features=s["in_features"])
-            return [Value("vni_theory", float(th.vni_finite[l - 1]), layer=l) for l in range(1, s["depth"] + 1)]
+            out = [Value("vni_theory", float(th.vni_finite[l - 1]), layer=l) for l in range(1, s["depth"] + 1)]
+            # the relu panel rides on the same units (no extra units: a store's unit list is unchanged): the
+            # radial-angular form as read from the i.i.d. series' sample count, and eq. 3.7, per init
+            for init in ctx.params.get("relu_inits", []):
+                th = predict(s["depth"], s["width"], "relu", init, input_variance=s["input_variance"],
+                             in_features=s["in_features"], samples=ctx.params["n_iid"])
+                out += [Value(f"relu_vni_theory_{init}", float(th.vni_sampled[l - 1]), layer=l) for l in depths]
+                out += [Value(f"relu_vni_eq37_{init}", float(th.vni_asymptotic[l - 1]), layer=l) for l in depths]
+            return out
         if s["source"] == "iid":
             x = gaussian(s["n"], 784, s["input_variance"], seed=10_000 + u.seed)
             series, note = "iid", f"{s['n']} i.i.d. N(0, {s['input_variance']}) inputs, 784 features"
+            relu = []
+            for init in ctx.params.get("relu_inits", []):  # bias-free relu nets on the same inputs, same seed
+                spec = NetSpec(s["depth"], s["width"], "relu", init, in_features=784)
+                r, _ = stream_vni(spec, x, u.seed, measure=depths, device=ctx.device)
+                relu += [Value(f"relu_vni_{init}", v, layer=l) for l, v in r.items()]
         else:
             # whitened features get the i.i.d. inputs' variance; centred pixels keep their own (mean ~0.067)
             b = self._need_mnist(ctx, s["n"], u.seed, s["preprocess"], s["input_variance"])
@@ -281,7 +297,7 @@ class Fig32(_Ch3):
         spec = NetSpec(s["depth"], s["width"], s["activation"], "gaussian", in_features=x.shape[1])
         r, _ = stream_vni(spec, x, u.seed, measure=depths, device=ctx.device)
         ctx.store.set_meta(f"note:{self.name}:{series}", note)
-        return [Value("vni", v, layer=l) for l, v in r.items()]
+        return [Value("vni", v, layer=l) for l, v in r.items()] + (relu if s["source"] == "iid" else [])
 
     def _curves(self, store, params, width):
         curves = {}
@@ -303,7 +319,10 @@ class Fig32(_Ch3):
             curves = self._curves(store, params, w)
             if "iid" not in curves:
                 continue
-            fig, axes = _figure(size=(4.6, 3.4))
+            # the relu panel: one more axis per init with relu measurements (docs/theory.md, "ReLU")
+            relu = {init: c for init in params.get("relu_inits", [])
+                    if "iid" in (c := self._relu_curves(store, params, w, init))}
+            fig, axes = _figure(ncols=1 + len(relu), size=(4.6, 3.4))
             ax = axes[0][0]
             if "theory" in curves:
                 c = curves["theory"]
@@ -328,7 +347,11 @@ class Fig32(_Ch3):
             scale = f"width {w}, depths {min(params['depths'])}-{max(params['depths'])}, {seeds} seeds"
             claims = fig32_claims(curves, scale, w)
             parts = [c.ours for c in claims]
-            ok = all(c.verdict == "agree" for c in claims)
+            ok = all(c.verdict == "agree" for c in claims)  # the thesis' claims; the relu rows stand apart
+            relu_claims, relu_parts = self._relu_panels(relu, axes[0][1:], w)
+            fig.tight_layout()
+            claims += relu_claims
+            parts += relu_parts
             if "mnist-center" in curves:
                 gap = _relative_gaps(curves["mnist-center"], iid)
                 lw, lo, hi = max(gap, key=lambda l: abs(gap[l])), min(gap), max(gap)
@@ -352,9 +375,70 @@ class Fig32(_Ch3):
                 f"series from layer 2 on). {notes}. Per seed a different random MNIST subset; whitening is "
                 "fitted on the whole split, cut-off: eigenvalues above the variance of 8-bit rounding noise "
                 "(1/255)²/12. Theory: the finite-width covariance form with the first matrix N x 784 "
-                "(depthscope.theory.predict(..., in_features=784).vni_finite; docs/theory.md).",
+                "(depthscope.theory.predict(..., in_features=784).vni_finite; docs/theory.md)."
+                + (" Relu panel: bias-free relu nets at sigma_w^2 = 2 on the i.i.d. series' inputs and seeds, "
+                   "beside eq. 3.7 and the radial-angular form read from the same sample count "
+                   "(predict(..., 'relu', init, in_features=784, samples=n).vni_sampled; docs/theory.md, 'ReLU')."
+                   if relu else ""),
                 ok, claims=claims))
         return res
+
+    def _relu_curves(self, store, params, width: int, init: str) -> dict:
+        """{"iid" | "form" | "eq37": {layer: (mean, std, count)}} of the relu panel at one width and init."""
+        out = {}
+        for name, q, src in [("iid", f"relu_vni_{init}", "iid"), ("form", f"relu_vni_theory_{init}", "theory"),
+                             ("eq37", f"relu_vni_eq37_{init}", "theory")]:
+            by = {}
+            for r in store.rows(self.name, q, width=width, source=src):
+                if r["layer"] in params["depths"]:
+                    by.setdefault(r["layer"], []).append(r["value"])
+            if by:
+                out[name] = {l: _mean_std(v) + (len(v),) for l, v in sorted(by.items())}
+        return out
+
+    def _relu_panels(self, curves: dict, axes, width: int) -> tuple[list[Claim], list[str]]:
+        """Draw the relu panel (one axis per init: measured VNI ± std, eq. 3.7, the radial-angular form read
+        from the same sample count) and return its claims and verdict parts."""
+        claims, parts = [], []
+        for ax, (init, c) in zip(axes, curves.items()):
+            iid = c["iid"]
+            ls = sorted(iid)
+            m = np.array([iid[l][0] for l in ls])
+            sd = np.array([iid[l][1] for l in ls])
+            k = max(v[2] for v in iid.values())
+            ax.plot(ls, m, "-o", ms=3, color="tab:blue", label="Simulation i.i.d. inputs (relu)")
+            ax.fill_between(ls, m - sd, m + sd, color="tab:blue", alpha=0.2)
+            for name, label, style, colour in [("eq37", "eq. 3.7", "--", "gray"),
+                                               ("form", "radial-angular form", "-", "red")]:
+                if name in c:
+                    ax.plot(sorted(c[name]), [c[name][l][0] for l in sorted(c[name])], style, color=colour,
+                            label=label)
+            ax.set_xlabel("depth L")
+            ax.set_ylabel("VNI R_sq")
+            ax.set_title(f"relu, {init}, N = {width}")
+            ax.legend(fontsize=6)
+            scale = f"width {width}, relu, {init} weights, depths {ls[0]}-{ls[-1]}, {k} seeds"
+            what = f"the radial-angular form predicts relu nets' VNI ({init}; issue 12, section 1)"
+            thesis = "(not in the thesis: eq. 3.7 assumes zero-mean layers)"
+            if "form" not in c:
+                claims.append(Claim(what, thesis, "-", scale, "not run", "no theory series in the store"))
+                continue
+            gap = _relative_gaps(c["form"], iid)
+            # the standard error of each depth's mean, as a share of it (one seed: no error bar, judged bare)
+            se = {l: (iid[l][1] / math.sqrt(iid[l][2]) / iid[l][0] if iid[l][2] > 1 else 0.0) for l in gap}
+            lw = max(gap, key=lambda l: abs(gap[l]))
+            ok = all(abs(g) <= max(self.RELU_RTOL, 2 * se[l]) for l, g in gap.items())
+            ours = f"relu {init}: radial-angular form worst {100 * gap[lw]:+.0f}% at L={lw} (se {100 * se[lw]:.0f}%)"
+            if "eq37" in c:
+                eq = _relative_gaps(c["eq37"], iid)
+                le = max(eq, key=lambda l: abs(eq[l]))
+                ours += f"; eq. 3.7 worst {100 * eq[le]:+.0f}% at L={le}"
+            parts.append(ours)
+            claims.append(Claim(what, thesis, ours, scale, "agree" if ok else "differs",
+                                f"tolerance: within {100 * self.RELU_RTOL:.0f}% (or 2 standard errors of the "
+                                "seeds' mean, where larger) at every depth, against the form read from the same "
+                                "sample count"))
+        return claims, parts
 
 
 #: Fig 3.2's tolerance: the thesis calls the curves "very close"; we read that as within 20% at every depth
