@@ -69,6 +69,79 @@ def stream_vni(spec: NetSpec, x: torch.Tensor, seed: int, *, measure=None, stop_
     return out, kept
 
 
+def _stream_step(spec: NetSpec, seed: int, l: int, x: torch.Tensor, device: str) -> torch.Tensor:
+    """x_l from x_{l-1}: exactly the operations of one iteration of :func:`stream_vni` (same weights, same order)."""
+    w, b = layer_params(spec, seed, l)
+    v = branch_weight(spec, seed, l).to(device) if spec.two_branch else None
+    _, x = apply_layer(spec, l, x, w.to(device), b.to(device), v=v)
+    if spec.activation in _HOMOGENEOUS:
+        x = x / x.pow(2).mean().sqrt().clamp_min(1e-30)
+    return x
+
+
+@torch.no_grad()
+def stream_crossings(spec: NetSpec, x: torch.Tensor, seed: int, *, thresholds, stop_above: float,
+                     record=(), every: int = 10, dense_until: int = 100, guard: float = 0.05,
+                     device: str = "cpu") -> tuple[dict[int, float], dict[float, int | None], int]:
+    """First layer whose R_sq (eq. 3.5) exceeds each threshold, measuring R_sq only every ``every`` layers.
+
+    The fast path of ``stream_vni(spec, x, seed, stop_above=stop_above)`` for Table 3.1, whose every-layer
+    covariance costs as much as the layer itself (twice, in float64) at N = S = 1000. R_sq is measured at
+    every layer up to ``dense_until``, at every layer in ``record``, at the last layer, at every ``every``-th
+    layer, and at every layer while the last measured R_sq is within ``guard`` below the lowest threshold
+    not yet crossed (so a curve that rises and falls back near a threshold is still seen layer by layer).
+    When a measurement finds a threshold crossed with unmeasured layers since the previous measurement,
+    those layers are recomputed from the kept activations of that measurement (same weights, same
+    operations: bit-identical) with R_sq at each one, so each first crossing is the first *layer* above the
+    threshold, as the every-layer reference finds it. Like the reference, stops after the first layer
+    above ``stop_above``.
+
+    Returns ({layer: R_sq} at the measured layers, {threshold: first layer above it, or None},
+    the last layer computed). ``tests/test_chapter3_paper.py`` checks all three against
+    :func:`stream_vni` measuring every layer.
+    """
+    if every < 1 or dense_until < 0 or guard < 0:
+        raise ValueError(f"every must be >= 1, dense_until >= 0 and guard >= 0, got {every}, {dense_until}, {guard}")
+    x = x.to(device=device, dtype=torch.float32)
+    if spec.has_input_projection:
+        w, _ = layer_params(spec, seed, 0)
+        x = x @ w.to(device).T
+    levels = sorted(set(float(t) for t in thresholds) | {float(stop_above)})
+    first: dict[float, int | None] = {t: None for t in levels}
+    record = set(record)
+    out: dict[int, float] = {}
+    last_l, last_x, last_v = 0, x, -math.inf  # the previous measurement (layer 0: the input, never measured)
+
+    def note(layer: int, v: float) -> None:
+        out[layer] = v
+        for t in levels:
+            if first[t] is None and v > t:
+                first[t] = layer
+
+    l = 0
+    while l < spec.depth:
+        l += 1
+        x = _stream_step(spec, seed, l, x, device)
+        low = min(t for t in levels if first[t] is None)
+        if not (l <= dense_until or l in record or l == spec.depth or l % every == 0 or last_v >= low - guard):
+            continue
+        v = float(vni(x))
+        if l - last_l > 1 and any(v > t for t in levels if first[t] is None):
+            # a crossing between two measurements: redo those layers one by one from the previous measurement
+            y = last_x
+            for j in range(last_l + 1, l + 1):
+                y = _stream_step(spec, seed, j, y, device)
+                note(j, v if j == l else float(vni(y)))
+                if first[float(stop_above)] is not None:
+                    return out, first, j
+        else:
+            note(l, v)
+        if first[float(stop_above)] is not None:
+            return out, first, l
+        last_l, last_x, last_v = l, x, v
+    return out, first, spec.depth
+
+
 def _mnist(ctx_or_dir, n: int | None, seed: int, preprocess: str = "center", variance: float = 1.0):
     data_dir = getattr(ctx_or_dir, "data_dir", ctx_or_dir)
     return batch_source("mnist", n, seed=seed, split="any", data_dir=data_dir, preprocess=preprocess,
@@ -525,15 +598,129 @@ def log_depths(max_depth: int, n: int = 60) -> list[int]:
     return sorted(set(int(round(v)) for v in np.logspace(0, math.log10(max_depth), n)) | set(range(1, 11)))
 
 
+#: Table 3.1's nets stop once R_sq exceeds this (the curves of Figs 3.7/3.8 end there)
+TABLE31_STOP = 0.99
+#: the fast path measures R_sq at every layer while it is within this of the next threshold
+TABLE31_GUARD = 0.05
+
+
+def _table31_net(s: dict, seed: int) -> tuple[NetSpec, torch.Tensor]:
+    spec = NetSpec(s["max_depth"], s["width"], s["activation"], s["init"], arch=s["arch"],
+                   residual_scale=s["residual_scale"], branch=s.get("branch", "one"))
+    return spec, gaussian(s["n"], s["width"], s["input_variance"], seed=10_000 + seed)
+
+
+def _table31_levels(params: dict) -> tuple[float, ...]:
+    return (0.5, 0.9, params["threshold"])
+
+
+def table31_unit_reference(s: dict, seed: int, params: dict, device: str = "cpu") -> list[Value]:
+    """One Table 3.1 unit measured the plain way: R_sq at every layer (:func:`stream_vni`) until it exceeds
+    TABLE31_STOP; kept at the log-spaced depths and the last layer; max_depth@t = (first layer above t) - 1."""
+    spec, x = _table31_net(s, seed)
+    r, _ = stream_vni(spec, x, seed, stop_above=TABLE31_STOP, device=device)
+    keep = set(log_depths(s["max_depth"])) | {max(r)}
+    vals = [Value("vni", v, layer=l) for l, v in r.items() if l in keep]
+    for th in _table31_levels(params):
+        first = next((l for l, v in r.items() if v > th), None)
+        vals.append(Value(f"max_depth@{th:g}", (first - 1) if first else math.inf))
+    return vals
+
+
+def table31_unit(s: dict, seed: int, params: dict, device: str = "cpu") -> list[Value]:
+    """:func:`table31_unit_reference` through :func:`stream_crossings` (R_sq every ``vni_every`` layers past
+    ``dense_until``, crossings refined to the layer): the same values, tested equal; plus ``cpu_seconds``,
+    this process's CPU time for the unit (the cost, free of the machine's load)."""
+    import time
+
+    c0 = time.process_time()
+    spec, x = _table31_net(s, seed)
+    keep = set(log_depths(s["max_depth"]))
+    r, first, last = stream_crossings(spec, x, seed, thresholds=_table31_levels(params), stop_above=TABLE31_STOP,
+                                      record=keep, every=params.get("vni_every", 10),
+                                      dense_until=params.get("dense_until", 100), guard=TABLE31_GUARD, device=device)
+    keep.add(last)
+    vals = [Value("vni", v, layer=l) for l, v in sorted(r.items()) if l in keep]
+    for th in _table31_levels(params):
+        f = first.get(float(th))
+        vals.append(Value(f"max_depth@{th:g}", (f - 1) if f else math.inf))
+    return vals + [Value("cpu_seconds", time.process_time() - c0), Value("layers_computed", float(last))]
+
+
+def table31_cost_rank(spec: dict) -> int:
+    """Run order of Table 3.1's rows, cheapest first: the relu rows cross within a few hundred layers, the
+    Gaussian tanh/linear rows within a few thousand, the rest run to the depth cap (orthogonal weights
+    cost a float64 QR per layer, two-layer branches two matrices)."""
+    if spec["activation"] == "relu" and not (spec["arch"] == "residual" and spec.get("branch") == "two"):
+        return 0
+    if spec["arch"] == "feedforward" and spec["init"] == "gaussian":
+        return 1
+    if spec["arch"] == "residual" and spec.get("branch", "one") == "one":
+        return 2
+    if spec["arch"] == "feedforward":
+        return 3
+    return 4
+
+
+def _table31_worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _table31_job(s: dict, seed: int, params: dict, device: str) -> tuple[list[Value], float]:
+    import time
+
+    t0 = time.time()
+    return table31_unit(s, seed, params, device), t0
+
+
+def _run_table31(exp: Experiment, ctx: RunContext) -> dict:
+    """Units not yet stored, cheapest first, run here (workers = 1) or on ``workers`` spawned processes of
+    one thread each; each result is recorded by this process as it arrives, so a killed run loses only the
+    units in flight."""
+    import time
+
+    from ..progress import Progress
+
+    units = exp.units(ctx.params)
+    done = ctx.store.done_keys(exp.name)
+    todo = sorted((u for u in units if u.key not in done), key=lambda u: (table31_cost_rank(u.spec), u.seed or 0))
+    counts = {"total": len(units), "skipped": len(units) - len(todo), "ran": 0, "failed": 0, "not_run": 0,
+              "missing": {}}
+    workers = int(ctx.params.get("workers", 1))
+    with Progress(len(todo), exp.name, quiet=ctx.quiet) as bar:
+        if workers <= 1 or len(todo) <= 1:
+            for u in todo:
+                t0 = time.time()
+                ctx.store.record(exp.name, u.key, spec=u.spec, seed=u.seed, values=exp.run_unit(u, ctx), started=t0)
+                counts["ran"] += 1
+                bar.update()
+            return counts
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_table31_worker_init,
+                                 initargs=(1,)) as pool:
+            futs = {pool.submit(_table31_job, u.spec, u.seed, ctx.params, ctx.device): u for u in todo}
+            for f in as_completed(futs):
+                u = futs[f]
+                values, t0 = f.result()
+                ctx.store.record(exp.name, u.key, spec=u.spec, seed=u.seed, values=values, started=t0)
+                counts["ran"] += 1
+                bar.update()
+    return counts
+
+
 class Table31(_Ch3):
     name = "table3.1"
     title = "Initial VNI vs depth up to 10,000 (Figs 3.7, 3.8) and the maximum depth (Table 3.1)"
     reproduces = "thesis Figs 3.7, 3.8 and Table 3.1"
     presets = {
         "quick": {"width": 64, "n": 256, "max_depth": 5000, "threshold": 0.9, "seeds": 1,
-                  "residual_scale": 0.1, "input_variance": 1.0},
+                  "residual_scale": 0.1, "input_variance": 1.0, "vni_every": 10, "dense_until": 100,
+                  "workers": 1},
         "paper": {"width": 1000, "n": 1000, "max_depth": 10000, "threshold": 0.9, "seeds": 5,
-                  "residual_scale": 0.1, "input_variance": 1.0},
+                  "residual_scale": 0.1, "input_variance": 1.0, "vni_every": 10, "dense_until": 100,
+                  "workers": 2},
     }
 
     def units(self, p):
@@ -546,17 +733,13 @@ class Table31(_Ch3):
                 for seed in range(p["seeds"])]
 
     def run_unit(self, u, ctx):
-        s = u.spec
-        spec = NetSpec(s["max_depth"], s["width"], s["activation"], s["init"], arch=s["arch"],
-                       residual_scale=s["residual_scale"], branch=s.get("branch", "one"))
-        x = gaussian(s["n"], s["width"], s["input_variance"], seed=10_000 + u.seed)
-        r, _ = stream_vni(spec, x, u.seed, stop_above=0.99, device=ctx.device)
-        keep = set(log_depths(s["max_depth"])) | {max(r)}
-        vals = [Value("vni", v, layer=l) for l, v in r.items() if l in keep]
-        for th in (0.5, 0.9, ctx.params["threshold"]):
-            first = next((l for l, v in r.items() if v > th), None)
-            vals.append(Value(f"max_depth@{th:g}", (first - 1) if first else math.inf))
-        return vals
+        return table31_unit(u.spec, u.seed, ctx.params, ctx.device)
+
+    def run(self, ctx: RunContext) -> dict:
+        """The units cheapest first (the rows that cross early, then the ones that run to the cap), on
+        ``workers`` processes of one thread each (seeds in parallel: 2 single-thread processes use 2 cores
+        better than one process of 2 threads, whose QR and random draws scale poorly)."""
+        return _run_table31(self, ctx)
 
     def figures(self, store, outdir, params):
         th, cap = params["threshold"], params["max_depth"]

@@ -1,0 +1,100 @@
+"""Chapter 3 at the paper preset: the fast Table 3.1 path against the every-layer reference."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from depthscope.data import gaussian
+from depthscope.experiments.chapter3 import (Table31, stream_crossings, stream_vni, table31_cost_rank,
+                                             table31_unit, table31_unit_reference)
+from depthscope.nets import NetSpec
+
+_BASE = {"width": 16, "n": 32, "max_depth": 300, "residual_scale": 0.1, "input_variance": 1.0}
+
+
+def _spec(arch, init, act, branch=None, **kw):
+    return {**_BASE, "arch": arch, "init": init, "activation": act, **({"branch": branch} if branch else {}), **kw}
+
+
+# every row kind of Table 3.1; at width 16 the relu, linear and tanh Gaussian rows cross 0.5, 0.9 and 0.99
+# within 300 layers, the orthogonal tanh and residual ones do not
+_SPECS = [_spec("feedforward", "gaussian", a) for a in ("relu", "linear", "tanh")] + [
+    _spec("feedforward", "orthogonal", a) for a in ("relu", "tanh")] + [
+    _spec("residual", "gaussian", "relu", "one"), _spec("residual", "gaussian", "tanh", "two")]
+
+
+def _without_cost(vals):
+    return [v for v in vals if v.quantity not in ("cpu_seconds", "layers_computed")]
+
+
+@pytest.mark.parametrize("every,dense_until", [(7, 0), (40, 3)])
+@pytest.mark.parametrize("s", _SPECS, ids=lambda s: f"{s['arch']}-{s['init']}-{s['activation']}-{s.get('branch', '')}")
+def test_table31_fast_path_equals_every_layer_reference(s, every, dense_until):
+    params = {"threshold": 0.9, "vni_every": every, "dense_until": dense_until}
+    ref = table31_unit_reference(s, 1, params)
+    fast = table31_unit(s, 1, params)
+    assert _without_cost(fast) == ref  # the same layers, bit-identical values, the same max depths
+
+
+def test_table31_fast_path_crossings_really_cross_at_these_sizes():
+    """The comparison above is only worth something if crossings happen between measurements."""
+    params = {"threshold": 0.9, "vni_every": 50, "dense_until": 3}
+    depths = {s["activation"] + s["init"]: {v.quantity: v.value for v in table31_unit(s, 1, params)}
+              for s in _SPECS[:3]}
+    for d in depths.values():
+        assert math.isfinite(d["max_depth@0.5"]) and math.isfinite(d["max_depth@0.9"])
+        assert d["max_depth@0.5"] % 50 != 49 or d["max_depth@0.9"] % 50 != 49  # not on a measured layer
+
+
+def test_stream_crossings_without_guard_refines_to_the_first_layer():
+    """guard = 0 leaves every crossing to the refinement (the guard band off); the first layers still match."""
+    spec = NetSpec(300, 64, "relu", "gaussian")
+    x = gaussian(64, 64, 1.0, seed=3)
+    ref, _ = stream_vni(spec, x, 3, stop_above=0.99)
+    r, first, last = stream_crossings(spec, x, 3, thresholds=(0.3, 0.5, 0.9), stop_above=0.99, every=25,
+                                      dense_until=0, guard=0.0)
+    for t in (0.3, 0.5, 0.9, 0.99):
+        assert first[t] == next(l for l, v in ref.items() if v > t)
+    assert last == max(ref)
+    assert all(r[l] == ref[l] for l in r)
+    assert len(r) < len(ref) - 50  # it did skip layers
+
+
+def test_stream_crossings_rejects_bad_settings():
+    spec = NetSpec(5, 4, "tanh", "gaussian")
+    with pytest.raises(ValueError, match="every must be >= 1"):
+        stream_crossings(spec, torch.zeros(3, 4), 0, thresholds=(0.5,), stop_above=0.9, every=0)
+
+
+def test_table31_cost_rank_orders_cheap_rows_first():
+    ranks = {(u.spec["arch"], u.spec["init"], u.spec["activation"], u.spec.get("branch")): table31_cost_rank(u.spec)
+             for u in Table31().units(Table31().params("paper"))}
+    assert ranks[("feedforward", "gaussian", "relu", None)] == 0
+    assert ranks[("residual", "gaussian", "relu", "one")] == 0
+    assert ranks[("residual", "gaussian", "relu", "two")] == 4
+    assert ranks[("feedforward", "orthogonal", "tanh", None)] == 3
+
+
+def _stored(store):
+    return sorted((r["key"], r["arch"], r["init"], r["activation"], r.get("branch"), r["seed"],
+                   r["quantity"], r["layer"], r["value"]) for r in store.rows("table3.1")
+                  if r["quantity"] not in ("cpu_seconds", "layers_computed"))
+
+
+def test_table31_two_workers_store_what_one_stores(tmp_path):
+    """Seeds on two spawned processes record the same rows as the serial loop, every unit once."""
+    from depthscope.experiments.base import run_experiment
+    from depthscope.store import Store
+
+    over = {"width": 8, "n": 16, "max_depth": 60, "seeds": 2}
+    got = {}
+    for workers in (1, 2):
+        with Store(tmp_path / f"w{workers}") as st:
+            counts = run_experiment("table3.1", st, "quick", overrides={**over, "workers": workers}, quiet=True)
+            assert counts["ran"] == 24 and counts["total"] == 24
+            got[workers] = _stored(st)
+            assert run_experiment("table3.1", st, "quick", overrides={**over, "workers": workers},
+                                  quiet=True)["ran"] == 0  # resumed: nothing to redo
+    assert got[1] == got[2] and got[1]
