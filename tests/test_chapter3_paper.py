@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,3 +99,48 @@ def test_table31_two_workers_store_what_one_stores(tmp_path):
             assert run_experiment("table3.1", st, "quick", overrides={**over, "workers": workers},
                                   quiet=True)["ran"] == 0  # resumed: nothing to redo
     assert got[1] == got[2] and got[1]
+
+
+def test_median_decided_needs_a_majority_of_uncrossed_seeds():
+    from depthscope.experiments.chapter3 import median_decided
+
+    inf = math.inf
+    assert median_decided([inf, inf, inf], 5)
+    assert not median_decided([inf, inf], 5)
+    assert not median_decided([inf, inf, 40.0], 5)
+    assert median_decided([inf, inf], 3) and not median_decided([inf], 3)
+    assert median_decided([inf, inf, inf, 7.0], 6) is False and median_decided([inf] * 4, 6)
+    import numpy as np
+
+    for depths in ([inf, inf, inf, 1.0, 2.0], [inf, inf, inf, inf, 3.0], [inf] * 5):
+        assert median_decided(depths[:3], 5) and math.isinf(float(np.median(depths)))  # what "decided" promises
+
+
+def test_table31_decided_median_skips_only_seeds_that_cannot_move_the_median(tmp_path):
+    """Five seeds, nets too shallow to cross: the rows run to the cap stop at three seeds, the table's
+    medians are the same as with all five, and the relu / Gaussian rows keep every seed."""
+    from depthscope.experiments.base import run_experiment
+    from depthscope.store import Store
+
+    over = {"width": 8, "n": 16, "max_depth": 4, "seeds": 5}
+    medians = {}
+    for decided in (True, False):
+        with Store(tmp_path / str(decided)) as st:
+            counts = run_experiment("table3.1", st, "quick", overrides={**over, "decided_median": decided},
+                                    quiet=True)
+            rows, seeds = {}, {}
+            for r in st.rows("table3.1", "max_depth@0.9"):
+                k = (r["arch"], r["init"], r["activation"], r.get("branch"))
+                rows.setdefault(k, []).append(r["value"])
+                seeds.setdefault(k, set()).add(r["seed"])
+            medians[decided] = {k: float(np.median(v)) for k, v in rows.items()}
+            n_seeds = {k: len(v) for k, v in seeds.items()}
+            if decided:
+                assert counts["decided"] == 14 and counts["ran"] == 60 - 14
+                assert n_seeds[("feedforward", "orthogonal", "tanh", None)] == 3
+                assert n_seeds[("residual", "gaussian", "relu", "two")] == 3
+                assert n_seeds[("feedforward", "gaussian", "tanh", None)] == 5
+                assert n_seeds[("residual", "gaussian", "relu", "one")] == 5
+            else:
+                assert counts["ran"] == 60 and set(n_seeds.values()) == {5}
+    assert medians[True] == medians[False]

@@ -673,41 +673,95 @@ def _table31_job(s: dict, seed: int, params: dict, device: str) -> tuple[list[Va
     return table31_unit(s, seed, params, device), t0
 
 
+def _row(spec: dict) -> tuple:
+    return spec["arch"], spec["init"], spec["activation"], spec.get("branch")
+
+
+def median_decided(row_depths: list[float], seeds: int) -> bool:
+    """True when the median over ``seeds`` seeds is already '> cap': more than half of them never crossed
+    (max depth inf), so no value the other seeds could give moves the median."""
+    return sum(1 for d in row_depths if math.isinf(d)) > seeds // 2
+
+
+def _deferrable(u: WorkUnit, seeds: int) -> bool:
+    # seeds past a majority of a row that usually runs to the cap: run only if its median is still open
+    return table31_cost_rank(u.spec) >= 2 and (u.seed or 0) >= seeds // 2 + 1
+
+
 def _run_table31(exp: Experiment, ctx: RunContext) -> dict:
     """Units not yet stored, cheapest first, run here (workers = 1) or on ``workers`` spawned processes of
     one thread each; each result is recorded by this process as it arrives, so a killed run loses only the
-    units in flight."""
-    import time
+    units in flight. With ``decided_median``, a row's seeds past a majority (seeds 3 and 4 of 5) run last,
+    and only when the row's median max depth is not already '> cap' (:func:`median_decided`): the table's
+    value is then the same as with every seed; the curves of such a row average the seeds run. Those units
+    are counted as ``decided`` (not run, not recorded: turning the option off runs them)."""
 
     from ..progress import Progress
 
-    units = exp.units(ctx.params)
+    p = ctx.params
+    th = f"max_depth@{p['threshold']:g}"
+    units = exp.units(p)
     done = ctx.store.done_keys(exp.name)
     todo = sorted((u for u in units if u.key not in done), key=lambda u: (table31_cost_rank(u.spec), u.seed or 0))
     counts = {"total": len(units), "skipped": len(units) - len(todo), "ran": 0, "failed": 0, "not_run": 0,
-              "missing": {}}
-    workers = int(ctx.params.get("workers", 1))
+              "decided": 0, "missing": {}}
+    defer = bool(p.get("decided_median", False))
+    first = [u for u in todo if not (defer and _deferrable(u, p["seeds"]))]
+    later = [u for u in todo if defer and _deferrable(u, p["seeds"])]
+    workers = int(p.get("workers", 1))
     with Progress(len(todo), exp.name, quiet=ctx.quiet) as bar:
-        if workers <= 1 or len(todo) <= 1:
-            for u in todo:
-                t0 = time.time()
-                ctx.store.record(exp.name, u.key, spec=u.spec, seed=u.seed, values=exp.run_unit(u, ctx), started=t0)
-                counts["ran"] += 1
-                bar.update()
-            return counts
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        pool = None
+        if workers > 1 and len(todo) > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_table31_worker_init,
-                                 initargs=(1,)) as pool:
-            futs = {pool.submit(_table31_job, u.spec, u.seed, ctx.params, ctx.device): u for u in todo}
-            for f in as_completed(futs):
-                u = futs[f]
-                values, t0 = f.result()
-                ctx.store.record(exp.name, u.key, spec=u.spec, seed=u.seed, values=values, started=t0)
-                counts["ran"] += 1
-                bar.update()
+            pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_table31_worker_init,
+                                       initargs=(1,))
+        try:
+            for phase in (first, later):
+                if phase is later:
+                    open_rows = []
+                    for u in phase:
+                        depths = [r["value"] for r in ctx.store.rows(exp.name, th, **_where(u.spec))]
+                        if median_decided(depths, p["seeds"]):
+                            counts["decided"] += 1
+                            bar.update()
+                        else:
+                            open_rows.append(u)
+                    phase = open_rows
+                _run_units(exp, ctx, phase, pool, counts, bar)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+    if counts["decided"]:
+        ctx.store.set_meta(f"decided:{exp.name}", counts["decided"])
     return counts
+
+
+def _where(spec: dict) -> dict:
+    return {k: spec[k] for k in ("arch", "init", "activation", "width", "n", "max_depth", "residual_scale",
+                                 "input_variance") + (("branch",) if "branch" in spec else ())}
+
+
+def _run_units(exp, ctx, units, pool, counts, bar) -> None:
+    import time
+
+    if pool is None:
+        for u in units:
+            t0 = time.time()
+            ctx.store.record(exp.name, u.key, spec=u.spec, seed=u.seed, values=exp.run_unit(u, ctx), started=t0)
+            counts["ran"] += 1
+            bar.update()
+        return
+    from concurrent.futures import as_completed
+
+    futs = {pool.submit(_table31_job, u.spec, u.seed, ctx.params, ctx.device): u for u in units}
+    for f in as_completed(futs):
+        u = futs[f]
+        values, t0 = f.result()
+        ctx.store.record(exp.name, u.key, spec=u.spec, seed=u.seed, values=values, started=t0)
+        counts["ran"] += 1
+        bar.update()
 
 
 class Table31(_Ch3):
@@ -717,10 +771,10 @@ class Table31(_Ch3):
     presets = {
         "quick": {"width": 64, "n": 256, "max_depth": 5000, "threshold": 0.9, "seeds": 1,
                   "residual_scale": 0.1, "input_variance": 1.0, "vni_every": 10, "dense_until": 100,
-                  "workers": 1},
+                  "workers": 1, "decided_median": True},
         "paper": {"width": 1000, "n": 1000, "max_depth": 10000, "threshold": 0.9, "seeds": 5,
                   "residual_scale": 0.1, "input_variance": 1.0, "vni_every": 10, "dense_until": 100,
-                  "workers": 2},
+                  "workers": 2, "decided_median": True},
     }
 
     def units(self, p):
