@@ -11,11 +11,12 @@ one process of 2 threads, about as fast for their matmul-bound units): CPU total
 Table 3.1's units stop when R_sq exceeds 0.99, at a depth the benchmark cannot know before the
 run: it takes each row's layers from a run's store (``--store``, quantity ``layers_computed``)
 where there is one, else an upper bound (the cap, 10000 layers, except the relu rows that cross
-within a few hundred: 1000). Both the every-layer reference (R_sq at every layer) and the fast
+within a few hundred: 1000). Both the every-layer reference (R_sq at every layer, every seed) and the fast
 path (R_sq every ``vni_every`` layers past ``dense_until``, at the log depths and near the
-thresholds) are projected.
+thresholds; with ``decided_median``, 3 of 5 seeds for the rows that run to the cap unless a run's
+store shows them crossing) are projected.
 
-    PYTHONPATH=src python benchmarks/bench_paper.py [--store runs/paper-ch3] [--reps 3]
+    PYTHONPATH=src python benchmarks/bench_paper.py [--store runs/paper-ch3] [--reps 3] [--data-dir DIR]
 """
 from __future__ import annotations
 
@@ -71,14 +72,19 @@ def vni_s(samples: int, width: int, reps: int = 3) -> float:
     return _cache[key]
 
 
+#: where the MNIST IDX files are (--data-dir)
+DATA_DIR: list[str | None] = [None]
+
+
 def mnist_load_s(preprocess: str, reps: int = 1) -> float:
+    """CPU seconds of one unit's MNIST load and preprocessing (every image; NaN without the files)."""
     from depthscope.data import batch_source
 
     key = ("mnist", preprocess)
     if key not in _cache:
         try:
             _cache[key] = _cpu(lambda: batch_source("mnist", None, seed=0, split="any", preprocess=preprocess,
-                                                    variance=0.1), reps)
+                                                    variance=0.1, data_dir=DATA_DIR[0]), reps)
         except Exception:  # no MNIST here: the units needing it are not run (their cost is then 0)
             _cache[key] = math.nan
     return _cache[key]
@@ -123,24 +129,25 @@ def cost_effective_nodes(p: dict, reps: int) -> list[tuple[str, int, float]]:
              + nv * vni_s(p["n"], w, reps)) for w in p["widths"]]
 
 
-def _measured_layers(store_dir: str | None) -> dict[tuple, list[float]]:
+def _measured_layers(store_dir: str | None, quantity: str = "layers_computed") -> dict[tuple, list[float]]:
     if not store_dir:
         return {}
     from depthscope.store import Store
 
     out: dict[tuple, list[float]] = {}
-    with Store(store_dir) as st:
-        for r in st.rows("table3.1", "layers_computed"):
+    with Store(store_dir, readonly=True) as st:
+        for r in st.rows("table3.1", quantity):
             out.setdefault((r["arch"], r["init"], r["activation"], r.get("branch")), []).append(r["value"])
     return out
 
 
 def cost_table31(p: dict, reps: int, store_dir: str | None, fast: bool) -> list[tuple[str, int, float]]:
-    from depthscope.experiments.chapter3 import Table31
+    from depthscope.experiments.chapter3 import Table31, table31_cost_rank
 
     rows = sorted({(u.spec["arch"], u.spec["init"], u.spec["activation"], u.spec.get("branch"))
                    for u in Table31().units(p)}, key=str)
     measured = _measured_layers(store_dir)
+    measured_depth = _measured_layers(store_dir, f"max_depth@{p['threshold']:g}")
     S, N, cap = p["n"], p["width"], p["max_depth"]
     nlog = len(log_depths(cap))
     out = []
@@ -158,7 +165,13 @@ def cost_table31(p: dict, reps: int, store_dir: str | None, fast: bool) -> list[
             n_vni = layers
         label = f"{arch} {init} {act}" + (f" ({branch}-layer branch)" if branch else "") + \
             f": {layers:.0f} layers{' (measured)' if got else ' (bound)'}, {n_vni:.0f} R_sq"
-        out.append((label, p["seeds"], layers * step + n_vni * vni_s(S, N, reps)))
+        seeds = p["seeds"]
+        if fast and p.get("decided_median") and table31_cost_rank({"arch": arch, "init": init, "activation": act,
+                                                                    **({"branch": branch} if branch else {})}) >= 2:
+            never = [g for g in (measured_depth.get((arch, init, act, branch)) or [math.inf])]
+            if all(math.isinf(d) for d in never):  # a majority never crosses: the other seeds are not run
+                seeds = p["seeds"] // 2 + 1
+        out.append((label, seeds, layers * step + n_vni * vni_s(S, N, reps)))
     return out
 
 
@@ -168,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3, help="repetitions per step time (default 3)")
     ap.add_argument("--only", nargs="*", help="experiments to cost (default: all five)")
     ap.add_argument("--json", help="also write the table as JSON here")
+    ap.add_argument("--data-dir", help="the MNIST IDX files (without them the MNIST units cost NaN: not run)")
     a = ap.parse_args(argv)
+    DATA_DIR[0] = a.data_dir
     torch.set_num_threads(1)
     names = a.only or ["fig3.1", "fig3.2", "fig3.3", "effective-nodes", "table3.1"]
     t0 = time.time()

@@ -144,3 +144,74 @@ def test_table31_decided_median_skips_only_seeds_that_cannot_move_the_median(tmp
             else:
                 assert counts["ran"] == 60 and set(n_seeds.values()) == {5}
     assert medians[True] == medians[False]
+
+
+def test_table31_row_claims_judge_each_row_against_the_thesis():
+    from depthscope.experiments.chapter3 import THESIS_TABLE, table31_row_claims
+
+    inf = math.inf
+    params = {"threshold": 0.9, "max_depth": 10000, "width": 1000, "seeds": 5, "n": 1000}
+    per_seed = {("feedforward", "gaussian", "relu"): {0: 250.0, 1: 262.0, 2: 240.0, 3: 270.0, 4: 255.0},
+                ("feedforward", "orthogonal", "relu"): {0: 440.0, 1: 450.0, 2: 460.0},  # 450 vs 325: +38%
+                ("feedforward", "orthogonal", "tanh"): {0: inf, 1: inf, 2: inf},
+                ("residual", "gaussian", "relu"): {0: 90.0, 1: inf, 2: 95.0, 3: inf, 4: 80.0}}
+    claims = {c.claim.split(":")[0]: c for c in table31_row_claims(per_seed, params, "paper")}
+    assert len(claims) == len(THESIS_TABLE) == 9
+    g = claims["Table 3.1, feedforward gaussian relu"]
+    assert g.verdict == "agree" and g.thesis == "262" and g.ours.startswith("255 (seeds: 240, 250, 255, 262, 270)")
+    assert "paper preset, width 1000 (the comparison assumes the thesis' width ≈ 1000), 5 of 5 seeds" in g.scale
+    o = claims["Table 3.1, feedforward orthogonal relu"]
+    assert o.verdict == "differs" and "ours / thesis = 1.38" in o.why and "3 of 5 seeds" in o.scale
+    assert claims["Table 3.1, feedforward orthogonal tanh"].verdict == "agree"
+    r = claims["Table 3.1, residual gaussian relu (two-layer branch)"]
+    assert r.verdict == "differs" and r.ours.startswith("95 ")
+    assert claims["Table 3.1, feedforward gaussian tanh"].verdict == "not run"
+    # the same numbers under a cap below the thesis' 10000, at another width
+    small = table31_row_claims(per_seed, {**params, "max_depth": 5000, "width": 64}, "quick")
+    small = {c.claim.split(":")[0]: c for c in small}
+    assert small["Table 3.1, feedforward orthogonal tanh"].verdict == "trend"
+    assert "below the thesis' 10000" in small["Table 3.1, feedforward orthogonal tanh"].why
+    assert "width 64, not 1000" in small["Table 3.1, feedforward orthogonal relu"].why
+    assert small["Table 3.1, feedforward gaussian relu"].verdict == "agree"  # a number is a number
+    # within 25%: 262 * 1.25 = 327.5 agrees, 328 does not
+    edge = table31_row_claims({("feedforward", "gaussian", "relu"): {0: 327.0}}, params)
+    assert edge[2].verdict == "agree"
+    edge = table31_row_claims({("feedforward", "gaussian", "relu"): {0: 328.0}}, params)
+    assert edge[2].verdict == "differs"
+
+
+def _fake_curve(monkeypatch, curve):
+    """R_sq(layer) = curve(layer): each 'layer' adds 1 to a scalar, the fake R_sq reads it back."""
+    import depthscope.experiments.chapter3 as ch3
+
+    monkeypatch.setattr(ch3, "_stream_step", lambda spec, seed, l, x, device: x + 1)
+    monkeypatch.setattr(ch3, "vni", lambda x: torch.tensor(curve(int(round(float(x.flatten()[0]))))))
+
+
+def test_stream_crossings_guard_band_sees_a_spike_between_measurements(monkeypatch):
+    """A curve that pokes above 0.5 at layer 37 only and falls back: the every-layer reference's first
+    crossing is 37. With the guard band (R_sq within 0.1 of the threshold at layer 30) the fast path
+    measures every layer from 31 and finds it; without it the spike falls between measurements."""
+    def curve(l):
+        return 0.6 if l == 37 else (0.3 + 0.4 * l / 100 if l < 45 else 0.46 + 0.01 * (l - 45))
+
+    _fake_curve(monkeypatch, curve)
+    spec = NetSpec(200, 4, "tanh", "gaussian")
+    ref = next(l for l in range(1, 201) if curve(l) > 0.5)
+    assert ref == 37
+    kw = dict(thresholds=(0.5,), stop_above=0.99, every=10, dense_until=0, device="cpu")
+    _, first, _ = stream_crossings(spec, torch.zeros(2, 4), 0, guard=0.1, **kw)
+    assert first[0.5] == 37
+    _, first, _ = stream_crossings(spec, torch.zeros(2, 4), 0, guard=0.0, **kw)
+    assert first[0.5] == 50  # layer 50 is the first *measured* one above 0.5: refinement of (40, 50] finds 50
+
+
+def test_stream_crossings_refines_a_jump_past_the_guard(monkeypatch):
+    """A jump from 0.1 to 0.95 between two measurements (no guard can see it coming): the refinement
+    redoes the layers in between and returns the first one above each threshold."""
+    _fake_curve(monkeypatch, lambda l: 0.1 if l < 43 else (0.7 if l < 46 else 0.995))
+    spec = NetSpec(200, 4, "tanh", "gaussian")
+    r, first, last = stream_crossings(spec, torch.zeros(2, 4), 0, thresholds=(0.5, 0.9), stop_above=0.99,
+                                      every=10, dense_until=0, guard=0.05)
+    assert first == {0.5: 43, 0.9: 46, 0.99: 46} and last == 46
+    assert sorted(r) == [10, 20, 30, 40, 41, 42, 43, 44, 45, 46]
