@@ -175,6 +175,47 @@ def cost_table31(p: dict, reps: int, store_dir: str | None, fast: bool) -> list[
     return out
 
 
+def measured_tables(run_dir: str, outdir: str) -> str:
+    """The verdict rows (claim | thesis | ours | scale | verdict) of chapter 3's experiments in a run's
+    store, as markdown, plus each table3.1 row's seeds, CPU seconds and layers: what docs/reproduce.md shows."""
+    from depthscope.store import Store
+
+    lines = ["| experiment | claim | thesis | ours | scale | verdict |", "| --- | --- | --- | --- | --- | --- |"]
+    cost = ["| row | seeds run | max depth @0.5 (median) | max depth @0.9 (median) | layers computed (mean) | "
+            "CPU s per unit (mean) |", "| --- | --- | --- | --- | --- | --- |"]
+    with Store(run_dir, readonly=True) as st:
+        for name in ("fig3.1", "fig3.2", "fig3.3", "effective-nodes", "table3.1"):
+            if not st.done_keys(name):
+                lines.append(f"| {name} | - | - | - | - | not run yet |")
+                continue
+            meta = st.get_meta(f"params:{name}") or {}
+            exp = get_experiment(name)
+            params = meta.get("params") or exp.params("paper")
+            for fig in exp.figures(st, Path(outdir), params):
+                for c in fig.claims:
+                    lines.append(f"| {fig.name} | {c.claim} | {c.thesis} | {c.ours} | {c.scale} | {c.verdict} |")
+        rows: dict[tuple, dict] = {}
+        for r in st.rows("table3.1"):
+            k = (r["arch"], r["init"], r["activation"], r.get("branch"))
+            d = rows.setdefault(k, {})
+            d.setdefault(r["quantity"], {})[r["seed"]] = r["value"]
+    import numpy as np
+
+    def med(d, q):
+        v = list(d.get(q, {}).values())
+        return "-" if not v else ("> cap" if math.isinf(float(np.median(v))) else f"{float(np.median(v)):.0f}")
+
+    for k in sorted(rows, key=str):
+        d = rows[k]
+        seeds = sorted(d.get("cpu_seconds", {}))
+        lc = list(d.get("layers_computed", {}).values())
+        cpu = list(d.get("cpu_seconds", {}).values())
+        cost.append(f"| {' '.join(x for x in k if x)} | {len(seeds)} | {med(d, 'max_depth@0.5')} | "
+                    f"{med(d, 'max_depth@0.9')} | {np.mean(lc):.0f} | {np.mean(cpu):.0f} |" if cpu else
+                    f"| {' '.join(x for x in k if x)} | 0 | - | - | - | - |")
+    return "\n".join(lines) + "\n\n" + "\n".join(cost) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", help="a run directory whose table3.1 units give each row's measured depth")
@@ -182,8 +223,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", help="experiments to cost (default: all five)")
     ap.add_argument("--json", help="also write the table as JSON here")
     ap.add_argument("--data-dir", help="the MNIST IDX files (without them the MNIST units cost NaN: not run)")
+    ap.add_argument("--tables", metavar="RUN_DIR", help="print the measured verdict rows of a run (markdown) and exit")
     a = ap.parse_args(argv)
     DATA_DIR[0] = a.data_dir
+    if a.tables:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            print(measured_tables(a.tables, tmp))
+        return 0
     torch.set_num_threads(1)
     names = a.only or ["fig3.1", "fig3.2", "fig3.3", "effective-nodes", "table3.1"]
     t0 = time.time()

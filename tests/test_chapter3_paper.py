@@ -155,11 +155,11 @@ def test_table31_row_claims_judge_each_row_against_the_thesis():
                 ("feedforward", "orthogonal", "relu"): {0: 440.0, 1: 450.0, 2: 460.0},  # 450 vs 325: +38%
                 ("feedforward", "orthogonal", "tanh"): {0: inf, 1: inf, 2: inf},
                 ("residual", "gaussian", "relu"): {0: 90.0, 1: inf, 2: 95.0, 3: inf, 4: 80.0}}
-    claims = {c.claim.split(":")[0]: c for c in table31_row_claims(per_seed, params, "paper")}
+    claims = {c.claim.split(":")[0]: c for c in table31_row_claims(per_seed, params)}
     assert len(claims) == len(THESIS_TABLE) == 9
     g = claims["Table 3.1, feedforward gaussian relu"]
     assert g.verdict == "agree" and g.thesis == "262" and g.ours.startswith("255 (seeds: 240, 250, 255, 262, 270)")
-    assert "paper preset, width 1000 (the comparison assumes the thesis' width ≈ 1000), 5 of 5 seeds" in g.scale
+    assert "width 1000 (the comparison assumes the thesis' width ≈ 1000), 5 of 5 seeds" in g.scale
     o = claims["Table 3.1, feedforward orthogonal relu"]
     assert o.verdict == "differs" and "ours / thesis = 1.38" in o.why and "3 of 5 seeds" in o.scale
     assert claims["Table 3.1, feedforward orthogonal tanh"].verdict == "agree"
@@ -167,7 +167,7 @@ def test_table31_row_claims_judge_each_row_against_the_thesis():
     assert r.verdict == "differs" and r.ours.startswith("95 ")
     assert claims["Table 3.1, feedforward gaussian tanh"].verdict == "not run"
     # the same numbers under a cap below the thesis' 10000, at another width
-    small = table31_row_claims(per_seed, {**params, "max_depth": 5000, "width": 64}, "quick")
+    small = table31_row_claims(per_seed, {**params, "max_depth": 5000, "width": 64})
     small = {c.claim.split(":")[0]: c for c in small}
     assert small["Table 3.1, feedforward orthogonal tanh"].verdict == "trend"
     assert "below the thesis' 10000" in small["Table 3.1, feedforward orthogonal tanh"].why

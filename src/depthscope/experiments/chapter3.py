@@ -791,8 +791,8 @@ class Table31(_Ch3):
 
     def run(self, ctx: RunContext) -> dict:
         """The units cheapest first (the rows that cross early, then the ones that run to the cap), on
-        ``workers`` processes of one thread each (seeds in parallel: 2 single-thread processes use 2 cores
-        better than one process of 2 threads, whose QR and random draws scale poorly)."""
+        ``workers`` processes of one thread each (seeds in parallel: one unit per core, so every part of a
+        unit, not only its matmul, has a core to itself)."""
         return _run_table31(self, ctx)
 
     def figures(self, store, outdir, params):
@@ -857,9 +857,8 @@ class Table31(_Ch3):
                                     + ", ".join(f"{a} {_fmt(self._one_branch(store, a, th), cap)}" for a in
                                                 ("tanh", "linear", "relu")) + " (not judged).", agrees,
                                     claims=[claim]))
-        if table:
-            meta = store.get_meta(f"params:{self.name}") or {}
-            res.append(self._table_figure(table, params, outdir, per_seed, meta.get("preset")))
+        if table:  # the report puts the preset in front of each claim's scale
+            res.append(self._table_figure(table, params, outdir, per_seed))
         return res
 
     def _one_branch(self, store, act, th):
@@ -867,7 +866,7 @@ class Table31(_Ch3):
                           branch="one")
         return float(np.median([r["value"] for r in rows])) if rows else None
 
-    def _table_figure(self, table, params, outdir, per_seed=None, preset=None):
+    def _table_figure(self, table, params, outdir, per_seed=None):
         th, cap = params["threshold"], params["max_depth"]
         header = ["architecture", "init", "activation", f"ours (VNI > {th:g})", "thesis"]
         cells = [[a, i, act, _fmt(table.get((a, i, act)), cap), THESIS_TABLE[(a, i, act)]]
@@ -894,7 +893,7 @@ class Table31(_Ch3):
                                 verdict, f"width {params['width']}, {params['seeds']} seed(s), depth cap {cap}",
                                 judge(None, all(checks.values())),
                                 "orderings only; each number is judged in the rows below")]
-                            + table31_row_claims(per_seed or {}, params, preset))
+                            + table31_row_claims(per_seed or {}, params))
 
 
 #: The width Table 3.1's numbers are compared at. The thesis states none; its relu rows (262 Gaussian, 325
@@ -912,7 +911,7 @@ def _seed_counts(per_seed: dict, params: dict) -> str:
             "of its seeds stops there, its median being '> cap' whatever the others give")
 
 
-def table31_row_claims(per_seed: dict, params: dict, preset: str | None = None) -> list[Claim]:
+def table31_row_claims(per_seed: dict, params: dict) -> list[Claim]:
     """Table 3.1 judged row by row: the median over seeds of the max depth before R_sq > threshold against
     the thesis' entry (:func:`depth_agrees`: within MAX_DEPTH_RTOL, or '> T' never crossed with a cap >= T).
     A '> T' row that never crossed under a cap below T is a "trend"; a row not measured is "not run"."""
@@ -922,7 +921,7 @@ def table31_row_claims(per_seed: dict, params: dict, preset: str | None = None) 
         arch, init, act = row
         seeds = per_seed.get(row, {})
         name = f"Table 3.1, {arch} {init} {act}" + (f" ({JUDGED_BRANCH}-layer branch)" if arch == "residual" else "")
-        scale = (f"{preset + ' preset, ' if preset else ''}width {w} (the comparison assumes the thesis' width "
+        scale = (f"width {w} (the comparison assumes the thesis' width "
                  f"≈ {TABLE31_ASSUMED_WIDTH}), {len(seeds)} of {params['seeds']} seeds, {params['n']} inputs, "
                  f"depth cap {cap}")
         if not seeds:
