@@ -666,11 +666,12 @@ def _table31_worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _table31_job(s: dict, seed: int, params: dict, device: str) -> tuple[list[Value], float]:
+def _table31_job(job: tuple) -> tuple[int, list[Value], float]:
     import time
 
+    i, s, seed, params, device = job
     t0 = time.time()
-    return table31_unit(s, seed, params, device), t0
+    return i, table31_unit(s, seed, params, device), t0
 
 
 def _row(spec: dict) -> tuple:
@@ -713,10 +714,8 @@ def _run_table31(exp: Experiment, ctx: RunContext) -> dict:
         pool = None
         if workers > 1 and len(todo) > 1:
             import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
 
-            pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_table31_worker_init,
-                                       initargs=(1,))
+            pool = mp.get_context("spawn").Pool(workers, initializer=_table31_worker_init, initargs=(1,))
         try:
             for phase in (first, later):
                 if phase is later:
@@ -730,9 +729,13 @@ def _run_table31(exp: Experiment, ctx: RunContext) -> dict:
                             open_rows.append(u)
                     phase = open_rows
                 _run_units(exp, ctx, phase, pool, counts, bar)
-        finally:
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
+        except BaseException:
+            if pool is not None:  # killed or failed: stop the workers now, not after the units in flight
+                pool.terminate()
+            raise
+        if pool is not None:
+            pool.close()
+            pool.join()
     if counts["decided"]:
         ctx.store.set_meta(f"decided:{exp.name}", counts["decided"])
     return counts
@@ -753,12 +756,9 @@ def _run_units(exp, ctx, units, pool, counts, bar) -> None:
             counts["ran"] += 1
             bar.update()
         return
-    from concurrent.futures import as_completed
-
-    futs = {pool.submit(_table31_job, u.spec, u.seed, ctx.params, ctx.device): u for u in units}
-    for f in as_completed(futs):
-        u = futs[f]
-        values, t0 = f.result()
+    jobs = [(i, u.spec, u.seed, ctx.params, ctx.device) for i, u in enumerate(units)]
+    for i, values, t0 in pool.imap_unordered(_table31_job, jobs, chunksize=1):
+        u = units[i]
         ctx.store.record(exp.name, u.key, spec=u.spec, seed=u.seed, values=values, started=t0)
         counts["ran"] += 1
         bar.update()
