@@ -215,3 +215,26 @@ def test_stream_crossings_refines_a_jump_past_the_guard(monkeypatch):
                                       every=10, dense_until=0, guard=0.05)
     assert first == {0.5: 43, 0.9: 46, 0.99: 46} and last == 46
     assert sorted(r) == [10, 20, 30, 40, 41, 42, 43, 44, 45, 46]
+
+
+def test_table31_partial_run_reads_not_run_not_differs(tmp_path):
+    """A run stopped after the relu rows: the claims that need the other rows say "not run" (with what is
+    missing), the relu row is judged on its own."""
+    from depthscope.experiments.chapter3 import Table31
+    from depthscope.store import Store, Value
+
+    params = Table31().params("paper")
+    with Store(tmp_path / "run") as st:
+        for u in Table31().units(params):
+            if u.spec["activation"] == "relu" and u.spec["arch"] == "feedforward" and u.spec["init"] == "gaussian":
+                st.record("table3.1", u.key, spec=u.spec, seed=u.seed,
+                          values=[Value("vni", 0.1, layer=1), Value("vni", 0.95, layer=250 + u.seed),
+                                  Value("max_depth@0.9", 249.0 + u.seed)])
+        figs = {f.name: f for f in Table31().figures(st, tmp_path / "out", params)}
+    fig37 = figs["fig3.7"].claims[0]
+    assert fig37.verdict == "not run" and "feedforward" not in fig37.why and "tanh, linear" in fig37.why
+    claims = {c.claim: c for c in figs["table3.1"].claims}
+    assert claims["Table 3.1's three orderings"].verdict == "not run"
+    relu = claims["Table 3.1, feedforward gaussian relu: max depth before VNI > 0.9"]
+    assert relu.verdict == "agree" and relu.ours.startswith("251 ")
+    assert claims["Table 3.1, feedforward gaussian tanh: max depth before VNI > 0.9"].verdict == "not run"
