@@ -238,3 +238,14 @@ def test_table31_partial_run_reads_not_run_not_differs(tmp_path):
     relu = claims["Table 3.1, feedforward gaussian relu: max depth before VNI > 0.9"]
     assert relu.verdict == "agree" and relu.ours.startswith("251 ")
     assert claims["Table 3.1, feedforward gaussian tanh: max depth before VNI > 0.9"].verdict == "not run"
+
+
+@pytest.mark.parametrize("key,value", [("workers", 0), ("vni_every", 0), ("dense_until", -1), ("workers", 1.5)])
+def test_table31_bad_speed_settings_refused_before_anything_is_written(tmp_path, key, value):
+    from depthscope.experiments.base import run_experiment
+    from depthscope.store import Store
+
+    with Store(tmp_path / "run") as st:
+        with pytest.raises(ValueError, match=f"{key}"):
+            run_experiment("table3.1", st, "quick", overrides={key: value}, quiet=True)
+        assert not st.done_keys("table3.1")

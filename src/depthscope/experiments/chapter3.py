@@ -786,6 +786,12 @@ class Table31(_Ch3):
                 for (arch, init, act) in THESIS_TABLE for br in (("one", "two") if arch == "residual" else (None,))
                 for seed in range(p["seeds"])]
 
+    def validate(self, params):
+        for k, lo in (("workers", 1), ("vni_every", 1), ("dense_until", 0)):
+            v = params.get(k, lo)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"table3.1: {k} must be an integer >= {lo}, got {v!r}")
+
     def run_unit(self, u, ctx):
         return table31_unit(u.spec, u.seed, ctx.params, ctx.device)
 
