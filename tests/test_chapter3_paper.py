@@ -23,7 +23,8 @@ def _spec(arch, init, act, branch=None, **kw):
 # within 300 layers, the orthogonal tanh and residual ones do not
 _SPECS = [_spec("feedforward", "gaussian", a) for a in ("relu", "linear", "tanh")] + [
     _spec("feedforward", "orthogonal", a) for a in ("relu", "tanh")] + [
-    _spec("residual", "gaussian", "relu", "one"), _spec("residual", "gaussian", "tanh", "two")]
+    _spec("residual", "gaussian", "relu", "one"), _spec("residual", "gaussian", "tanh", "two"),
+    _spec("feedforward", "gaussian", "linear", stop_above=0.9), _spec("feedforward", "orthogonal", "relu", stop_above=0.9)]
 
 
 def _without_cost(vals):
@@ -31,7 +32,7 @@ def _without_cost(vals):
 
 
 @pytest.mark.parametrize("every,dense_until", [(7, 0), (40, 3)])
-@pytest.mark.parametrize("s", _SPECS, ids=lambda s: f"{s['arch']}-{s['init']}-{s['activation']}-{s.get('branch', '')}")
+@pytest.mark.parametrize("s", _SPECS, ids=lambda s: f"{s['arch']}-{s['init']}-{s['activation']}-{s.get('branch', '')}-{s.get('stop_above', '')}")
 def test_table31_fast_path_equals_every_layer_reference(s, every, dense_until):
     params = {"threshold": 0.9, "vni_every": every, "dense_until": dense_until}
     ref = table31_unit_reference(s, 1, params)
@@ -240,7 +241,8 @@ def test_table31_partial_run_reads_not_run_not_differs(tmp_path):
     assert claims["Table 3.1, feedforward gaussian tanh: max depth before VNI > 0.9"].verdict == "not run"
 
 
-@pytest.mark.parametrize("key,value", [("workers", 0), ("vni_every", 0), ("dense_until", -1), ("workers", 1.5)])
+@pytest.mark.parametrize("key,value", [("workers", 0), ("vni_every", 0), ("dense_until", -1), ("workers", 1.5),
+                                       ("stop_above", 0.8), ("stop_above", 1.0)])
 def test_table31_bad_speed_settings_refused_before_anything_is_written(tmp_path, key, value):
     from depthscope.experiments.base import run_experiment
     from depthscope.store import Store
@@ -249,3 +251,16 @@ def test_table31_bad_speed_settings_refused_before_anything_is_written(tmp_path,
         with pytest.raises(ValueError, match=f"{key}"):
             run_experiment("table3.1", st, "quick", overrides={key: value}, quiet=True)
         assert not st.done_keys("table3.1")
+
+
+def test_table31_paper_units_carry_their_stop_and_quick_ones_keep_their_keys():
+    from depthscope.experiments.chapter3 import Table31
+
+    t = Table31()
+    assert all(u.spec["stop_above"] == 0.9 for u in t.units(t.params("paper")))
+    assert all("stop_above" not in u.spec for u in t.units(t.params("quick")))  # stores made before resume
+    s = _spec("feedforward", "gaussian", "relu", stop_above=0.9)
+    vals = table31_unit(s, 1, {"threshold": 0.9})
+    last = max(v.layer for v in vals if v.quantity == "vni")
+    md = next(v.value for v in vals if v.quantity == "max_depth@0.9")
+    assert last == md + 1  # stopped at the first layer above 0.9

@@ -598,7 +598,8 @@ def log_depths(max_depth: int, n: int = 60) -> list[int]:
     return sorted(set(int(round(v)) for v in np.logspace(0, math.log10(max_depth), n)) | set(range(1, 11)))
 
 
-#: Table 3.1's nets stop once R_sq exceeds this (the curves of Figs 3.7/3.8 end there)
+#: Table 3.1's nets stop once R_sq exceeds this (the curves of Figs 3.7/3.8 end there), unless the preset's
+#: ``stop_above`` says otherwise (the paper preset stops at its threshold, 0.9)
 TABLE31_STOP = 0.99
 #: the fast path measures R_sq at every layer while it is within this of the next threshold
 TABLE31_GUARD = 0.05
@@ -616,9 +617,10 @@ def _table31_levels(params: dict) -> tuple[float, ...]:
 
 def table31_unit_reference(s: dict, seed: int, params: dict, device: str = "cpu") -> list[Value]:
     """One Table 3.1 unit measured the plain way: R_sq at every layer (:func:`stream_vni`) until it exceeds
-    TABLE31_STOP; kept at the log-spaced depths and the last layer; max_depth@t = (first layer above t) - 1."""
+    the spec's ``stop_above`` (TABLE31_STOP when absent); kept at the log-spaced depths and the last layer;
+    max_depth@t = (first layer above t) - 1."""
     spec, x = _table31_net(s, seed)
-    r, _ = stream_vni(spec, x, seed, stop_above=TABLE31_STOP, device=device)
+    r, _ = stream_vni(spec, x, seed, stop_above=s.get("stop_above", TABLE31_STOP), device=device)
     keep = set(log_depths(s["max_depth"])) | {max(r)}
     vals = [Value("vni", v, layer=l) for l, v in r.items() if l in keep]
     for th in _table31_levels(params):
@@ -636,7 +638,8 @@ def table31_unit(s: dict, seed: int, params: dict, device: str = "cpu") -> list[
     c0 = time.process_time()
     spec, x = _table31_net(s, seed)
     keep = set(log_depths(s["max_depth"]))
-    r, first, last = stream_crossings(spec, x, seed, thresholds=_table31_levels(params), stop_above=TABLE31_STOP,
+    r, first, last = stream_crossings(spec, x, seed, thresholds=_table31_levels(params),
+                                      stop_above=s.get("stop_above", TABLE31_STOP),
                                       record=keep, every=params.get("vni_every", 10),
                                       dense_until=params.get("dense_until", 100), guard=TABLE31_GUARD, device=device)
     keep.add(last)
@@ -771,10 +774,10 @@ class Table31(_Ch3):
     presets = {
         "quick": {"width": 64, "n": 256, "max_depth": 5000, "threshold": 0.9, "seeds": 1,
                   "residual_scale": 0.1, "input_variance": 1.0, "vni_every": 10, "dense_until": 100,
-                  "workers": 1, "decided_median": True},
+                  "workers": 1, "decided_median": True, "stop_above": 0.99},
         "paper": {"width": 1000, "n": 1000, "max_depth": 10000, "threshold": 0.9, "seeds": 5,
                   "residual_scale": 0.1, "input_variance": 1.0, "vni_every": 10, "dense_until": 100,
-                  "workers": 2, "decided_median": True},
+                  "workers": 2, "decided_median": True, "stop_above": 0.9},
     }
 
     def units(self, p):
@@ -782,7 +785,11 @@ class Table31(_Ch3):
         # judges the two-layer one (JUDGED_BRANCH); the one-layer one is recorded beside it
         return [WorkUnit({"arch": arch, "init": init, "activation": act, "width": p["width"], "n": p["n"],
                           "max_depth": p["max_depth"], "residual_scale": p["residual_scale"],
-                          "input_variance": p["input_variance"], **({"branch": br} if br else {})}, seed)
+                          "input_variance": p["input_variance"], **({"branch": br} if br else {}),
+                          # the stop is part of what a unit measures (how far its curve goes); the default
+                          # 0.99 stays out of the spec so that stores from before it was a parameter resume
+                          **({"stop_above": p["stop_above"]} if p.get("stop_above", TABLE31_STOP) != TABLE31_STOP
+                             else {})}, seed)
                 for (arch, init, act) in THESIS_TABLE for br in (("one", "two") if arch == "residual" else (None,))
                 for seed in range(p["seeds"])]
 
@@ -791,6 +798,11 @@ class Table31(_Ch3):
             v = params.get(k, lo)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"table3.1: {k} must be an integer >= {lo}, got {v!r}")
+        top = max(_table31_levels(params))
+        stop = params.get("stop_above", TABLE31_STOP)
+        if not (isinstance(stop, (int, float)) and top <= stop < 1):
+            raise ValueError(f"table3.1: stop_above must be in [{top:g}, 1) (at least every threshold measured: a "
+                             f"net stopped below one cannot find its crossing), got {stop!r}")
 
     def run_unit(self, u, ctx):
         return table31_unit(u.spec, u.seed, ctx.params, ctx.device)
@@ -859,7 +871,7 @@ class Table31(_Ch3):
                                     "Fig. 3.8", "fig3.res": "Table 3.1 (residual rows)"}[fname], verdict,
                                     f"{params['n']} i.i.d. N(0, {params['input_variance']}) inputs, width "
                                     f"{params['width']}, critical sigma_w^2, mean over seeds; curves stop once "
-                                    f"VNI > 0.99. Residual (judged): x + {params['residual_scale']} V phi(W x); "
+                                    f"VNI > {params.get('stop_above', TABLE31_STOP):g}. Residual (judged): x + {params['residual_scale']} V phi(W x); "
                                     f"one-layer branch x + {params['residual_scale']} phi(W x), max depth "
                                     + ", ".join(f"{a} {_fmt(self._one_branch(store, a, th), cap)}" for a in
                                                 ("tanh", "linear", "relu")) + " (not judged).", agrees,
