@@ -10,8 +10,9 @@ one process of 2 threads, about as fast for their matmul-bound units): CPU total
 
 Table 3.1's units stop when R_sq exceeds 0.99, at a depth the benchmark cannot know before the
 run: it takes each row's layers from a run's store (``--store``, quantity ``layers_computed``)
-where there is one, else an upper bound (the cap, 10000 layers, except the relu rows that cross
-within a few hundred: 1000). Both the every-layer reference (R_sq at every layer, every seed) and the fast
+where there is one, else an estimate: the thesis' depth + 25% for the rows that cross (x 2.5 when
+the nets run on to 0.99), the cap (10000) for the "> 10000" rows, 1000 for the one-layer relu
+branch. Both the every-layer reference (R_sq at every layer, every seed) and the fast
 path (R_sq every ``vni_every`` layers past ``dense_until``, at the log depths and near the
 thresholds; with ``decided_median``, 3 of 5 seeds for the rows that run to the cap unless a run's
 store shows them crossing) are projected.
@@ -142,7 +143,7 @@ def _measured_layers(store_dir: str | None, quantity: str = "layers_computed") -
 
 
 def cost_table31(p: dict, reps: int, store_dir: str | None, fast: bool) -> list[tuple[str, int, float]]:
-    from depthscope.experiments.chapter3 import Table31, table31_cost_rank
+    from depthscope.experiments.chapter3 import THESIS_TABLE, Table31, table31_cost_rank
 
     rows = sorted({(u.spec["arch"], u.spec["init"], u.spec["activation"], u.spec.get("branch"))
                    for u in Table31().units(p)}, key=str)
@@ -153,18 +154,27 @@ def cost_table31(p: dict, reps: int, store_dir: str | None, fast: bool) -> list[
     out = []
     for arch, init, act, branch in rows:
         got = measured.get((arch, init, act, branch))
-        crosses_early = act == "relu" and not (arch == "residual" and branch == "two")
-        layers = (sum(got) / len(got)) if got else (min(1000, cap) if crosses_early else cap)
+        thesis = THESIS_TABLE.get((arch, init, act)) if branch in (None, "two") else None
+        finite = thesis is not None and not thesis.startswith(">")
+        if got:
+            layers, how = sum(got) / len(got), "measured"
+        elif finite:  # a row that crosses: the thesis' depth + 25% (the agreement tolerance), then the stop
+            layers, how = min(cap, 1.25 * float(thesis)), "thesis + 25%"
+        elif act == "relu" and branch == "one":  # crosses by L ~ 100 at any width (docs/theory.md)
+            layers, how = min(1000, cap), "bound"
+        else:
+            layers, how = cap, "cap"
+        if p.get("stop_above", 0.99) > 0.9 and finite and not got:
+            layers, how = min(cap, 2.5 * layers), how + ", x2.5 to reach 0.99"  # relu: 0.9 at ~210, 0.99 at 350-620
         step = step_s(S, N, act, init, arch, branch or "one", reps=reps)
         if fast:
-            # dense to dense_until, every k-th after, the log depths; a crossing row measures densely near its
-            # thresholds (counted as half its layers, an upper bound for these curves)
-            n_vni = layers / 2 if (crosses_early or (arch, init) == ("feedforward", "gaussian")) else \
-                min(layers, p["dense_until"] + layers / p["vni_every"] + nlog)
+            # dense to dense_until, every k-th after, the log depths, and (a row that crosses) densely in the
+            # guard band below each threshold: counted as a fifth of its layers
+            n_vni = min(layers, p["dense_until"] + layers / p["vni_every"] + nlog + (layers / 5 if finite else 0))
         else:
             n_vni = layers
         label = f"{arch} {init} {act}" + (f" ({branch}-layer branch)" if branch else "") + \
-            f": {layers:.0f} layers{' (measured)' if got else ' (bound)'}, {n_vni:.0f} R_sq"
+            f": {layers:.0f} layers ({how}), {n_vni:.0f} R_sq"
         seeds = p["seeds"]
         if fast and p.get("decided_median") and table31_cost_rank({"arch": arch, "init": init, "activation": act,
                                                                     **({"branch": branch} if branch else {})}) >= 2:
