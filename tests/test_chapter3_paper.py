@@ -264,3 +264,13 @@ def test_table31_paper_units_carry_their_stop_and_quick_ones_keep_their_keys():
     last = max(v.layer for v in vals if v.quantity == "vni")
     md = next(v.value for v in vals if v.quantity == "max_depth@0.9")
     assert last == md + 1  # stopped at the first layer above 0.9
+
+
+def test_fig33_scale_names_the_images_used_not_the_images_asked(tmp_path):
+    from depthscope.experiments.chapter3 import _images_used
+    from depthscope.store import Store
+
+    with Store(tmp_path / "run") as st:
+        assert _images_used(st, "fig3.3", 50000) == 50000  # no note: what was asked
+        st.set_meta("note:fig3.3", "first 10000 of 10000 mnist test images, center")
+        assert _images_used(st, "fig3.3", 50000) == 10000

@@ -486,6 +486,14 @@ def _pool(m: torch.Tensor, size: int) -> torch.Tensor:
     return torch.tensor([[float(m[a:b, c:d].mean()) for c, d in zip(edges, edges[1:])] for a, b in zip(edges, edges[1:])])
 
 
+def _images_used(store: Store, name: str, asked: int) -> int:
+    """The images a fig3.3 run used (its note says "first K of ..."): fewer than asked when the split holds fewer
+    (the paper preset asks for 50,000; this machine has the 10,000 test images)."""
+    note = store.get_meta(f"note:{name}") or ""
+    parts = note.split()
+    return int(parts[1]) if len(parts) > 1 and parts[0] == "first" and parts[1].isdigit() else asked
+
+
 class Fig33(_Ch3):
     name = "fig3.3"
     title = "ρ² between output nodes, nodes reordered by clustering (MNIST inputs)"
@@ -575,7 +583,7 @@ class Fig33(_Ch3):
                                  f"mean ρ² {' → '.join(f'{v:.3f}' for v in means['a'])} over depths "
                                  f"{', '.join(map(str, a['depths']))}; {' → '.join(f'{v:.3f}' for v in means['b'])} "
                                  f"over widths {', '.join(map(str, b['widths']))}",
-                                 f"N={a['width']} / L={b['depth']}, 1 seed, {params['n']} MNIST images",
+                                 f"N={a['width']} / L={b['depth']}, 1 seed, {_images_used(store, self.name, params['n'])} MNIST images",
                                  judge(None, up and down),
                                  "the thesis shows the matrices only: a trend to compare, no values")])]
 
