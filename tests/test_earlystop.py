@@ -149,8 +149,10 @@ def test_engine_stops_where_the_rule_says_on_the_full_budget_trajectory():
     probe = x[:50]
     engine = lambda specs: train_group(specs, x, y, probe)  # noqa: E731
     reference = lambda specs: [train_reference(s, x, y, probe) for s in specs]  # noqa: E731
+    # 0.9:2 on 4.0/0 (VNI 0.84, 0.43, 0.93, 0.53, 1.0, 1.0, ...): a streak that breaks after epoch 3 must restart
     for trainer, pol in ((engine, EarlyStop(0.95, 1)), (engine, EarlyStop(0.95, 2)), (engine, EarlyStop(0.99, 3)),
-                         (engine, EarlyStop(0.5, 1)), (reference, EarlyStop(0.9, 2)), (reference, EarlyStop(0.9, 1))):
+                         (engine, EarlyStop(0.5, 1)), (engine, EarlyStop(0.9, 2)), (reference, EarlyStop(0.9, 2)),
+                         (reference, EarlyStop(0.9, 1))):
         full = trainer(_specs(None))
         stopped = trainer(_specs(pol))
         n_stopped = 0
@@ -165,6 +167,24 @@ def test_engine_stops_where_the_rule_says_on_the_full_budget_trajectory():
             assert s.train_accuracy == f.train_accuracy[:t]
             assert s.reason.startswith(f"early stop after epoch {t} of 10: {pol.text()}")
         assert n_stopped >= 1
+
+
+@pytest.mark.parametrize("trainer", ["engine", "reference"])
+def test_no_stop_after_the_last_epoch(trainer):
+    """3.0/0 passes 0.85 after epochs 3, 4 and 5 with either trainer (measured): with a 5-epoch budget it ends as
+    a plain budget failure without the mark (stopping there saves nothing); with 6 epochs it stops after 5."""
+    x, y = _blobs()
+    pol = EarlyStop(0.85, 3)
+    spec = _specs(pol, max_epochs=5)[5]
+    assert spec.lr == 3.0 and spec.seed == 0
+    train = (lambda s: train_group([s], x, y, x[:50])[0]) if trainer == "engine" else \
+        (lambda s: train_reference(s, x, y, x[:50]))
+    last = train(spec)
+    assert last.early_stop_epoch is None and last.steps == 20 and last.reason.endswith("after 5 epochs")
+    assert all(v.quantity != STOP_QUANTITY for v in last.to_values())
+    longer = train(_specs(pol, max_epochs=6)[5])
+    assert longer.early_stop_epoch == 5 and longer.steps == 20
+    assert any(v.quantity == STOP_QUANTITY and v.value == 5 for v in longer.to_values())
 
 
 def test_policy_off_changes_nothing():

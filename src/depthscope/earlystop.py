@@ -243,6 +243,7 @@ class ReplayRow:
     flops_total: float
     flops_saved: float
     median_stop_epoch: float
+    mean_stop_epoch: float = float("nan")
     false_stop_keys: list = field(default_factory=list)
 
     @property
@@ -255,8 +256,8 @@ class ReplayRow:
 
     @property
     def failed_share(self) -> float:
-        """The share of the failed runs the rule stops."""
-        return self.stopped / self.failed if self.failed else float("nan")
+        """The share of the failed runs the rule stops (false stops, runs that succeeded, left out)."""
+        return (self.stopped - self.false_stops) / self.failed if self.failed else float("nan")
 
 
 def replay(runs: Iterable[Trajectory], policies: Iterable[EarlyStop]) -> list[ReplayRow]:
@@ -298,8 +299,51 @@ def replay(runs: Iterable[Trajectory], policies: Iterable[EarlyStop]) -> list[Re
             (stops[len(stops) // 2 - 1] + stops[len(stops) // 2]) / 2 if stops else float("nan"))
         out.append(ReplayRow(pol, len(runs), stopped, false, later_div, kinds,
                              sum(not r.success for r in runs), ep_tot, ep_saved, st_tot, st_saved, fl_tot,
-                             fl_saved, med, false_keys))
+                             fl_saved, med, sum(stops) / len(stops) if stops else float("nan"), false_keys))
     return out
+
+
+def longest_streak(runs: Iterable[Trajectory], vni: float, *, successful: bool = True) -> int:
+    """The most consecutive epochs with output VNI > ``vni`` in any run of ``runs`` that succeeded
+    (``successful``) or failed, counting only epochs before the one that reached the target: a rule needing
+    more epochs than this stops none of the successful runs (the margin of a rule's zero false stops)."""
+    best = 0
+    for r in runs:
+        if r.success != successful:
+            continue
+        n = len(r.vni_out) - 1 if r.success else len(r.vni_out)  # the success epoch itself never counts
+        streak = 0
+        for v in r.vni_out[:n]:
+            streak = streak + 1 if v > vni else 0
+            best = max(best, streak)
+    return best
+
+
+def budget_fraction(failed: float, succeeded: float, success_epochs: float, max_epochs: int,
+                    stopped_share: float = 0.0, stop_epoch: float = 0.0) -> float:
+    """The share of the every-run-to-max_epochs budget a study uses:
+    (F ((1 - s) E + s t) + S e_s) / ((F + S) E), with F failed runs (each trains E = max_epochs epochs unless
+    the policy stops it), S successful runs (each stops at the target after e_s epochs on average), s the share
+    of the failed runs the policy stops and t their mean stop epoch (s = 0: no policy)."""
+    if not (0.0 <= stopped_share <= 1.0):
+        raise ValueError(f"stopped_share must be in [0, 1], got {stopped_share!r}")
+    work = failed * ((1.0 - stopped_share) * max_epochs + stopped_share * stop_epoch) + succeeded * success_epochs
+    return work / ((failed + succeeded) * max_epochs)
+
+
+def bound_seconds(step_seconds: Mapping[int, float], depths: Sequence[int], runs_per_depth: int,
+                  steps_per_run: int) -> tuple[float, float, float]:
+    """(seconds, t0, t1): runs_per_depth x steps_per_run x sum over ``depths`` of t(L), the time when every
+    run trains its whole budget, with t(L) = t0 + L t1 fitted by least squares to the measured seconds per
+    member-step ``step_seconds`` {depth: seconds} (docs/training.md, "Wall time of the paper preset")."""
+    if len(step_seconds) < 2:
+        raise ValueError(f"need step times at two depths or more to fit t(L) = t0 + L t1, got {dict(step_seconds)}")
+    xs = [float(d) for d in step_seconds]
+    ys = [float(step_seconds[d]) for d in step_seconds]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    t1 = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    t0 = my - t1 * mx
+    return runs_per_depth * steps_per_run * sum(t0 + t1 * d for d in depths), t0, t1
 
 
 def policy_grid(vnis: Sequence[float], epochs: Sequence[int]) -> list[EarlyStop]:
@@ -335,7 +379,7 @@ def table(rows: Sequence[ReplayRow]) -> str:
     for r in rows:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(r.stopped_kinds.items(), key=lambda kv: -kv[1])) or "-"
         med = "-" if math.isnan(r.median_stop_epoch) else f"{r.median_stop_epoch:g}"
-        lines.append(f"| {r.policy.text()} | {r.stopped} / {r.runs} | {r.stopped} / {r.failed} "
+        lines.append(f"| {r.policy.text()} | {r.stopped} / {r.runs} | {r.stopped - r.false_stops} / {r.failed} "
                      f"({100 * r.failed_share:.0f} %) | {r.false_stops} | {r.later_diverged} | {kinds} | {med} "
                      f"| {r.epochs_saved:.0f} of {r.epochs_total:.0f} | {100 * r.steps_share:.1f} % "
                      f"| {100 * r.flops_share:.1f} % |")
