@@ -149,10 +149,11 @@ def test_engine_stops_where_the_rule_says_on_the_full_budget_trajectory():
     probe = x[:50]
     engine = lambda specs: train_group(specs, x, y, probe)  # noqa: E731
     reference = lambda specs: [train_reference(s, x, y, probe) for s in specs]  # noqa: E731
-    # 0.9:2 on 4.0/0 (VNI 0.84, 0.43, 0.93, 0.53, 1.0, 1.0, ...): a streak that breaks after epoch 3 must restart
+    # streaks that break must restart: 0.9:2 on the engine's 4.0/0 (VNI 0.84, 0.43, 0.93, 0.53, 1.0, 1.0, ...),
+    # 0.6:2 on the reference's 3.0/0 (0.70, 0.47, 0.99, 0.95, ...)
     for trainer, pol in ((engine, EarlyStop(0.95, 1)), (engine, EarlyStop(0.95, 2)), (engine, EarlyStop(0.99, 3)),
                          (engine, EarlyStop(0.5, 1)), (engine, EarlyStop(0.9, 2)), (reference, EarlyStop(0.9, 2)),
-                         (reference, EarlyStop(0.9, 1))):
+                         (reference, EarlyStop(0.9, 1)), (reference, EarlyStop(0.6, 2))):
         full = trainer(_specs(None))
         stopped = trainer(_specs(pol))
         n_stopped = 0
@@ -351,6 +352,20 @@ def test_cli_early_stop_runs_and_reports_the_stopped_runs(tmp_path, capsys):
         n = len(store.rows("sweep", STOP_QUANTITY))
         assert store.get_meta("sweep:sweep")["early_stop"] == "0.95:2"
     assert n == 2 and f"{n} stopped early by the policy (0.95:2)" in err
+    # a user's sweep report: its CSV has the policy's columns and the mark, and no made-up spec column
+    import csv
+
+    from depthscope.experiments.chapter5 import collect_runs
+    from depthscope.experiments.sweeps import write_runs_csv
+
+    with Store(tmp_path / "r") as store:
+        path = write_runs_csv(collect_runs(store, "sweep"), tmp_path / "runs.csv")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert "stopped" not in rows[0] and {"early_stop_vni", "early_stop_epochs", "early_stop_epoch"} <= set(rows[0])
+    marked = [r for r in rows if r["early_stop_epoch"]]
+    assert len(marked) == 2 and all(r["reason"].startswith("collapsed: early stop after epoch "
+                                                           f"{r['early_stop_epoch']} of 8") for r in marked)
     # the flag overrides the file: off trains every run to its budget (other units: the spec differs)
     assert main(["sweep", str(cfg), "--early-stop", "off", "--backend", "inline", "--quiet", "--json",
                  "--run-dir", str(tmp_path / "r2")]) == 0
