@@ -178,8 +178,16 @@ def test_no_stop_after_the_last_epoch(trainer):
     pol = EarlyStop(0.85, 3)
     spec = _specs(pol, max_epochs=5)[5]
     assert spec.lr == 3.0 and spec.seed == 0
-    train = (lambda s: train_group([s], x, y, x[:50])[0]) if trainer == "engine" else \
-        (lambda s: train_reference(s, x, y, x[:50]))
+    seen = []  # what the engine reports as each run finishes (the sweep stores the first report)
+
+    def train(s):
+        if trainer == "reference":
+            return train_reference(s, x, y, x[:50])
+        seen.clear()
+        out = train_group([s], x, y, x[:50], on_result=seen.append)[0]
+        assert seen == [out]  # reported once, as returned
+        return out
+
     last = train(spec)
     assert last.early_stop_epoch is None and last.steps == 20 and last.reason.endswith("after 5 epochs")
     assert all(v.quantity != STOP_QUANTITY for v in last.to_values())
@@ -379,3 +387,21 @@ def test_synthetic_data_helper_is_deterministic():
     """The store test above relies on the synthetic data being the same in both sweeps."""
     a, b = synthetic_dataset(50), synthetic_dataset(50)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_budget_fraction_and_bound_seconds_by_brute_force():
+    from depthscope.earlystop import bound_seconds, budget_fraction
+
+    # 7 failed runs, 3 of them stopped after epoch 4, 5 successful runs stopping after 2 epochs, budget 10
+    epochs = [10] * 4 + [4] * 3 + [2] * 5
+    assert budget_fraction(7, 5, 2, 10, 3 / 7, 4) == pytest.approx(sum(epochs) / (12 * 10))
+    assert budget_fraction(7, 5, 2, 10) == pytest.approx((70 + 10) / 120)
+    with pytest.raises(ValueError, match="stopped_share"):
+        budget_fraction(7, 5, 2, 10, 1.5, 4)
+    # exact linear step times give back t0, t1 and the sum over the depths
+    secs, t0, t1 = bound_seconds({10: 0.003 + 10 * 0.002, 50: 0.003 + 50 * 0.002, 90: 0.003 + 90 * 0.002},
+                                 [10, 20, 40], 7, 100)
+    assert (t0, t1) == (pytest.approx(0.003), pytest.approx(0.002))
+    assert secs == pytest.approx(7 * 100 * sum(0.003 + d * 0.002 for d in (10, 20, 40)))
+    with pytest.raises(ValueError, match="two depths"):
+        bound_seconds({10: 1.0}, [10], 1, 1)

@@ -510,7 +510,7 @@ def _train_ensemble(specs: list[RunSpec], x, y, probe, device, done, trace_steps
                     for k in stop], stopped=True)
         lost = []
         if epoch == E:
-            lost = [k for k in range(len(active)) if k not in won]
+            lost = [k for k in range(len(active)) if k not in won and k not in stop]
             finish(lost, step, epoch, False, False,
                    [f"training accuracy {float(acc[k]):.4f} below target {specs[active[k]].target_accuracy} "
                     f"after {E} epochs" for k in lost])
