@@ -405,3 +405,25 @@ def test_budget_fraction_and_bound_seconds_by_brute_force():
     assert secs == pytest.approx(7 * 100 * sum(0.003 + d * 0.002 for d in (10, 20, 40)))
     with pytest.raises(ValueError, match="two depths"):
         bound_seconds({10: 1.0}, [10], 1, 1)
+
+
+def test_trajectories_on_a_whole_split_read_the_updates_per_epoch_off_the_runs(tmp_path):
+    """n_train None (the paper preset): updates per epoch come from steps / epochs of a run that did not
+    diverge, and a diverged run on the same data takes them from it."""
+    from depthscope.store import Value
+
+    spec = {"depth": 2, "width": 4, "batch_size": 10, "max_epochs": 5, "target_accuracy": 0.9, "n_train": None,
+            "dataset": "mnist", "split": "train"}
+    with Store(tmp_path) as store:
+        # seed 0: 3 epochs of 7 updates, success at epoch 3; seed 1: diverged in its second epoch (update 9)
+        for seed, steps, accs, diverged in [(0, 21, [0.1, 0.2, 0.95], False), (1, 9, [0.1], True)]:
+            vals = [Value("success", float(not diverged)), Value("diverged", float(diverged)), Value("steps", steps)]
+            vals += [Value("train_accuracy", a, step=e) for e, a in enumerate(accs, 1)]
+            vals += [Value("vni", 0.5 + 0.1 * e, layer=2, step=7 * e) for e in range(1, 4)]  # the output layer
+            vals += [Value("vni", 0.0, layer=1, step=7 * e) for e in range(1, 4)]
+            store.record("x", unit_key(spec, seed), spec=spec, seed=seed, values=vals,
+                         status="failed" if diverged else "done")
+        got = {t.seed: t for t in trajectories(store, "x")}
+    assert got[0].steps_per_epoch == 7 and got[1].steps_per_epoch == 7
+    assert got[0].vni_out == pytest.approx([0.6, 0.7, 0.8]) and got[1].vni_out == pytest.approx([0.6])
+    assert got[1].diverged and not got[1].success and got[0].success

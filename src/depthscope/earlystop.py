@@ -178,7 +178,9 @@ def trajectories(store, experiment: str, **where: Any) -> list[Trajectory]:
     """Every finished run of ``experiment`` trained without the policy (spec fields equal to ``where``),
     with its output VNI after each completed epoch (the ``vni`` trace's last layer at the epoch's last
     step), its accuracy per epoch and its outcome. Runs stored as ``error`` (crashes) and runs trained
-    under a policy are left out (a stopped run's later epochs were never trained)."""
+    under a policy are left out (a stopped run's later epochs were never trained). Updates per epoch are
+    ceil(n_train / batch_size); on a whole split (n_train None) they are read off the runs that did not
+    diverge (steps / epochs), and a diverged run takes them from a run on the same data."""
     from .train import failure_kind
 
     units = {}
@@ -207,16 +209,24 @@ def trajectories(store, experiment: str, **where: Any) -> list[Trajectory]:
             if row["key"] in scalars:
                 scalars[row["key"]][q] = row["value"]
     out = []
+    found = []
+    known: dict[tuple, int] = {}  # (dataset, split, batch_size) -> updates per epoch, from runs that did not diverge
     for key, u in units.items():
         s = scalars[key]
         if "success" not in s or "steps" not in s:
             continue  # not a training run's record
         epochs = sorted(acc[key])
-        accs = [acc[key][e] for e in epochs]
         success, diverged, steps = s["success"] >= 0.5, s.get("diverged", 0.0) >= 0.5, int(s["steps"])
         spe = _steps_per_epoch(u.spec, steps, len(epochs), diverged)
+        data = (u.spec.get("dataset"), u.spec.get("split"), u.spec.get("n_train"), u.spec["batch_size"])
+        if spe is not None:
+            known.setdefault(data, spe)
+        found.append((key, u, s, epochs, success, diverged, steps, spe, data))
+    for key, u, s, epochs, success, diverged, steps, spe, data in found:
+        spe = spe if spe is not None else known.get(data)  # a diverged run on a whole split: its neighbours'
         if spe is None:
             continue
+        accs = [acc[key][e] for e in epochs]
         # the trace has the VNI at every epoch's last step (and, with vni_dense_steps, at early steps too);
         # NaN (undefined: constant output nodes) is not stored, and reads as NaN here
         v = [vni[key].get(e * spe, float("nan")) for e in epochs]

@@ -134,7 +134,8 @@ class RunSpec:
         if (self.early_stop_vni is None) != (self.early_stop_epochs is None):
             raise ValueError("early_stop_vni and early_stop_epochs are set together (the policy) or not at all, "
                              f"got {self.early_stop_vni!r} and {self.early_stop_epochs!r}")
-        self.early_stop  # validates the policy
+        if self.early_stop_vni is not None:
+            EarlyStop(self.early_stop_vni, self.early_stop_epochs)  # raises ValueError for a bad policy
 
     @property
     def early_stop(self) -> EarlyStop | None:
