@@ -356,6 +356,14 @@ def bound_seconds(step_seconds: Mapping[int, float], depths: Sequence[int], runs
     return runs_per_depth * steps_per_run * sum(t0 + t1 * d for d in depths), t0, t1
 
 
+def bound_flops(depths: Sequence[int], width: int, runs_per_depth: int, steps_per_run: int, batch: int = 100,
+                in_features: int = 784, classes: int = 10) -> float:
+    """runs_per_depth x steps_per_run x sum over ``depths`` of 6 B (in N + (L - 1) N^2 + N classes): the FLOP
+    of a study in which every run trains its whole budget (forward 2, backward 4 per multiply-add)."""
+    return float(runs_per_depth * steps_per_run * sum(
+        6 * batch * (in_features * width + (d - 1) * width * width + width * classes) for d in depths))
+
+
 def policy_grid(vnis: Sequence[float], epochs: Sequence[int]) -> list[EarlyStop]:
     """Every (threshold, epochs) pair as a policy, thresholds outermost."""
     return [EarlyStop(v, e) for v in vnis for e in epochs]
