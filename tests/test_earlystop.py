@@ -427,3 +427,13 @@ def test_trajectories_on_a_whole_split_read_the_updates_per_epoch_off_the_runs(t
     assert got[0].steps_per_epoch == 7 and got[1].steps_per_epoch == 7
     assert got[0].vni_out == pytest.approx([0.6, 0.7, 0.8]) and got[1].vni_out == pytest.approx([0.6])
     assert got[1].diverged and not got[1].success and got[0].success
+
+
+def test_bound_flops_is_the_sum_over_runs_and_steps():
+    from depthscope.earlystop import bound_flops
+
+    per_step = {L: 6 * 100 * (784 * 500 + (L - 1) * 500 * 500 + 500 * 10) for L in (25, 500)}
+    assert bound_flops([25, 500], 500, 3, 7) == 3 * 7 * (per_step[25] + per_step[500])
+    # the paper preset (docs/training.md: 4.8e19 FLOP when every run trains 100 epochs)
+    paper = bound_flops([25, 34, 46, 61, 83, 112, 151, 204, 275, 371, 500], 500, 2880, 60000)
+    assert paper == pytest.approx(4.84e19, rel=1e-2)
