@@ -170,7 +170,10 @@ class SweepSpec:
     ``seeds`` accepts a list or a count n (seeds 0..n-1). ``n_train`` None means the
     whole split. ``target_accuracy``/``epochs`` define success (train accuracy >=
     target within ``epochs`` epochs, thesis ch. 5). ``group_size`` is the largest
-    ensemble trained at once.
+    ensemble trained at once. ``early_stop`` is the early-stop policy
+    (:func:`depthscope.earlystop.parse_early_stop`: ``"VNI:EPOCHS"`` such as ``"0.99:5"``,
+    a table ``{vni, epochs}``, or None / ``"off"``, the default: every run trains to its
+    budget, the thesis' protocol); it is kept as ``"VNI:EPOCHS"`` or None.
     """
 
     name: str = "sweep"
@@ -190,6 +193,7 @@ class SweepSpec:
     group_size: int = 32
     probe_size: int = 500
     vni_dense_steps: int = 10
+    early_stop: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -250,6 +254,10 @@ class SweepSpec:
                 or not 0 < self.target_accuracy <= 1:
             raise ValueError(f"target_accuracy must be in (0, 1], got {self.target_accuracy!r}")
         self.target_accuracy = float(self.target_accuracy)
+        from .earlystop import parse_early_stop
+
+        policy = parse_early_stop(self.early_stop)
+        self.early_stop = policy.to_config() if policy is not None else None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], base: "SweepSpec | None" = None) -> "SweepSpec":
@@ -341,8 +349,11 @@ class DataSpec:
 
 def expand(sweep: SweepSpec) -> list:
     """Every RunSpec of the grid, in a fixed order (seed innermost)."""
+    from .earlystop import parse_early_stop
     from .train import RunSpec
 
+    policy = parse_early_stop(sweep.early_stop)
+    stop = policy.spec_fields() if policy is not None else {}
     out = []
     for opt in sweep.optimizers:
         for act in sweep.activations:
@@ -355,7 +366,7 @@ def expand(sweep: SweepSpec) -> list:
                                                    optimizer=opt, lr=lr, seed=seed,
                                                    batch_size=sweep.batch_size, max_epochs=sweep.epochs,
                                                    target_accuracy=sweep.target_accuracy,
-                                                   vni_dense_steps=sweep.vni_dense_steps))
+                                                   vni_dense_steps=sweep.vni_dense_steps, **stop))
     return out
 
 
@@ -650,10 +661,12 @@ class SweepSummary:
     ``success``/``failed``/``diverged`` count the whole sweep's stored results (runs of this grid
     stored before this invocation and those trained in it): ``failed`` = trained without reaching the
     target (diverged runs included; the thesis' "failed run"), ``diverged`` = of those, the ones whose
-    loss went non-finite. ``this_invocation`` and ``before`` split them ({runs, success, failed,
-    diverged}). ``ran`` = runs trained to a result now, ``skipped`` = runs already done before,
-    ``errors`` = runs of the grid stored as ``error`` (the code crashed: not a result, in no statistic,
-    retried by the next invocation), ``pending`` = runs of the grid without a result (rerun to finish).
+    loss went non-finite, ``stopped`` = of those, the ones the early-stop policy stopped before their
+    budget ended (:mod:`depthscope.earlystop`; 0 without the policy). ``this_invocation`` and ``before``
+    split them ({runs, success, failed, diverged}). ``ran`` = runs trained to a result now, ``skipped`` =
+    runs already done before, ``errors`` = runs of the grid stored as ``error`` (the code crashed: not a
+    result, in no statistic, retried by the next invocation), ``pending`` = runs of the grid without a
+    result (rerun to finish).
     """
 
     experiment: str
@@ -666,6 +679,7 @@ class SweepSummary:
     success: int = 0
     failed: int = 0
     diverged: int = 0
+    stopped: int = 0
     errors: int = 0
     pending: int = 0
     this_invocation: dict = field(default_factory=dict)
@@ -681,12 +695,18 @@ class SweepSummary:
 
 def _outcomes(store: Store, experiment: str, keys: set[str]) -> dict[str, dict]:
     """Per stored run of ``keys``: its status, when it finished and whether it reached the target."""
-    out = {u.key: {"status": u.status, "finished": u.finished, "success": False}
+    from .earlystop import STOP_QUANTITY
+
+    out = {u.key: {"status": u.status, "finished": u.finished, "success": False, "stopped": False}
            for u in store.units(experiment) if u.key in keys}
     for row in store.rows(experiment, "success"):
         o = out.get(row["key"])
         if o is not None and o["status"] == "done" and row["value"] >= 0.5:
             o["success"] = True
+    for row in store.rows(experiment, STOP_QUANTITY):
+        o = out.get(row["key"])
+        if o is not None:
+            o["stopped"] = True
     return out
 
 
@@ -709,6 +729,7 @@ def _summarize(store: Store, experiment: str, keys: set[str], before: set[str], 
     summary.this_invocation = _tally(o for k, o in results.items() if k not in before)
     whole = _tally(results.values())
     summary.success, summary.failed, summary.diverged = whole["success"], whole["failed"], whole["diverged"]
+    summary.stopped = sum(o["stopped"] for o in results.values())
     summary.ran = summary.this_invocation["runs"]
     summary.errors = sum(o["status"] == "error" for o in outs.values())
     summary.pending = len(keys) - len(done)

@@ -22,6 +22,10 @@ Protocol (identical in both trainers, so their results agree):
 * **VNI trace.** VNI (:func:`depthscope.metrics.vni`, eq. 3.5) of every hidden layer's
   outputs x_l on the fixed probe batch, after 0, 1, ..., ``vni_dense_steps`` updates
   and at the end of every epoch; each entry is (step, layer, vni).
+* **Early stop** (off unless the spec sets it: :class:`depthscope.earlystop.EarlyStop`). After an
+  epoch that did not reach the target, a run whose output (last hidden) layer's VNI was >
+  ``early_stop_vni`` after each of the last ``early_stop_epochs`` epochs stops as a failure before
+  its budget ends (reason ``"early stop after epoch t of E: ..."``; ``early_stop_epoch`` = t).
 * **At the end** (success, failure or divergence): ``vni_final`` per layer, and
   ``sigma_w2_mu1`` per layer = fan_in Var[W_l] * mean over probe samples and nodes of
   phi'(h_l)^2 (:func:`depthscope.metrics.gradients.sigma_w2_mu1_per_layer`).
@@ -44,6 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .earlystop import STOP_QUANTITY, EarlyStop, stop_reason
 from .metrics import vni as vni_metric
 from .metrics.gradients import sigma_w2_mu1_per_layer
 from .ensemble import ADAM_BETAS, ADAM_EPS, MOMENTUM, RMSPROP_ALPHA, RMSPROP_EPS, Ensemble
@@ -105,6 +110,8 @@ class RunSpec:
     sigma_w2: float | None = None  # None: the activation's critical value
     vni_dense_steps: int = 10  # VNI at steps 0..vni_dense_steps, then at every epoch's end
     classes: int = 10  # readout width
+    early_stop_vni: float | None = None  # the early-stop policy (both None: off), see EarlyStop
+    early_stop_epochs: int | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -124,6 +131,18 @@ class RunSpec:
         if self.vni_dense_steps < 0:
             raise ValueError(f"vni_dense_steps must be >= 0, got {self.vni_dense_steps}")
         self.net_spec(1)  # validates depth, width, activation, init, sigma_w2
+        if (self.early_stop_vni is None) != (self.early_stop_epochs is None):
+            raise ValueError("early_stop_vni and early_stop_epochs are set together (the policy) or not at all, "
+                             f"got {self.early_stop_vni!r} and {self.early_stop_epochs!r}")
+        if self.early_stop_vni is not None:
+            EarlyStop(self.early_stop_vni, self.early_stop_epochs)  # raises ValueError for a bad policy
+
+    @property
+    def early_stop(self) -> EarlyStop | None:
+        """The early-stop policy of this run (None: off, the thesis' protocol)."""
+        if self.early_stop_vni is None:
+            return None
+        return EarlyStop(self.early_stop_vni, self.early_stop_epochs)
 
     def net_spec(self, in_features: int) -> NetSpec:
         """The network of this run for inputs with ``in_features`` features."""
@@ -136,7 +155,12 @@ class RunSpec:
                 self.max_epochs, self.classes)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as a dict; the early-stop fields only when the policy is on, so a run without it has the
+        dict (and the store key, :func:`depthscope.sweep.stored_spec`) it had before the policy existed."""
+        d = asdict(self)
+        if self.early_stop is None:
+            del d["early_stop_vni"], d["early_stop_epochs"]
+        return d
 
 
 @dataclass
@@ -157,6 +181,7 @@ class RunResult:
     steps: int
     seconds: float
     step_loss: list[float] | None = field(default=None, repr=False)  # per update, if asked for
+    early_stop_epoch: int | None = None  # the epoch after which the early-stop policy stopped it
 
     @property
     def failure(self) -> str | None:
@@ -170,6 +195,8 @@ class RunResult:
                Value("steps", float(self.steps)), Value("seconds", float(self.seconds))]
         if self.epoch_of_success is not None:
             out.append(Value("epoch_of_success", float(self.epoch_of_success)))
+        if self.early_stop_epoch is not None:
+            out.append(Value(STOP_QUANTITY, float(self.early_stop_epoch)))
         out += [Value("train_accuracy", a, step=e) for e, a in enumerate(self.train_accuracy, 1)]
         out += [Value("train_loss", a, step=e) for e, a in enumerate(self.train_loss, 1)]
         out += [Value("vni", v, layer=l, step=s) for s, l, v in self.vni_trace]
@@ -231,6 +258,7 @@ def train_reference(spec: RunSpec, x: torch.Tensor, y: torch.Tensor, probe: torc
 
     step, accs, losses, step_loss = 0, [], [], []
     success, epoch_of_success, diverged, reason = False, None, False, None
+    policy, streak, stopped = spec.early_stop, 0, None
     gn = torch.full((L,), float("nan"), dtype=torch.float64)
     if spec.vni_dense_steps >= 0:
         record(0)
@@ -269,14 +297,22 @@ def train_reference(spec: RunSpec, x: torch.Tensor, y: torch.Tensor, probe: torc
         if accs[-1] >= spec.target_accuracy:
             success, epoch_of_success = True, epoch
             break
-    if not success and not diverged:
+        if policy is not None:
+            # trace[-1]: the output layer (L) after this epoch's last update (recorded above, or by the dense
+            # record of that same step)
+            streak = streak + 1 if trace[-1][2] > policy.vni else 0
+            if streak >= policy.epochs and epoch < spec.max_epochs:
+                stopped = epoch
+                reason = stop_reason(policy, epoch, spec.max_epochs, accs[-1], spec.target_accuracy)
+                break
+    if not success and not diverged and stopped is None:
         reason = f"training accuracy {accs[-1]:.4f} below target {spec.target_accuracy} after {spec.max_epochs} epochs"
     with torch.no_grad():
         vfinal = [float(vni_metric(xl)) for _, _, xl in net.layers(probe)]
         smu = [float(v) for v in sigma_w2_mu1_per_layer(net, probe)]
     return RunResult(spec, success, epoch_of_success, diverged, reason, accs, losses, vfinal, trace,
                      smu, [float(v) for v in gn], step, time.perf_counter() - t0,
-                     step_loss if trace_steps else None)
+                     step_loss if trace_steps else None, stopped)
 
 
 def members_per_ensemble(spec: RunSpec, in_features: int, device: str | torch.device = "cpu",
@@ -376,13 +412,16 @@ def _train_ensemble(specs: list[RunSpec], x, y, probe, device, done, trace_steps
     traces: list[list[tuple[int, int, float]]] = [[] for _ in specs]
     step_loss = [[] for _ in specs]
     gnorm = [[float("nan")] * L for _ in specs]
+    policies = [s.early_stop for s in specs]
+    streak = [0] * len(specs)  # epochs in a row with the output VNI above the member's policy threshold
 
     def record(step: int) -> None:
         v = ens.probe_metrics(probe, sigma_mu1=False)[0].cpu()
         for k, i in enumerate(active):
             traces[i].extend((step, l, float(v[k, l - 1])) for l in range(1, L + 1))
 
-    def finish(positions: list[int], step: int, epoch: int, success: bool, diverged: bool, reasons) -> None:
+    def finish(positions: list[int], step: int, epoch: int, success: bool, diverged: bool, reasons,
+               stopped: bool = False) -> None:
         v, smu = ens.probe_metrics(probe)
         v, smu = v.cpu(), smu.cpu()
         el = (time.perf_counter() - t0) / K0
@@ -390,7 +429,7 @@ def _train_ensemble(specs: list[RunSpec], x, y, probe, device, done, trace_steps
             i = active[k]
             done(i, RunResult(specs[i], success, epoch if success else None, diverged, why, accs[i], losses[i],
                               v[k].tolist(), traces[i], smu[k].tolist(), gnorm[i], step, el,
-                              step_loss[i] if trace_steps else None))
+                              step_loss[i] if trace_steps else None, epoch if stopped else None))
 
     def compact(keep: list[int]) -> None:
         nonlocal active
@@ -456,12 +495,26 @@ def _train_ensemble(specs: list[RunSpec], x, y, probe, device, done, trace_steps
         won = [k for k in range(len(active)) if float(acc[k]) >= specs[active[k]].target_accuracy]
         if won:
             finish(won, step, epoch, True, False, [None] * len(won))
+        stop = []
+        for k, i in enumerate(active):
+            pol = policies[i]
+            if pol is None or k in won:
+                continue
+            # the trace's last entry is the output layer after this epoch's last update (record(step) above,
+            # or the dense record of that same step)
+            streak[i] = streak[i] + 1 if traces[i][-1][2] > pol.vni else 0
+            if streak[i] >= pol.epochs and epoch < E:
+                stop.append(k)
+        if stop:
+            finish(stop, step, epoch, False, False,
+                   [stop_reason(policies[active[k]], epoch, E, float(acc[k]), specs[active[k]].target_accuracy)
+                    for k in stop], stopped=True)
         lost = []
         if epoch == E:
-            lost = [k for k in range(len(active)) if k not in won]
+            lost = [k for k in range(len(active)) if k not in won and k not in stop]
             finish(lost, step, epoch, False, False,
                    [f"training accuracy {float(acc[k]):.4f} below target {specs[active[k]].target_accuracy} "
                     f"after {E} epochs" for k in lost])
-        keep = [k for k in range(len(active)) if k not in won and k not in lost]
+        keep = [k for k in range(len(active)) if k not in won and k not in lost and k not in stop]
         if len(keep) < len(active):
             compact(keep)

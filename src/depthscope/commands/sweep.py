@@ -35,6 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--target-accuracy", type=float, default=None, help="success threshold on train accuracy")
     p.add_argument("--group-size", type=positive_int, default=None, help="max nets per batched ensemble (K)")
+    p.add_argument("--early-stop", default=None, metavar="VNI:EPOCHS",
+                   help="stop a run as failed once its output VNI is > VNI after EPOCHS consecutive epochs, e.g. "
+                   "0.99:5 (for exploration; stored with each run); off (the default) trains every run to its "
+                   "budget, the thesis' protocol. See docs/sweeps.md, 'Stopping collapsed runs early'")
     p.add_argument("--run-dir", default="depthscope-sweep", help="where the store goes (default ./depthscope-sweep)")
     p.add_argument("--backend", default="local", choices=["local", "inline", "ray"],
                    help="local worker processes (default), inline (this process, for debugging) or ray")
@@ -64,7 +68,7 @@ def _overrides(args: argparse.Namespace) -> dict:
             out[name] = v
     for flag, key in (("name", "name"), ("dataset", "dataset"), ("split", "split"), ("n_train", "n_train"),
                       ("epochs", "epochs"), ("batch_size", "batch_size"), ("target_accuracy", "target_accuracy"),
-                      ("group_size", "group_size")):
+                      ("group_size", "group_size"), ("early_stop", "early_stop")):
         v = getattr(args, flag)
         if v is not None:
             out[key] = v
@@ -113,8 +117,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         now = summary.this_invocation
         errors = (f"; {summary.errors} crashed (stored as errors, retried on the next run)" if summary.errors
                   else "")
+        stopped = (f", {summary.stopped} stopped early by the policy ({sweep.early_stop})" if sweep.early_stop
+                   else "")
         print(f"{summary.experiment}: {summary.success} of {summary.total} runs reached {sweep.target_accuracy:.0%}, "
-              f"{summary.failed} failed ({summary.diverged} diverged); {summary.ran} trained now ({now['success']} "
-              f"reached it), {summary.skipped} stored before{errors}; {summary.seconds:.1f}s on {summary.device} "
+              f"{summary.failed} failed ({summary.diverged} diverged{stopped}); {summary.ran} trained now "
+              f"({now['success']} reached it), {summary.skipped} stored before{errors}; {summary.seconds:.1f}s on "
+              f"{summary.device} "
               f"({summary.backend}, {summary.workers} workers) -> {args.run_dir}", file=sys.stderr)
     return 0

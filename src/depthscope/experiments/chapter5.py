@@ -25,6 +25,11 @@ compared cell by cell (:func:`table_cells`).
 The ``paper`` preset is the thesis' protocol (section 5.1): width 500, depth 25-500
 and learning rate log-uniform (11 x 9 points; Adam/RMSProp two decades lower, as
 the thesis' Fig. 5.3/5.4 axes), 20 seeds, batch 100, 100 epochs, 90 %: 31,680 runs.
+
+``early_stop`` (both presets: ``"off"``, the thesis' protocol: every failed run trains to its budget)
+takes ``"VNI:EPOCHS"`` (:mod:`depthscope.earlystop`; ``--set early_stop=0.99:5``) for exploration: runs
+under a policy are other units (their spec carries it), the figures of a policy-off run never read
+them, and the figures of a policy-on run say in every caption how many failed runs the policy stopped.
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..earlystop import STOP_QUANTITY, parse_early_stop
 from ..store import Store
 from ..sweep import DataSpec, SweepSpec, execute, expand, stored_spec
 from ..train import COLLAPSE_VNI, FAILURE_KINDS, failure_kind
@@ -97,14 +103,14 @@ class Chapter5(Experiment):
             "optimizers": ["sgd", "momentum", "adam", "rmsprop"], "activations": ["tanh", "relu"],
             "inits": ["gaussian", "orthogonal"], "seeds": 2, "dataset": "mnist", "split": "any", "n_train": 1000,
             "epochs": 30, "batch_size": 100, "target_accuracy": 0.9, "group_size": 64, "probe_size": 500,
-            "vni_dense_steps": 0, "backend": "local", "workers": 0,
+            "vni_dense_steps": 0, "backend": "local", "workers": 0, "early_stop": "off",
         },
         "paper": {
             "depths": "25:500:11", "width": 500, "lrs": dict(_PAPER_LRS),
             "optimizers": ["sgd", "momentum", "adam", "rmsprop"], "activations": ["tanh", "relu"],
             "inits": ["gaussian", "orthogonal"], "seeds": 20, "dataset": "mnist", "split": "train",
             "n_train": None, "epochs": 100, "batch_size": 100, "target_accuracy": 0.9, "group_size": 32,
-            "probe_size": 1000, "vni_dense_steps": 0, "backend": "local", "workers": 0,
+            "probe_size": 1000, "vni_dense_steps": 0, "backend": "local", "workers": 0, "early_stop": "off",
         },
     }
 
@@ -123,7 +129,8 @@ class Chapter5(Experiment):
                 dataset=params["dataset"], split=params["split"], n_train=params["n_train"],
                 epochs=params["epochs"], batch_size=params["batch_size"],
                 target_accuracy=params["target_accuracy"], group_size=params["group_size"],
-                probe_size=params["probe_size"], vni_dense_steps=params["vni_dense_steps"]))
+                probe_size=params["probe_size"], vni_dense_steps=params["vni_dense_steps"],
+                early_stop=params.get("early_stop")))
         return out
 
     def units(self, params: dict) -> list[WorkUnit]:
@@ -148,8 +155,11 @@ class Chapter5(Experiment):
 
     # -- figures -------------------------------------------------------------
     def figures(self, store: Store, outdir: Path, params: dict) -> list[FigureResult]:
-        runs = in_grid(collect_runs(store, self.name, width=params["width"], max_epochs=params["epochs"]),
-                       self.sweeps(params))
+        policy = parse_early_stop(params.get("early_stop"))
+        # only the runs of this policy (off: the thesis' protocol, no stopped run among them)
+        stop_fields = policy.spec_fields() if policy else dict.fromkeys(("early_stop_vni", "early_stop_epochs"))
+        runs = in_grid(collect_runs(store, self.name, width=params["width"], max_epochs=params["epochs"],
+                                    **stop_fields), self.sweeps(params))
         if not runs:
             warnings.warn(f"{self.name}: no runs in the store for width {params['width']}; skipping its figures",
                           stacklevel=2)
@@ -158,6 +168,10 @@ class Chapter5(Experiment):
         outdir.mkdir(parents=True, exist_ok=True)
         cmd = "depthscope reproduce fig5 --preset " + ("paper" if params["width"] == 500 else "quick")
         protocol = protocol_text(params)
+        if policy is not None:
+            n_stop = sum(r["stopped"] is not None for r in runs)
+            protocol += (f"; early stop ON (not the thesis' protocol): {policy.text()}; {n_stop} of the "
+                         f"{sum(not r['success'] for r in runs)} failed runs were stopped by it before their budget")
         figs = []
         for opt in params["optimizers"]:
             sub = [r for r in runs if r["optimizer"] == opt]
@@ -190,8 +204,9 @@ def protocol_text(params: dict) -> str:
 def collect_runs(store: Store, experiment: str, **where) -> list[dict]:
     """One dict per stored run: its spec fields, seed, status, success (0/1), the output layer's final
     VNI, the per-layer sigma_w^2 mu_1 (arrays indexed by layer - 1), the training accuracy per epoch
-    (``acc``) and ``failure``: :func:`depthscope.train.failure_kind` of these stored numbers (None for a
-    successful run; "crashed" for a run whose group's trainer raised)."""
+    (``acc``), ``stopped`` (the epoch after which the early-stop policy stopped it, else None) and
+    ``failure``: :func:`depthscope.train.failure_kind` of these stored numbers (None for a successful run;
+    "crashed" for a run whose group's trainer raised)."""
     units = {u.key: u for u in store.units(experiment)}
     runs: dict[str, dict] = {}
     for key, u in units.items():
@@ -199,10 +214,10 @@ def collect_runs(store: Store, experiment: str, **where) -> list[dict]:
             continue
         if all(u.spec.get(k) == v for k, v in where.items()):
             runs[key] = dict(u.spec, seed=u.seed, status=u.status, reason=u.reason, success=0.0, diverged=False,
-                             steps=None,
+                             steps=None, stopped=None,
                              vni=np.full(u.spec["depth"], np.nan), sigma=np.full(u.spec["depth"], np.nan),
                              acc={})
-    for q in (Q_SUCCESS, Q_VNI, Q_SIGMA, Q_ACC, Q_DIVERGED, Q_STEPS):
+    for q in (Q_SUCCESS, Q_VNI, Q_SIGMA, Q_ACC, Q_DIVERGED, Q_STEPS, STOP_QUANTITY):
         for row in store.rows(experiment, q):
             r = runs.get(row["key"])
             if r is None:
@@ -213,6 +228,8 @@ def collect_runs(store: Store, experiment: str, **where) -> list[dict]:
                 r["diverged"] = bool(row["value"] >= 0.5)
             elif q == Q_STEPS:
                 r["steps"] = int(row["value"])
+            elif q == STOP_QUANTITY:
+                r["stopped"] = int(row["value"])
             elif q == Q_ACC:
                 if row["step"] is not None:
                     r["acc"][row["step"]] = row["value"]

@@ -14,7 +14,9 @@ axes the grid holds (the computations are :mod:`.chapter5`'s, reused):
   (optimizer, activation, init);
 * sigma_w^2 mu_1 per layer of successful and failed runs - Fig. 5.5/5.6's;
 * ``NAME-runs.csv``: one row per run, one column per spec field, then seed,
-  status, reason, success, failure, the output VNI and the last training accuracy.
+  status, reason, success, failure, the output VNI, the last training accuracy, the steps and
+  ``early_stop_epoch`` (the epoch after which the early-stop policy stopped the run; empty
+  otherwise; a sweep under a policy also has its ``early_stop_vni``/``early_stop_epochs`` columns).
 
 Runs stored as ``error`` (the code crashed) are not results and appear nowhere.
 """
@@ -46,10 +48,11 @@ from .chapter5 import (
 )
 
 #: what a run's row holds besides its spec fields, in the CSV
-RUN_COLUMNS = ("seed", "status", "reason", "success", "failure", "vni_out", "final_accuracy", "steps")
+RUN_COLUMNS = ("seed", "status", "reason", "success", "failure", "vni_out", "final_accuracy", "steps",
+               "early_stop_epoch")
 #: fields of a run read as the grid's axes (one figure / panel / axis each)
 _NOT_SPEC = {"seed", "status", "reason", "success", "diverged", "steps", "vni", "sigma", "acc", "vni_out",
-             "failure"}
+             "failure", "stopped"}
 
 
 class UserSweep:
@@ -104,7 +107,8 @@ def write_runs_csv(runs: list[dict], path: Path) -> Path:
             acc = r["acc"][-1] if r["acc"] else ""
             w.writerow([r.get(c, "") for c in cols] + [r["seed"], r["status"], r["reason"] or "",
                                                        int(bool(r["success"])), r["failure"] or "",
-                                                       r["vni_out"], acc, "" if r["steps"] is None else r["steps"]])
+                                                       r["vni_out"], acc, "" if r["steps"] is None else r["steps"],
+                                                       "" if r.get("stopped") is None else r["stopped"]])
     return path
 
 
