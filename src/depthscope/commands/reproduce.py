@@ -57,7 +57,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from ..experiments import registry, run_experiment
     from ..experiments.base import resolve
     from ..store import Store
-    from ..sweep import resolve_device
+    from ..sweep import check_device
 
     reg = registry()
     if args.list:
@@ -71,9 +71,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     overrides = _parse_overrides(args.set)
     if overrides and len(names) != 1:
         raise ValueError("--set applies to one experiment: name exactly one NAME")
-    device = resolve_device(args.device)
+    devices: dict[str, str] = {}
     for n in names:  # every experiment's parameters are checked before the store is opened
-        resolve(n, args.preset, overrides)
+        params, _ = resolve(n, args.preset, overrides)
+        # on Ray the workers' nodes decide "auto" (a head without a GPU drives GPU workers), not this machine
+        devices[n] = check_device(args.device, params.get("backend", "local"))
     kept: list[str] = []
     missing: dict[str, str] = {}  # dataset -> where its files go (one warning at the end, not one per experiment)
     not_run: list[str] = []
@@ -81,7 +83,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         for n in names:
             t0 = time.time()
             counts = run_experiment(n, store, args.preset, overrides=overrides, force=args.force,
-                                    quiet=args.quiet, device=device, data_dir=args.data_dir)
+                                    quiet=args.quiet, device=devices[n], data_dir=args.data_dir)
             if counts.get("kept_old"):
                 kept.append(f"{n}: {counts['kept_old']} units could not be redone"
                             + (f" ({counts['not_run']} need {', '.join(counts.get('missing', {}))}; see --data-dir)"
