@@ -29,4 +29,4 @@ def test_preset_label_names_the_preset_and_what_was_changed():
     exp = get_experiment("fig3.5")
     assert preset_label(exp, exp.params("paper")) == "paper"
     assert preset_label(exp, exp.params("quick")) == "quick"
-    assert preset_label(exp, exp.params("paper", {"seeds": 5, "n_train": 1000})) == "paper with n_train=1000, seeds=5"
+    assert preset_label(exp, exp.params("paper", {"seeds": 5, "probe_size": 500})) == "paper with probe_size=500, seeds=5"
