@@ -252,3 +252,44 @@ def test_figures_judge_only_the_presets_grid():
     off_lr = {"optimizer": "sgd", "depth": 8, "lr": 0.3}
     off_depth = {"optimizer": "adam", "depth": 16, "lr": 0.001}
     assert in_grid([on, off_lr, off_depth], exp.sweeps(params)) == [on]
+
+
+@pytest.mark.parametrize("backend, device, expected", [("ray", "auto", "auto"), ("ray", "cuda", "cuda"),
+                                                        ("ray", "cpu", "cpu"), ("local", "auto", "cpu")])
+def test_reproduce_leaves_the_device_to_the_ray_workers(tmp_path, monkeypatch, backend, device, expected):
+    """Regression: `reproduce fig5 --set backend="ray"` resolved --device auto on the driver (cpu on a head
+    without a GPU), so a GPU cluster's tasks trained on CPU; and --device cuda was refused on such a head.
+    With Ray the name goes to the sweep unresolved (its workers' cluster decides); locally it is resolved
+    here (this machine has no GPU, so auto -> cpu)."""
+    import types
+
+    import torch
+
+    import depthscope.experiments.chapter5 as ch5
+    from depthscope.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("the expectations assume a driver without a GPU")
+    seen = {}
+
+    def fake_execute(runs, store, name, data, *, backend, device, **kw):
+        seen.update(backend=backend, device=device)
+        return types.SimpleNamespace(total=len(runs), skipped=0, ran=0, failed=0)
+
+    monkeypatch.setattr(ch5, "execute", fake_execute)
+    args = ["reproduce", "fig5", "--run-dir", str(tmp_path / "run"), "--no-report", "--quiet", "--device", device,
+            "--set", f'backend="{backend}"', "--set", 'dataset="synthetic"', "--set", "depths=[2]",
+            "--set", "seeds=1"]
+    assert main(args) == 0
+    assert seen == {"backend": backend, "device": expected}
+
+
+def test_reproduce_refuses_cuda_n_with_ray_before_anything_runs(tmp_path, capsys):
+    """Ray gives each task its GPU: a cuda:N is a one-line error (exit 2) naming what is allowed."""
+    from depthscope.cli import main
+
+    assert main(["reproduce", "fig5", "--run-dir", str(tmp_path / "run"), "--no-report", "--quiet", "--device",
+                 "cuda:1", "--set", 'backend="ray"', "--set", 'dataset="synthetic"']) == 2
+    err = capsys.readouterr().err
+    assert "cuda:1" in err and "auto, cpu or cuda" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "results.sqlite").exists()

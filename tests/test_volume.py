@@ -93,3 +93,31 @@ def test_dvcnn_never_trains_on_stand_in_data_and_ignores_old_stand_in_units(tmp_
         assert st.get_meta("not_run:dvcnn") is None
         figs = exp.figures(st, tmp_path / "figs", params)
         assert "0.90" not in figs[0].verdict.split("Seed 003")[0]  # the stand-in's error is not drawn or judged
+
+
+def test_dvcnn_claims_judge_fig1_on_both_sides_of_the_tolerance():
+    from depthscope.experiments.volume import DEPTH_ERROR_TOL, dvcnn_claims
+
+    def fig1(errs):
+        finals = {("sigmoid", d): e for d, e in zip((10, 100, 300), errs)}
+        return dvcnn_claims(finals, [], {}, "s")[0]
+
+    assert fig1([0.5, 0.4, 0.3]).verdict == "agree"                       # falls at every step
+    assert fig1([0.5, 0.55, 0.5 + DEPTH_ERROR_TOL - 1e-9]).verdict == "trend"   # flat within the tolerance
+    assert fig1([0.63, 0.72, 0.87]).verdict == "differs"                  # the old quick preset's numbers
+    assert fig1([0.5, 0.4, 0.5 + DEPTH_ERROR_TOL + 1e-6]).verdict == "differs"
+    assert "L=300: 0.87" in fig1([0.63, 0.72, 0.87]).ours
+    assert dvcnn_claims({("sigmoid", 10): 0.5}, [], {}, "s")[0].verdict == "not run"
+
+
+def test_dvcnn_claims_relu_blow_up_and_drift():
+    from depthscope.experiments.volume import dvcnn_claims
+
+    finals = {("sigmoid", 10): 0.5, ("sigmoid", 100): 0.4, ("relu", 10): 0.4}
+    c = {x.claim: x for x in dvcnn_claims(finals, [("relu", 100)], {"init": 0.47, "trained": 0.01}, "s")}
+    relu = c["ReLU DVCNNs blow up numerically"]
+    assert relu.verdict == "trend" and "1 of 2 ReLU depths blew up (L = 100)" in relu.ours
+    assert c["the untrained sigmoid DVCNN drifts, much less after training"].verdict == "trend"
+    c = {x.claim: x for x in dvcnn_claims(finals, [], {"init": 0.2, "trained": 0.3}, "s")}
+    assert c["ReLU DVCNNs blow up numerically"].verdict == "differs"
+    assert c["the untrained sigmoid DVCNN drifts, much less after training"].verdict == "differs"

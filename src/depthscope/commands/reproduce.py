@@ -58,9 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from ..experiments import registry, run_experiment
-    from ..experiments.base import resolve
+    from ..experiments.base import get_experiment, resolve
     from ..store import Store
-    from ..sweep import resolve_device
+    from ..sweep import check_device
 
     reg = registry()
     if args.list:
@@ -74,9 +74,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     overrides = _parse_overrides(args.set)
     if overrides and len(names) != 1:
         raise ValueError("--set applies to one experiment: name exactly one NAME")
-    device = resolve_device(args.device)
+    devices: dict[str, str] = {}
     for n in names:  # every experiment's parameters (and their memory) are checked before the store is opened
-        resolve(n, args.preset, overrides, device=device)
+        params = get_experiment(n).params(args.preset, overrides)
+        # on Ray the workers' nodes decide "auto" (a head without a GPU drives GPU workers), not this machine;
+        # sizes are then checked against this machine's memory, the only one known here
+        devices[n] = check_device(args.device, params.get("backend", "local"))
+        resolve(n, args.preset, overrides, device=devices[n] if devices[n] not in ("auto", "cuda") else "cpu")
     kept: list[str] = []
     missing: dict[str, str] = {}  # dataset -> where its files go (one warning at the end, not one per experiment)
     not_run: list[str] = []
@@ -84,7 +88,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         for n in names:
             t0 = time.time()
             counts = run_experiment(n, store, args.preset, overrides=overrides, force=args.force,
-                                    quiet=args.quiet, device=device, data_dir=args.data_dir)
+                                    quiet=args.quiet, device=devices[n], data_dir=args.data_dir)
             if counts.get("kept_old"):
                 kept.append(f"{n}: {counts['kept_old']} units could not be redone"
                             + (f" ({counts['not_run']} need {', '.join(counts.get('missing', {}))}; see --data-dir)"

@@ -78,6 +78,27 @@ class _TrainingSweep(Experiment):
         return out
 
 
+#: The thesis' width; a quick preset's learning rate lr at width N corresponds to lr x N / 500 there (the
+#: lr x 500/N rule of docs/sweeps.md, "The fig5 quick grid": one SGD step changes the output by lr x Theta,
+#: and the tangent kernel Theta grows as N in the standard parameterisation).
+THESIS_WIDTH = 500
+#: The thesis' SGD learning rates at width 500: Fig. 3.4 and Fig. 3.5.
+THESIS_LRS = {"fig3.4": (1e-4, 1e-3, 1e-2), "fig3.5": (1e-3, 1e-2)}
+
+
+def at_thesis_width(lr: float, width: int) -> float:
+    """lr x width / 500: a width-``width`` learning rate expressed at the thesis' width (docs/sweeps.md)."""
+    return lr * width / THESIS_WIDTH
+
+
+def preset_label(exp: Experiment, p: dict) -> str:
+    """The preset these parameters are, or the nearest one plus the changed keys ("paper with seeds=5")."""
+    diffs = {name: {k: p[k] for k in pre if k in p and p[k] != pre[k]} for name, pre in exp.presets.items()}
+    name = min(diffs, key=lambda n: len(diffs[n]))
+    changed = diffs[name]
+    return name if not changed else f"{name} with " + ", ".join(f"{k}={v}" for k, v in sorted(changed.items()))
+
+
 def steps_per_epoch(p: dict, n_available: int | None = None) -> int:
     n = p["n_train"] if p["n_train"] is not None else (n_available or 60000)
     return math.ceil(n / p["batch_size"])
@@ -114,8 +135,11 @@ class Fig34(_TrainingSweep):
     title = "Output-layer VNI during training, three learning rates"
     reproduces = "thesis Fig. 3.4"
     presets = {
-        # local workers (one torch thread each): these small nets train 2.5x slower on two threads
-        "quick": {"depth": 50, "width": 64, "lrs": [1e-3, 1e-2, 1e-1], "seeds": 4, "epochs": 10,
+        # local workers (one torch thread each): these small nets train 2.5x slower on two threads.
+        # quick lrs: the thesis' 1e-4, 1e-3, 1e-2 times 500/64 (the width rule of THESIS_WIDTH), so that mapped
+        # back to width 500 they are exactly the thesis' rates (the former 1e-3, 1e-2, 1e-1 mapped to 1.3e-4,
+        # 1.3e-3, 1.3e-2: the top one above the thesis' range)
+        "quick": {"depth": 50, "width": 64, "lrs": [7.8125e-4, 7.8125e-3, 7.8125e-2], "seeds": 4, "epochs": 10,
                   "dataset": "mnist", "split": "any", "n_train": 1000, "batch_size": 100, "target_accuracy": 1.0,
                   "group_size": 6, "probe_size": 500, "vni_dense_steps": 0, "backend": "local", "workers": 0},
         "paper": {"depth": 100, "width": 500, "lrs": [1e-4, 1e-3, 1e-2], "seeds": 20, "epochs": 100,
@@ -161,7 +185,10 @@ class Fig34(_TrainingSweep):
                    f"rise to 1; otherwise it rises, then decreases to a value above its initial one. Here the "
                    f"largest lr's median {top}; {mid} ({word}).")
         agrees = True if word == "reproduced" else False if word == "not reproduced" else None
-        scale = f"L={p['depth']}, N={p['width']}, {p['seeds']} seeds, {p['epochs']} epochs, lrs {', '.join(f'{v:g}' for v in lrs)}"
+        width = p["width"]
+        scale = (f"{preset_label(self, p)}: L={p['depth']}, N={p['width']}, {p['seeds']} seeds, {p['epochs']} epochs, "
+                 f"lrs {', '.join(f'{v:g}' for v in lrs)} (at N=500: "
+                 f"{', '.join(f'{at_thesis_width(v, width):.2g}' for v in lrs)})")
         claims = [
             Claim(f"at the largest lr the output VNI rises to 1", "rises to ~1 (lr 1e-2, N=500, 100 epochs)",
                   f"median {shapes[lrs[-1]]['final']:.2f} at the end (lr {lrs[-1]:g})", scale,
@@ -171,8 +198,9 @@ class Fig34(_TrainingSweep):
                   "; ".join(f"lr {lr:g}: {shapes[lr]['start']:.2f} → peak {shapes[lr]['peak']:.2f} → "
                             f"{shapes[lr]['final']:.2f}" for lr in lrs[:-1]), scale,
                   judge(None, bool(settle)),
-                  "a trend (the thesis gives a figure only); our lrs are 10x the thesis' at 1/8 of its width "
-                  "(lr x 500/N keeps the per-update change of the pre-activations)")]
+                  "a trend (the thesis gives a figure only)" + (
+                      "" if p["width"] == THESIS_WIDTH else f"; at N={p['width']} the lrs are the thesis' x "
+                      f"{THESIS_WIDTH}/{p['width']} (lr x 500/N keeps the size of one update, docs/sweeps.md)"))]
         caption = (f"Median (line) and quartiles (band) over seeds of the last hidden layer's VNI (eq. 3.5, probe "
                    f"of {p['probe_size']} training images) per epoch. {_protocol(p)}, {p['epochs']} epochs "
                    f"(thesis: L=100, N=500, 20 runs, full MNIST).")
@@ -186,11 +214,16 @@ class Fig35(_TrainingSweep):
     title = "Hidden-layer VNI over the first updates"
     reproduces = "thesis Fig. 3.5"
     presets = {
-        "quick": {"depth": 50, "width": 64, "lrs": [1e-2, 1e-1], "seeds": 4, "epochs": 1,
+        # quick lrs: the thesis' 1e-3, 1e-2 times 500/64 (see Fig34)
+        "quick": {"depth": 50, "width": 64, "lrs": [7.8125e-3, 7.8125e-2], "seeds": 4, "epochs": 1,
                   "dataset": "mnist", "split": "any", "n_train": 1000, "batch_size": 100, "target_accuracy": 1.0,
                   "group_size": 4, "probe_size": 500, "vni_dense_steps": 10, "backend": "local", "workers": 0},
+        # the thesis' protocol up to what its figure shows: updates 0..10 of an SGD run on MNIST (batch 100).
+        # Ten updates read 1000 images, so n_train=1000 is the same first 10 updates as a full epoch of 60,000
+        # shuffled images (a random 1000 of them) without the 590 updates the figure never looks at: 1/60 of
+        # the cost. split "any": the training images where present, else the 10k test images (captions say).
         "paper": {"depth": 100, "width": 500, "lrs": [1e-3, 1e-2], "seeds": 50, "epochs": 1,
-                  "dataset": "mnist", "split": "train", "n_train": None, "batch_size": 100, "target_accuracy": 1.0,
+                  "dataset": "mnist", "split": "any", "n_train": 1000, "batch_size": 100, "target_accuracy": 1.0,
                   "group_size": 25, "probe_size": 1000, "vni_dense_steps": 10, "backend": "local", "workers": 0},
     }
 
@@ -239,7 +272,8 @@ class Fig35(_TrainingSweep):
         agrees = True if hi_last > 0.7 and from_output else None if from_output else False
         caption = (f"Mean over seeds of every hidden layer's VNI after 0..{T} SGD updates. {_protocol(p)} "
                    f"(thesis: L=100, N=500, 50 runs, full MNIST).")
-        scale = f"L={L}, N={p['width']}, {p['seeds']} seeds, lr {lrs[-1]:g}"
+        scale = (f"{preset_label(self, p)}: L={L}, N={p['width']}, {p['seeds']} seeds, lr {lrs[-1]:g} (at N=500: "
+                 f"{at_thesis_width(lrs[-1], p['width']):.2g})")
         claims = [fig35_share_claim(hi_last, T, scale),
                   Claim("the rise starts at the output layer and spreads toward the input", "output first",
                         f"rise began at update {top_on:.1f} (top quarter of layers) vs {bottom_on:.1f} (bottom "
@@ -414,7 +448,8 @@ class Fig36(Experiment):
                         "highly intensified (a figure, no numbers)",
                         f"mean ρ² {mean[:, 0].mean():.4f} → {mean[:, -1].mean():.4f} (x{ratio:.2f}); rose in "
                         f"{100 * up:.0f}% of layers",
-                        f"L={L}, N={p['width']}, {n_runs} seeds, {steps[-1]} updates", judge(None, up > 0.7),
+                        f"{preset_label(self, p)}: L={L}, N={p['width']}, {n_runs} seeds, {steps[-1]} updates",
+                        judge(None, up > 0.7),
                         "a trend: rose in more than 70% of layers" + ("" if ratio > 2 else
                                                                        ", but mildly (less than x2)"))]
         caption = (f"Mean over node pairs and over {n_runs} runs of rho_ij^2 (eq. 3.2) per layer, on a fixed probe "
