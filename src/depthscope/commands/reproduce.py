@@ -77,10 +77,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     devices: dict[str, str] = {}
     for n in names:  # every experiment's parameters (and their memory) are checked before the store is opened
         params = get_experiment(n).params(args.preset, overrides)
-        # on Ray the workers' nodes decide "auto" (a head without a GPU drives GPU workers), not this machine;
-        # sizes are then checked against this machine's memory, the only one known here
+        # on Ray the workers' nodes decide "auto" (a head without a GPU drives GPU workers), not this machine
         devices[n] = check_device(args.device, params.get("backend", "local"))
-        resolve(n, args.preset, overrides, device=devices[n] if devices[n] not in ("auto", "cuda") else "cpu")
+        resolve(n, args.preset, overrides, device=devices[n])
     kept: list[str] = []
     missing: dict[str, str] = {}  # dataset -> where its files go (one warning at the end, not one per experiment)
     not_run: list[str] = []

@@ -315,7 +315,9 @@ def resolve(name: str, preset: str = "quick", overrides: dict[str, Any] | None =
     callers validate every experiment with it before touching a store."""
     exp = get_experiment(name)
     params = exp.params(preset, overrides)
-    check_memory(exp, preset, params, overrides, device)
+    # on Ray the device names the workers' nodes (unresolved, possibly a GPU this driver lacks): sizes are
+    # checked against this machine's memory, the only one known here
+    check_memory(exp, preset, params, overrides, "cpu" if params.get("backend") == "ray" else device)
     keys = unit_keys(exp, params)
     exp.validate(params)
     return params, keys
