@@ -210,6 +210,64 @@ def test_zero_init_last_resnet_gives_zero_grad_alerts_and_no_false_exploding():
     assert len(naive) >= 3, naive
 
 
+class ResNet18(nn.Module):
+    """timm's resnet18 layout (torchvision-free, as the project's tests must be): 7x7/2 stem conv -> bn1 -> act1
+    (attributes, not an nn.Sequential) -> 3x3/2 max-pool, stages of [2, 2, 2, 2] BasicBlocks at 64..512
+    channels with timm's zero_init_last, global pool, fc: 20 convs + fc, the 21 weight layers of §0's finding
+    (105 records in 5 steps)."""
+
+    def __init__(self, classes=10):
+        super().__init__()
+        self.conv1, self.bn1, self.act1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU()
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        chans, cin = (64, 128, 256, 512), 64
+        for i, c in enumerate(chans, 1):
+            setattr(self, f"layer{i}", nn.Sequential(BasicBlock(cin, c, 1 if i == 1 else 2), BasicBlock(c, c, 1)))
+            cin = c
+        self.fc = nn.Linear(512, classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_resnet18_zero_init_last_no_false_exploding_and_sigma_w2_mu1_through_bn():
+    """§0 on resnet18 itself: timm's zero_init_last gave 5 false exploding_grad alerts at step 2 and NaN
+    sigma_w2_mu1 on all 105 records. Here: zero_grad alerts for exactly the 16 block convs (step 0), no
+    exploding_grad, and sigma_w2_mu1 finite wherever a ReLU follows the conv's BatchNorm (the stem and every
+    block's conv1), NaN only where an addition comes between (conv2, downsampling convs)."""
+    torch.manual_seed(0)
+    model = ResNet18()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)
+    seen = []  # the stem ReLU's input at each step: its share of positives is mu_1 of relu there
+    hook = model.act1.register_forward_pre_hook(lambda m, a: seen.append((a[0].detach() > 0).double().mean()))
+    with watch(model, every=1, optimizer=opt) as w:
+        for _ in range(5):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    hook.remove()
+    stem = sorted((r for r in w.records if r["name"] == "conv1"), key=lambda r: r["step"])
+    close([r["sigma_w2_mu1"] for r in stem], [r["sigma_w2"] * f for r, f in zip(stem, seen)], rtol=1e-12)
+    weights = {n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    assert len(weights) == 21 and weights <= set(w.names)
+    weight_recs = [r for r in w.records if r["name"] in weights]
+    assert len(weight_recs) == 105
+    block_convs = {f"layer{i}.{j}.conv{c}" for i in (1, 2, 3, 4) for j in (0, 1) for c in (1, 2)}
+    zero = {a.name for a in w.alerts if a.kind == "zero_grad"}
+    assert zero == block_convs and all(a.step == 0 for a in w.alerts if a.kind == "zero_grad")
+    assert not [a for a in w.alerts if a.kind == "exploding_grad"], [a.message for a in w.alerts]
+    relu_after_bn = {"conv1"} | {f"layer{i}.{j}.conv1" for i in (1, 2, 3, 4) for j in (0, 1)}
+    for r in weight_recs:
+        finite = math.isfinite(r["sigma_w2_mu1"])
+        assert finite == (r["name"] in relu_after_bn), (r["name"], r["step"], r["sigma_w2_mu1"])
+        if finite:  # mu_1 of relu is the share of positive inputs: strictly inside (0, 1) times sigma_w2
+            assert 0 < r["sigma_w2_mu1"] < r["sigma_w2"]
+
+
 def test_exploding_gradient_that_grows_is_still_caught():
     """A layer whose gradient grows 1e4-fold between records while the others stay: exploding_grad."""
     class Net(nn.Module):

@@ -83,7 +83,9 @@ Quantities recorded per watched module and scheduled step (missing ones are NaN)
                         follows the module is known: the next module in an ``nn.Sequential`` when it
                         is an elementwise activation module (h: the module's output), the first one
                         after normalisation / dropout / identity modules only (conv -> bn -> relu; h: the
-                        activation's own input, read by a pre-hook), or ``activations={"name": phi}``.
+                        activation's own input, read by a pre-hook), the same after attributes of a
+                        custom block (self.conv1, self.bn1, self.act1) when the activation's input is
+                        the tensor that chain produced in that call, or ``activations={"name": phi}``.
 
 Gradient quantities are recorded only when a backward pass reached the module's
 output during the step; under ``torch.no_grad`` they are NaN while the forward

@@ -1,6 +1,8 @@
 """The Watch: hooks that capture a model's outputs on scheduled steps and turn them into records."""
 from __future__ import annotations
 
+import weakref
+
 import contextlib
 import functools
 import logging
@@ -137,6 +139,7 @@ class Watch:
         self._handles: list[Any] = []  # optimizer hook (and every forward hook when compiled)
         self._armed: list[Any] = []  # forward hooks registered only while a scheduled step runs
         self._hook_fns: list[tuple[Callable, Callable]] | None = None  # (register method, hook), made once
+        self._flow: dict[int, weakref.ref] = {}  # layer -> the last output along its phi_chain (this call)
         self._writer_args = dict(run_dir=run_dir, run=run, resume=resume, csv=csv, tensorboard=tensorboard)
         self._extra_writers = list(writers)
         self._writers: list[Any] = []
@@ -283,7 +286,10 @@ class Watch:
         if self._hook_fns is None:
             self._hook_fns = ([(w.module.register_forward_hook, self._make_hook(w)) for w in self.watched]
                               + [(w.phi_module.register_forward_pre_hook, self._make_phi_hook(w))
-                                 for w in self.watched if w.phi_module is not None])
+                                 for w in self.watched if w.phi_module is not None]
+                              + [(m.register_forward_hook, self._make_flow_hook(w, i))
+                                 for w in self.watched if w.phi_chain is not None
+                                 for i, m in enumerate((w.module,) + w.phi_chain)])
         return [register(fn) for register, fn in self._hook_fns]
 
     def _disarm(self) -> None:
@@ -485,12 +491,29 @@ class Watch:
             cap.buf.index_copy_(0, slots.to(dev), gather_rows(t, axis, rows.to(dev)).to(cap.buf.dtype))
         cap.seen += n
 
+    def _make_flow_hook(self, w: _Watched, i: int):
+        # Follows w's output through its attribute-order chain (conv1 -> bn1): each link must receive the
+        # previous link's output object, else the chain is broken for this call (see _Watched.phi_chain).
+        @_disable
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            ref = self._flow.pop(w.layer, None)
+            if not isinstance(output, torch.Tensor):
+                return
+            if i == 0 or (ref is not None and args and ref() is args[0]):
+                self._flow[w.layer] = weakref.ref(output)
+
+        return hook
+
     def _make_phi_hook(self, w: _Watched):
         @_disable
         def pre_hook(module: nn.Module, args: Any) -> None:
             cap = self._pending.get(w.layer)
             if not self._recording or cap is None or not args or not isinstance(args[0], torch.Tensor):
                 return
+            if w.phi_chain is not None:
+                ref = self._flow.pop(w.layer, None)
+                if ref is None or ref() is not args[0]:
+                    return  # this activation's input is not what w's chain produced (e.g. after a residual add)
             h = args[0].detach()
             axis = w.axis if w.axis is not None else node_axis_of(w.module, h)
             rows = sample_output_rows(h, axis, self.max_rows, _seed_for(self.seed, self.step_count, w.layer,

@@ -50,6 +50,10 @@ class _Watched:
     axis: int | None  # None: node_axis_of()
     kind: str = "module"  # 'linear-like', 'block' or 'module' (chosen by type or pattern)
     phi_module: nn.Module | None = None  # the activation after a norm: mu_1 is read at its input
+    # Modules between this one and phi_module found by attribute order (timm's conv1 -> bn1 -> act1,
+    # not an nn.Sequential): forward order alone cannot tell conv2 -> bn2 -> (+ shortcut) -> act2 from
+    # it, so mu_1 is read only when the activation's input is the very tensor this chain produced.
+    phi_chain: tuple[nn.Module, ...] | None = None
 
 
 def is_linear_like(module: nn.Module) -> bool:
@@ -105,6 +109,7 @@ def select(model: nn.Module, modules: ModuleSelector, exclude: str | Sequence[st
                              f"{', '.join(list(names)[1:6])}")
     blocks = blocks_of(model)
     phis = sequential_activations(model)
+    attrs = attribute_activations(model)
     out = []
     for name, mod in names.items():
         linear = isinstance(mod, DEFAULT_TYPES) or is_linear_like(mod)
@@ -116,9 +121,13 @@ def select(model: nn.Module, modules: ModuleSelector, exclude: str | Sequence[st
         if not hit or any(fnmatch.fnmatchcase(name, e) for e in excl):
             continue
         phi, phi_module = next((f for p, f in activations.items() if fnmatch.fnmatchcase(name, p)), None), None
+        chain = None
         if phi is None and name in phis:
             phi, direct = phis[name]
             phi_module = None if direct else phi
+        elif phi is None and name in attrs:
+            phi, chain = attrs[name]
+            phi_module = phi
         if isinstance(phi, str):
             from ..activations import get_activation
 
@@ -126,8 +135,35 @@ def select(model: nn.Module, modules: ModuleSelector, exclude: str | Sequence[st
         axis = next((int(a) for p, a in node_axis.items() if fnmatch.fnmatchcase(name, p)), None)
         kind = "block" if name in blocks else "linear-like" if is_linear_like(mod) or \
             isinstance(mod, nn.modules.conv._ConvNd) else "module"
-        out.append(_Watched(len(out) + 1, name, mod, phi, axis, kind, phi_module))
+        out.append(_Watched(len(out) + 1, name, mod, phi, axis, kind, phi_module, chain))
     return out
+
+
+def attribute_activations(model: nn.Module) -> dict[str, tuple[nn.Module, tuple[nn.Module, ...]]]:
+    """{name of a module outside any nn.Sequential: (the activation registered after it, the modules between)}.
+
+    Candidates only, by registration order (``self.conv1, self.bn1, self.act1``): the activation is the
+    first child after the module past children that only normalise or pass through (:data:`PASS_THROUGH`).
+    Registration order is not data flow (``conv2 -> bn2 -> + shortcut -> act2`` registers alike), so the
+    watch reads mu_1 at the activation only when its input is the tensor the chain produced in that call.
+    """
+    found: dict[str, tuple[nn.Module, tuple[nn.Module, ...]]] = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Sequential):
+            continue
+        kids = list(mod.named_children())
+        for i, (n1, m1) in enumerate(kids):
+            if isinstance(m1, ELEMENTWISE_ACTIVATIONS + PASS_THROUGH):
+                continue
+            chain: list[nn.Module] = []
+            for _, m2 in kids[i + 1:]:
+                if isinstance(m2, ELEMENTWISE_ACTIVATIONS):
+                    found[f"{name}.{n1}" if name else n1] = (m2, tuple(chain))
+                    break
+                if not isinstance(m2, PASS_THROUGH):
+                    break
+                chain.append(m2)
+    return found
 
 
 def sequential_activations(model: nn.Module) -> dict[str, tuple[nn.Module, bool]]:
