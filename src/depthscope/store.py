@@ -28,6 +28,7 @@ migrated on the first writable open. Figures read only from here.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -338,10 +339,18 @@ class Store:
             self._version = code_version()
         return self._version
 
-    def _begin(self) -> None:
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction: committed when the block ends, rolled back on any exception (also Ctrl-C)."""
         if self.readonly:
             raise StoreError(f"{self.path} is open read-only; copy the run directory to write to it")
         self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
 
     # -- ids -------------------------------------------------------------------
     def _experiment_id(self, name: str) -> int | None:
@@ -388,8 +397,7 @@ class Store:
         rows = [_checked(v) for v in values]
         spec_json = json.dumps(dict(spec), sort_keys=True, default=str)
         c = self._conn
-        self._begin()
-        try:
+        with self._transaction():
             c.execute("INSERT OR IGNORE INTO experiments(name) VALUES (?)", (experiment,))
             eid, gen = c.execute("SELECT id, generation FROM experiments WHERE name=?", (experiment,)).fetchone()
             qids = {}
@@ -407,10 +415,6 @@ class Store:
             ).lastrowid
             c.executemany("INSERT INTO measurements (unit, quantity, seq, layer, step, value) VALUES (?,?,?,?,?,?)",
                           [(uid, qids[q], i, layer, step, value) for i, (q, layer, step, value) in enumerate(rows)])
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
 
     def clear(self, experiment: str) -> int:
         """Forget every unit of ``experiment`` at once; returns how many there were.
@@ -418,18 +422,13 @@ class Store:
         ``--force`` does not use this (it replaces units one by one, see :meth:`begin_redo`).
         """
         c = self._conn
-        self._begin()
-        try:
+        with self._transaction():
             eid = self._experiment_id(experiment)
             n = 0
             if eid is not None:
                 n = c.execute("SELECT COUNT(*) FROM units WHERE experiment=?", (eid,)).fetchone()[0]
                 c.execute("DELETE FROM measurements WHERE unit IN (SELECT id FROM units WHERE experiment=?)", (eid,))
                 c.execute("DELETE FROM units WHERE experiment=?", (eid,))
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
         return n
 
     def begin_redo(self, experiment: str) -> int:
@@ -440,22 +439,16 @@ class Store:
         run resumes as a forced run. Returns the new generation number.
         """
         c = self._conn
-        self._begin()
-        try:
+        with self._transaction():
             c.execute("INSERT OR IGNORE INTO experiments(name) VALUES (?)", (experiment,))
             c.execute("UPDATE experiments SET generation = generation + 1 WHERE name=?", (experiment,))
             gen = c.execute("SELECT generation FROM experiments WHERE name=?", (experiment,)).fetchone()[0]
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
         return gen
 
     def abandon_redo(self, experiment: str, generation: int) -> bool:
         """Undo :meth:`begin_redo` when no unit of ``generation`` was recorded (the forced run did nothing)."""
         c = self._conn
-        self._begin()
-        try:
+        with self._transaction():
             eid = self._experiment_id(experiment)
             cur = c.execute("SELECT generation FROM experiments WHERE id=?", (eid,)).fetchone()
             new = c.execute("SELECT COUNT(*) FROM units WHERE experiment=? AND generation>=?",
@@ -463,10 +456,6 @@ class Store:
             undone = cur is not None and cur[0] == generation and new == 0
             if undone:
                 c.execute("UPDATE experiments SET generation=? WHERE id=?", (generation - 1, eid))
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
         return undone
 
     def redo_pending(self, experiment: str) -> bool:
@@ -491,8 +480,7 @@ class Store:
                 or not wanted <= self.done_keys(experiment):
             return 0
         c = self._conn
-        self._begin()
-        try:
+        with self._transaction():
             gen = c.execute("SELECT generation FROM experiments WHERE id=?", (eid,)).fetchone()[0]
             stale = "SELECT id FROM units WHERE experiment=? AND generation<?"
             if keep_unlisted:
@@ -502,10 +490,6 @@ class Store:
                 n = c.execute(f"SELECT COUNT(*) FROM ({stale})", (eid, gen)).fetchone()[0]
                 c.execute(f"DELETE FROM measurements WHERE unit IN ({stale})", (eid, gen))
                 c.execute("DELETE FROM units WHERE experiment=? AND generation<?", (eid, gen))
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
         return n
 
     def set_meta(self, name: str, value: Any) -> None:
