@@ -71,6 +71,21 @@ def check_callback_args(ranks: str, watch_kwargs: dict[str, Any]) -> None:
         raise TypeError(f"unknown depthscope.watch keyword(s): {', '.join(sorted(bad))}")
 
 
+class WatchResults:
+    """What both callbacks expose of their watch (``self.watch``, None before the trainer starts)."""
+
+    watch: Any = None
+
+    @property
+    def records(self) -> list[dict]:
+        """The records of the last (or current) fit / ``train()``: [] before it."""
+        return self.watch.records if self.watch is not None else []
+
+    @property
+    def alerts(self) -> list:
+        return self.watch.alerts if self.watch is not None else []
+
+
 def attach_watch(old: Any, model: Any, *, ranks: str, every: int, step: int, **watch_kwargs: Any) -> Any:
     """The callbacks' attach: detach ``old`` if it is still attached (dropping its step in progress, which
     has no optimizer step), build :func:`distributed.distributed_watch` of ``model`` (refusing FSDP), start

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from . import LOGGED_QUANTITIES, attach_watch, check_callback_args, flatten
+from . import WatchResults, LOGGED_QUANTITIES, attach_watch, check_callback_args, flatten
 
 
 def _lightning():
@@ -70,7 +70,7 @@ class LightningLoggerWriter:
         pass
 
 
-class _WatchCallbackLogic:
+class _WatchCallbackLogic(WatchResults):
     """The hooks of the callback, independent of which Lightning namespace provides ``Callback``."""
 
     def __init__(self, every: int = 50, *, log_to_logger: bool | None = None, ranks: str = "gather",
@@ -81,16 +81,6 @@ class _WatchCallbackLogic:
         self.watch_kwargs = watch_kwargs
         self.watch: Any = None
         self._we_paused = False
-
-    # -- reading -----------------------------------------------------------------------------
-    @property
-    def records(self) -> list[dict]:
-        """The records of the last (or current) fit: [] before fit."""
-        return self.watch.records if self.watch is not None else []
-
-    @property
-    def alerts(self) -> list:
-        return self.watch.alerts if self.watch is not None else []
 
     # -- lifecycle ---------------------------------------------------------------------------
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:

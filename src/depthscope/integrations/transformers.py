@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import attach_watch, check_callback_args
+from . import WatchResults, attach_watch, check_callback_args
 
 
 def _transformers():
@@ -41,22 +41,13 @@ def _transformers():
     return transformers
 
 
-class _TrainerCallbackLogic:
+class _TrainerCallbackLogic(WatchResults):
     """The hooks of the callback; the class users get also subclasses ``transformers.TrainerCallback``."""
 
     def __init__(self, every: int = 50, *, ranks: str = "gather", **watch_kwargs: Any):
         check_callback_args(ranks, watch_kwargs)
         self.every, self.ranks, self.watch_kwargs = every, ranks, watch_kwargs
         self.watch: Any = None
-
-    @property
-    def records(self) -> list[dict]:
-        """The records of the last (or current) ``train()``: [] before it."""
-        return self.watch.records if self.watch is not None else []
-
-    @property
-    def alerts(self) -> list:
-        return self.watch.alerts if self.watch is not None else []
 
     # -- Trainer events ----------------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
