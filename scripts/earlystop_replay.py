@@ -15,7 +15,6 @@ without the recommended rule (depthscope.earlystop.budget_fraction; the thesis' 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 
@@ -32,6 +31,7 @@ from depthscope.earlystop import (
     table,
     trajectories,
 )
+from depthscope.params import parse_assignments
 from depthscope.store import Store
 
 #: the paper preset (chapter5.Chapter5.presets["paper"]): 11 depths, 2,880 runs per depth, 600 updates per epoch
@@ -46,16 +46,10 @@ def _floats(text: str) -> list[float]:
 
 
 def _where(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"--where expects FIELD=VALUE (JSON value), got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
+    try:
+        return parse_assignments(items, "--where")
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
 
 
 def main() -> int:

@@ -24,6 +24,7 @@ raised. Sizes are checked against memory separately (:func:`depthscope.memory`).
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any, Iterable, Mapping
@@ -216,6 +217,21 @@ def _numbers(value: Any) -> Iterable[Any]:
             yield from _numbers(v)
     elif _number(value):
         yield value
+
+
+def parse_assignments(items: Iterable[str], flag: str = "--set") -> dict[str, Any]:
+    """``["KEY=VALUE", ...]`` as a dict, each VALUE read as JSON where it parses (``5``, ``[1, 2]``,
+    ``"x"``) and kept as the plain string otherwise; an item without ``=`` is a ValueError naming ``flag``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
 
 
 def check_override(experiment: str, key: str, value: Any, examples: list[Any]) -> Any:

@@ -2,25 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 DEFAULT_RUN_DIR = "depthscope-run"
-
-
-def _parse_overrides(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from ..experiments import registry, run_experiment
     from ..experiments.base import get_experiment, resolve
+    from ..params import parse_assignments
     from ..store import Store
     from ..sweep import check_device
 
@@ -71,7 +58,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     for n in names:
         if n not in reg:
             raise ValueError(f"unknown experiment {n!r}; expected one of: {', '.join(reg)}")
-    overrides = _parse_overrides(args.set)
+    overrides = parse_assignments(args.set)
     if overrides and len(names) != 1:
         raise ValueError("--set applies to one experiment: name exactly one NAME")
     devices: dict[str, str] = {}
