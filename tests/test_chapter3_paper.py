@@ -185,7 +185,7 @@ def _fake_curve(monkeypatch, curve):
     """R_sq(layer) = curve(layer): each 'layer' adds 1 to a scalar, the fake R_sq reads it back."""
     import depthscope.experiments.chapter3 as ch3
 
-    monkeypatch.setattr(ch3, "_stream_step", lambda spec, seed, l, x, device: x + 1)
+    monkeypatch.setattr(ch3, "_stream_step", lambda spec, seed, l, x, device, sampler="qr": x + 1)
     monkeypatch.setattr(ch3, "vni", lambda x: torch.tensor(curve(int(round(float(x.flatten()[0]))))))
 
 
