@@ -53,14 +53,16 @@ _cache: dict = {}
 
 
 def step_s(samples: int, width: int, act: str = "tanh", init: str = "gaussian", arch: str = "feedforward",
-           branch: str = "one", reps: int = 3) -> float:
-    """CPU seconds of one hidden layer (weights drawn + applied) on ``samples`` inputs of width ``width``."""
-    key = ("step", samples, width, act, init, arch, branch)
+           branch: str = "one", reps: int = 3, sampler: str = "qr") -> float:
+    """CPU seconds of one hidden layer (weights drawn + applied) on ``samples`` inputs of width ``width``;
+    ``sampler`` is how orthogonal weights are drawn ("qr": build_net's float64 QR; "householder": reflectors)."""
+    sampler = sampler if init == "orthogonal" else "qr"
+    key = ("step", samples, width, act, init, arch, branch, sampler)
     if key not in _cache:
         spec = NetSpec(50, width, act, init, arch=arch, residual_scale=0.1, branch=branch)
         x = torch.randn(samples, width)
         layer = iter(range(2, 10_000))
-        _cache[key] = _cpu(lambda: _stream_step(spec, 0, next(layer), x, "cpu"), reps)
+        _cache[key] = _cpu(lambda: _stream_step(spec, 0, next(layer), x, "cpu", sampler), reps)
     return _cache[key]
 
 
@@ -101,8 +103,12 @@ def cost_fig32(p: dict, reps: int) -> list[tuple[str, int, float]]:
     n_mnist = min(p["n_mnist"] or MNIST_AVAILABLE, MNIST_AVAILABLE)
     d = max(p["depths"])
     for w in p["widths"]:
-        out.append((f"width {w}, i.i.d. ({p['n_iid']} samples)", p["seeds"],
-                    d * step_s(p["n_iid"], w, p["activation"], reps=reps) + nd * vni_s(p["n_iid"], w, reps)))
+        # an i.i.d. unit also runs the relu panel's nets, one per init, on the same inputs
+        relu = sum(d * step_s(p["n_iid"], w, "relu", init, reps=reps) + nd * vni_s(p["n_iid"], w, reps)
+                   for init in p.get("relu_inits", []))
+        out.append((f"width {w}, i.i.d. ({p['n_iid']} samples, + relu {'/'.join(p.get('relu_inits', []))})",
+                    p["seeds"], d * step_s(p["n_iid"], w, p["activation"], reps=reps) + nd * vni_s(p["n_iid"], w, reps)
+                    + relu))
         for pre in p["mnist_preprocess"]:
             load = mnist_load_s(pre)
             out.append((f"width {w}, MNIST {pre} ({n_mnist} images)", p["seeds"],
@@ -166,7 +172,7 @@ def cost_table31(p: dict, reps: int, store_dir: str | None, fast: bool) -> list[
             layers, how = cap, "cap"
         if p.get("stop_above", 0.99) > 0.9 and finite and not got:
             layers, how = min(cap, 2.5 * layers), how + ", x2.5 to reach 0.99"  # relu: 0.9 at ~210, 0.99 at 350-620
-        step = step_s(S, N, act, init, arch, branch or "one", reps=reps)
+        step = step_s(S, N, act, init, arch, branch or "one", reps=reps, sampler=p.get("orthogonal_sampler", "qr"))
         if fast:
             # dense to dense_until, every k-th after, the log depths, and (a row that crosses) densely in the
             # guard band below each threshold: counted as a fifth of its layers
@@ -185,13 +191,19 @@ def cost_table31(p: dict, reps: int, store_dir: str | None, fast: bool) -> list[
     return out
 
 
+#: table3.1's paper preset before issue 12's last changes (1000 samples, build_net's float64-QR orthogonal
+#: weights, R_sq every 10 layers): projected beside the current one, from the same step times
+PREVIOUS_TABLE31 = {"n": 1000, "orthogonal_sampler": "qr", "vni_every": 10}
+PREVIOUS = "table3.1 (previous: n 1000, qr, every 10)"
+
+
 def measured_tables(run_dir: str, outdir: str) -> str:
     """The verdict rows (claim | thesis | ours | scale | verdict) of chapter 3's experiments in a run's
     store, as markdown, plus each table3.1 row's seeds, CPU seconds and layers: what docs/reproduce.md shows."""
     from depthscope.store import Store
 
     lines = ["| experiment | claim | thesis | ours | scale | verdict |", "| --- | --- | --- | --- | --- | --- |"]
-    cost = ["| row | seeds run | max depth @0.5 (median) | max depth @0.9 (median) | layers computed (mean) | "
+    cost = ["| row (width, samples, orthogonal sampler) | seeds run | max depth @0.5 (median) | max depth @0.9 (median) | layers computed (mean) | "
             "CPU s per unit (mean) |", "| --- | --- | --- | --- | --- | --- |"]
     with Store(run_dir, readonly=True) as st:
         for name in ("fig3.1", "fig3.2", "fig3.3", "effective-nodes", "table3.1"):
@@ -206,7 +218,10 @@ def measured_tables(run_dir: str, outdir: str) -> str:
                     lines.append(f"| {fig.name} | {c.claim} | {c.thesis} | {c.ours} | {c.scale} | {c.verdict} |")
         rows: dict[tuple, dict] = {}
         for r in st.rows("table3.1"):
-            k = (r["arch"], r["init"], r["activation"], r.get("branch"))
+            # units of other sizes or samplers (the paper preset's before issue 12's last changes: 1000
+            # samples, qr) are rows of their own, never pooled with the current ones
+            k = (r["arch"], r["init"], r["activation"], r.get("branch"), f"width {r['width']}", f"n {r['n']}",
+                 r.get("orthogonal_sampler") or ("qr" if r["init"] == "orthogonal" else None))
             d = rows.setdefault(k, {})
             d.setdefault(r["quantity"], {})[r["seed"]] = r["value"]
     import numpy as np
@@ -249,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         p = get_experiment(name).params("paper")
         if name == "table3.1":
-            parts = {"table3.1 (fast path)": cost_table31(p, a.reps, a.store, True),
-                     "table3.1 (every-layer R_sq, as before)": cost_table31(p, a.reps, a.store, False)}
+            parts = {"table3.1": cost_table31(p, a.reps, a.store, True),
+                     PREVIOUS: cost_table31({**p, **PREVIOUS_TABLE31}, a.reps, a.store, True)}
         else:
             parts = {name: {"fig3.1": cost_fig31, "fig3.2": cost_fig32, "fig3.3": cost_fig33,
                             "effective-nodes": cost_effective_nodes}[name](p, a.reps)}
@@ -268,10 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\nper experiment: CPU hours (single thread), projected wall hours on 2 cores (CPU / 2)")
     for k, v in totals.items():
         print(f"  {k:40} {v / 3600:7.2f} h CPU   {v / 7200:7.2f} h on 2 cores")
-    fast = sum(v for k, v in totals.items() if "as before" not in k)
-    slow = sum(v for k, v in totals.items() if "fast path" not in k)
-    print(f"\nwhole set, fast path:  {fast / 3600:.2f} h CPU, {fast / 7200:.2f} h on 2 cores")
-    print(f"whole set, as before:  {slow / 3600:.2f} h CPU, {slow / 7200:.2f} h on 2 cores")
+    now = sum(v for k, v in totals.items() if k != PREVIOUS)
+    before = sum(v for k, v in totals.items() if k != "table3.1")
+    print(f"\nwhole set, paper preset:             {now / 3600:.2f} h CPU, {now / 7200:.2f} h on 2 cores")
+    print(f"whole set, with the previous table3.1: {before / 3600:.2f} h CPU, {before / 7200:.2f} h on 2 cores")
     steps = {" ".join(map(str, k)): v for k, v in _cache.items()}
     print(f"(step times measured single-thread in {time.time() - t0:.0f} s wall; CPU seconds per call: "
           + json.dumps({k: round(v, 4) for k, v in steps.items()}) + ")")
