@@ -73,8 +73,8 @@ def stream_vni(spec: NetSpec, x: torch.Tensor, seed: int, *, measure=None, stop_
 
 #: How Table 3.1's orthogonal weights are drawn: "qr", build_net's (``layer_params``: the float64 QR of a
 #: Gaussian matrix, sign-fixed), or "householder" (:func:`householder_layer`: the same Haar distribution
-#: drawn as Householder reflectors and applied without forming W, about a fifth of the cost per layer at
-#: N = 1000; other weights for the same seed). Gaussian weights are the same under both.
+#: drawn as Householder reflectors and applied without forming W, about a third of the cost per layer at
+#: N = S = 1000; other weights for the same seed). Gaussian weights are the same under both.
 ORTHOGONAL_SAMPLERS = ("qr", "householder")
 
 
