@@ -24,7 +24,8 @@ def _spec(arch, init, act, branch=None, **kw):
 _SPECS = [_spec("feedforward", "gaussian", a) for a in ("relu", "linear", "tanh")] + [
     _spec("feedforward", "orthogonal", a) for a in ("relu", "tanh")] + [
     _spec("residual", "gaussian", "relu", "one"), _spec("residual", "gaussian", "tanh", "two"),
-    _spec("feedforward", "gaussian", "linear", stop_above=0.9), _spec("feedforward", "orthogonal", "relu", stop_above=0.9)] + [
+    _spec("feedforward", "gaussian", "linear", stop_above=0.9),
+    _spec("feedforward", "orthogonal", "relu", stop_above=0.9)] + [
     # the paper preset's orthogonal rows: weights drawn as Householder reflectors (depthscope.haar)
     _spec("feedforward", "orthogonal", a, stop_above=0.9, orthogonal_sampler="householder") for a in ("relu", "tanh")]
 

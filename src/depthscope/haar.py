@@ -9,8 +9,9 @@ efficient generation of random orthogonal matrices"; Mezzadri 2007 for the sign 
 z_k directly and building each reflector from its z_k as geqrf would gives a Q D of the same (Haar)
 distribution, without the QR: the draw is O(n^2) and applying W to a batch (``ormqr``) costs about one
 matmul, where the float64 QR of ``haar_orthogonal`` costs three to four. The matrices differ from
-``haar_orthogonal``'s for the same generator (other draws, same distribution); ``tests/test_chapter3_paper.py``
-checks the construction against geqrf, orthogonality, Haar statistics and the nets' R_sq.
+``haar_orthogonal``'s for the same generator (other draws, same distribution);
+``tests/test_chapter3_sampler.py`` checks the construction against geqrf, orthogonality, Haar statistics
+and the nets' R_sq.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ class HaarReflectors:
     """W = Q D, Q = H_1 ... H_n (H_k = I - tau_k v_k v_k^T, v_k = [0]*k + [1] + a[k+1:, k]), D = diag(signs).
 
     ``a`` holds the reflector vectors strictly below its diagonal (as geqrf returns them; its diagonal
-    and upper triangle are ignored by ``ormqr`` and ``householder_product``), ``tau`` their scalars and ``signs`` the signs of R's diagonal (+-1)."""
+    and upper triangle are ignored by ``ormqr`` and ``householder_product``), ``tau`` their scalars and
+    ``signs`` the signs of R's diagonal (+-1)."""
 
     a: torch.Tensor
     tau: torch.Tensor

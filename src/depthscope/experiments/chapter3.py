@@ -791,7 +791,7 @@ def table31_unit(s: dict, seed: int, params: dict, device: str = "cpu") -> list[
 def table31_cost_rank(spec: dict) -> int:
     """Run order of Table 3.1's rows, cheapest first: the relu rows cross within a few hundred layers, the
     Gaussian tanh/linear rows within a few thousand, the rest run to the depth cap (orthogonal weights
-    cost a float64 QR per layer, two-layer branches two matrices)."""
+    cost a QR or a set of reflectors per layer, two-layer branches two matrices)."""
     if spec["activation"] == "relu" and not (spec["arch"] == "residual" and spec.get("branch") == "two"):
         return 0
     if spec["arch"] == "feedforward" and spec["init"] == "gaussian":
