@@ -8,14 +8,16 @@ inflate much less than wall time. The projection on 2 cores assumes the units ar
 two single-thread processes (what table3.1's ``workers = 2`` does; the other experiments run on
 one process of 2 threads, about as fast for their matmul-bound units): CPU total / 2.
 
-Table 3.1's units stop when R_sq exceeds 0.99, at a depth the benchmark cannot know before the
+Table 3.1's units stop when R_sq exceeds the preset's ``stop_above`` (0.9 at the paper preset), at a depth the benchmark cannot know before the
 run: it takes each row's layers from a run's store (``--store``, quantity ``layers_computed``)
 where there is one, else an estimate: the thesis' depth + 25% for the rows that cross (x 2.5 when
 the nets run on to 0.99), the cap (10000) for the "> 10000" rows, 1000 for the one-layer relu
-branch. Both the every-layer reference (R_sq at every layer, every seed) and the fast
-path (R_sq every ``vni_every`` layers past ``dense_until``, at the log depths and near the
-thresholds; with ``decided_median``, 3 of 5 seeds for the rows that run to the cap unless a run's
-store shows them crossing) are projected.
+branch. The fast path is projected (R_sq every ``vni_every`` layers past ``dense_until``, at the log
+depths and near the thresholds; with ``decided_median``, 3 of 5 seeds for the rows that run to the cap
+unless a run's store shows them crossing), for the paper preset as it is and, beside it, for the
+previous one (1000 samples, build_net's float64-QR orthogonal weights, R_sq every 10 layers:
+``PREVIOUS_TABLE31``), from the same step times. Orthogonal layers are timed with the preset's
+``orthogonal_sampler``.
 
     PYTHONPATH=src python benchmarks/bench_paper.py [--store runs/paper-ch3] [--reps 3] [--data-dir DIR]
 """
