@@ -8,8 +8,8 @@ inflate much less than wall time. The projection on 2 cores assumes the units ar
 two single-thread processes (what table3.1's ``workers = 2`` does; the other experiments run on
 one process of 2 threads, about as fast for their matmul-bound units): CPU total / 2.
 
-Table 3.1's units stop when R_sq exceeds the preset's ``stop_above`` (0.9 at the paper preset), at a depth the benchmark cannot know before the
-run: it takes each row's layers from a run's store (``--store``, quantity ``layers_computed``)
+Table 3.1's units stop when R_sq exceeds the preset's ``stop_above`` (0.9 at the paper preset), at a
+depth the benchmark cannot know before the run: it takes each row's layers from a run's store (``--store``, quantity ``layers_computed``)
 where there is one, else an estimate: the thesis' depth + 25% for the rows that cross (x 2.5 when
 the nets run on to 0.99), the cap (10000) for the "> 10000" rows, 1000 for the one-layer relu
 branch. The fast path is projected (R_sq every ``vni_every`` layers past ``dense_until``, at the log
