@@ -8,14 +8,16 @@ inflate much less than wall time. The projection on 2 cores assumes the units ar
 two single-thread processes (what table3.1's ``workers = 2`` does; the other experiments run on
 one process of 2 threads, about as fast for their matmul-bound units): CPU total / 2.
 
-Table 3.1's units stop when R_sq exceeds 0.99, at a depth the benchmark cannot know before the
-run: it takes each row's layers from a run's store (``--store``, quantity ``layers_computed``)
+Table 3.1's units stop when R_sq exceeds the preset's ``stop_above`` (0.9 at the paper preset), at a
+depth the benchmark cannot know before the run: it takes each row's layers from a run's store (``--store``, quantity ``layers_computed``)
 where there is one, else an estimate: the thesis' depth + 25% for the rows that cross (x 2.5 when
 the nets run on to 0.99), the cap (10000) for the "> 10000" rows, 1000 for the one-layer relu
-branch. Both the every-layer reference (R_sq at every layer, every seed) and the fast
-path (R_sq every ``vni_every`` layers past ``dense_until``, at the log depths and near the
-thresholds; with ``decided_median``, 3 of 5 seeds for the rows that run to the cap unless a run's
-store shows them crossing) are projected.
+branch. The fast path is projected (R_sq every ``vni_every`` layers past ``dense_until``, at the log
+depths and near the thresholds; with ``decided_median``, 3 of 5 seeds for the rows that run to the cap
+unless a run's store shows them crossing), for the paper preset as it is and, beside it, for the
+previous one (1000 samples, build_net's float64-QR orthogonal weights, R_sq every 10 layers:
+``PREVIOUS_TABLE31``), from the same step times. Orthogonal layers are timed with the preset's
+``orthogonal_sampler``.
 
     PYTHONPATH=src python benchmarks/bench_paper.py [--store runs/paper-ch3] [--reps 3] [--data-dir DIR]
 """
@@ -53,14 +55,16 @@ _cache: dict = {}
 
 
 def step_s(samples: int, width: int, act: str = "tanh", init: str = "gaussian", arch: str = "feedforward",
-           branch: str = "one", reps: int = 3) -> float:
-    """CPU seconds of one hidden layer (weights drawn + applied) on ``samples`` inputs of width ``width``."""
-    key = ("step", samples, width, act, init, arch, branch)
+           branch: str = "one", reps: int = 3, sampler: str = "qr") -> float:
+    """CPU seconds of one hidden layer (weights drawn + applied) on ``samples`` inputs of width ``width``;
+    ``sampler`` is how orthogonal weights are drawn ("qr": build_net's float64 QR; "householder": reflectors)."""
+    sampler = sampler if init == "orthogonal" else "qr"
+    key = ("step", samples, width, act, init, arch, branch, sampler)
     if key not in _cache:
         spec = NetSpec(50, width, act, init, arch=arch, residual_scale=0.1, branch=branch)
         x = torch.randn(samples, width)
         layer = iter(range(2, 10_000))
-        _cache[key] = _cpu(lambda: _stream_step(spec, 0, next(layer), x, "cpu"), reps)
+        _cache[key] = _cpu(lambda: _stream_step(spec, 0, next(layer), x, "cpu", sampler), reps)
     return _cache[key]
 
 
@@ -101,8 +105,12 @@ def cost_fig32(p: dict, reps: int) -> list[tuple[str, int, float]]:
     n_mnist = min(p["n_mnist"] or MNIST_AVAILABLE, MNIST_AVAILABLE)
     d = max(p["depths"])
     for w in p["widths"]:
-        out.append((f"width {w}, i.i.d. ({p['n_iid']} samples)", p["seeds"],
-                    d * step_s(p["n_iid"], w, p["activation"], reps=reps) + nd * vni_s(p["n_iid"], w, reps)))
+        # an i.i.d. unit also runs the relu panel's nets, one per init, on the same inputs
+        relu = sum(d * step_s(p["n_iid"], w, "relu", init, reps=reps) + nd * vni_s(p["n_iid"], w, reps)
+                   for init in p.get("relu_inits", []))
+        out.append((f"width {w}, i.i.d. ({p['n_iid']} samples, + relu {'/'.join(p.get('relu_inits', []))})",
+                    p["seeds"], d * step_s(p["n_iid"], w, p["activation"], reps=reps) + nd * vni_s(p["n_iid"], w, reps)
+                    + relu))
         for pre in p["mnist_preprocess"]:
             load = mnist_load_s(pre)
             out.append((f"width {w}, MNIST {pre} ({n_mnist} images)", p["seeds"],
@@ -166,7 +174,7 @@ def cost_table31(p: dict, reps: int, store_dir: str | None, fast: bool) -> list[
             layers, how = cap, "cap"
         if p.get("stop_above", 0.99) > 0.9 and finite and not got:
             layers, how = min(cap, 2.5 * layers), how + ", x2.5 to reach 0.99"  # relu: 0.9 at ~210, 0.99 at 350-620
-        step = step_s(S, N, act, init, arch, branch or "one", reps=reps)
+        step = step_s(S, N, act, init, arch, branch or "one", reps=reps, sampler=p.get("orthogonal_sampler", "qr"))
         if fast:
             # dense to dense_until, every k-th after, the log depths, and (a row that crosses) densely in the
             # guard band below each threshold: counted as a fifth of its layers
@@ -185,14 +193,21 @@ def cost_table31(p: dict, reps: int, store_dir: str | None, fast: bool) -> list[
     return out
 
 
+#: table3.1's paper preset before issue 12's last changes (1000 samples, build_net's float64-QR orthogonal
+#: weights, R_sq every 10 layers): projected beside the current one, from the same step times
+PREVIOUS_TABLE31 = {"n": 1000, "orthogonal_sampler": "qr", "vni_every": 10}
+PREVIOUS = "table3.1 (previous: n 1000, qr, every 10)"
+
+
 def measured_tables(run_dir: str, outdir: str) -> str:
     """The verdict rows (claim | thesis | ours | scale | verdict) of chapter 3's experiments in a run's
     store, as markdown, plus each table3.1 row's seeds, CPU seconds and layers: what docs/reproduce.md shows."""
     from depthscope.store import Store
 
     lines = ["| experiment | claim | thesis | ours | scale | verdict |", "| --- | --- | --- | --- | --- | --- |"]
-    cost = ["| row | seeds run | max depth @0.5 (median) | max depth @0.9 (median) | layers computed (mean) | "
-            "CPU s per unit (mean) |", "| --- | --- | --- | --- | --- | --- |"]
+    cost = ["| row (width, samples, orthogonal sampler) | seeds run | max depth @0.5 (median) | "
+            "max depth @0.9 (median) | layers computed (mean) | CPU s per unit (mean) |",
+            "| --- | --- | --- | --- | --- | --- |"]
     with Store(run_dir, readonly=True) as st:
         for name in ("fig3.1", "fig3.2", "fig3.3", "effective-nodes", "table3.1"):
             if not st.done_keys(name):
@@ -200,13 +215,22 @@ def measured_tables(run_dir: str, outdir: str) -> str:
                 continue
             meta = st.get_meta(f"params:{name}") or {}
             exp = get_experiment(name)
-            params = meta.get("params") or exp.params("paper")
-            for fig in exp.figures(st, Path(outdir), params):
-                for c in fig.claims:
-                    lines.append(f"| {fig.name} | {c.claim} | {c.thesis} | {c.ours} | {c.scale} | {c.verdict} |")
+            variants = [("", meta.get("params") or exp.params("paper"))]
+            if name == "table3.1" and not meta.get("params"):
+                # the figures read only the units of the params given: the current paper preset's, and the
+                # previous one's (1000 samples, qr) where a store holds those, each judged on its own
+                variants.append((" (previous preset: n 1000, qr)", {**variants[0][1], **PREVIOUS_TABLE31}))
+            for label, params in variants:
+                for fig in exp.figures(st, Path(outdir), params):
+                    for c in fig.claims:
+                        lines.append(f"| {fig.name}{label} | {c.claim} | {c.thesis} | {c.ours} | {c.scale} | "
+                                     f"{c.verdict} |")
         rows: dict[tuple, dict] = {}
         for r in st.rows("table3.1"):
-            k = (r["arch"], r["init"], r["activation"], r.get("branch"))
+            # units of other sizes or samplers (the paper preset's before issue 12's last changes: 1000
+            # samples, qr) are rows of their own, never pooled with the current ones
+            k = (r["arch"], r["init"], r["activation"], r.get("branch"), f"width {r['width']}", f"n {r['n']}",
+                 r.get("orthogonal_sampler") or ("qr" if r["init"] == "orthogonal" else None))
             d = rows.setdefault(k, {})
             d.setdefault(r["quantity"], {})[r["seed"]] = r["value"]
     import numpy as np
@@ -249,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         p = get_experiment(name).params("paper")
         if name == "table3.1":
-            parts = {"table3.1 (fast path)": cost_table31(p, a.reps, a.store, True),
-                     "table3.1 (every-layer R_sq, as before)": cost_table31(p, a.reps, a.store, False)}
+            parts = {"table3.1": cost_table31(p, a.reps, a.store, True),
+                     PREVIOUS: cost_table31({**p, **PREVIOUS_TABLE31}, a.reps, a.store, True)}
         else:
             parts = {name: {"fig3.1": cost_fig31, "fig3.2": cost_fig32, "fig3.3": cost_fig33,
                             "effective-nodes": cost_effective_nodes}[name](p, a.reps)}
@@ -268,10 +292,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\nper experiment: CPU hours (single thread), projected wall hours on 2 cores (CPU / 2)")
     for k, v in totals.items():
         print(f"  {k:40} {v / 3600:7.2f} h CPU   {v / 7200:7.2f} h on 2 cores")
-    fast = sum(v for k, v in totals.items() if "as before" not in k)
-    slow = sum(v for k, v in totals.items() if "fast path" not in k)
-    print(f"\nwhole set, fast path:  {fast / 3600:.2f} h CPU, {fast / 7200:.2f} h on 2 cores")
-    print(f"whole set, as before:  {slow / 3600:.2f} h CPU, {slow / 7200:.2f} h on 2 cores")
+    now = sum(v for k, v in totals.items() if k != PREVIOUS)
+    before = sum(v for k, v in totals.items() if k != "table3.1")
+    print(f"\nwhole set, paper preset:             {now / 3600:.2f} h CPU, {now / 7200:.2f} h on 2 cores")
+    print(f"whole set, with the previous table3.1: {before / 3600:.2f} h CPU, {before / 7200:.2f} h on 2 cores")
     steps = {" ".join(map(str, k)): v for k, v in _cache.items()}
     print(f"(step times measured single-thread in {time.time() - t0:.0f} s wall; CPU seconds per call: "
           + json.dumps({k: round(v, 4) for k, v in steps.items()}) + ")")

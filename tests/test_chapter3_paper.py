@@ -24,7 +24,19 @@ def _spec(arch, init, act, branch=None, **kw):
 _SPECS = [_spec("feedforward", "gaussian", a) for a in ("relu", "linear", "tanh")] + [
     _spec("feedforward", "orthogonal", a) for a in ("relu", "tanh")] + [
     _spec("residual", "gaussian", "relu", "one"), _spec("residual", "gaussian", "tanh", "two"),
-    _spec("feedforward", "gaussian", "linear", stop_above=0.9), _spec("feedforward", "orthogonal", "relu", stop_above=0.9)]
+    _spec("feedforward", "gaussian", "linear", stop_above=0.9),
+    _spec("feedforward", "orthogonal", "relu", stop_above=0.9)] + [
+    # the paper preset's orthogonal rows: weights drawn as Householder reflectors (depthscope.haar)
+    _spec("feedforward", "orthogonal", a, stop_above=0.9, orthogonal_sampler="householder") for a in ("relu", "tanh")]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small matrices: one thread (on a loaded 2-core machine, two threads' syncing costs ms per layer)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _without_cost(vals):
@@ -32,7 +44,8 @@ def _without_cost(vals):
 
 
 @pytest.mark.parametrize("every,dense_until", [(7, 0), (40, 3)])
-@pytest.mark.parametrize("s", _SPECS, ids=lambda s: f"{s['arch']}-{s['init']}-{s['activation']}-{s.get('branch', '')}-{s.get('stop_above', '')}")
+@pytest.mark.parametrize("s", _SPECS, ids=lambda s: f"{s['arch']}-{s['init']}-{s['activation']}-{s.get('branch', '')}-"
+                         f"{s.get('stop_above', '')}-{s.get('orthogonal_sampler', '')}")
 def test_table31_fast_path_equals_every_layer_reference(s, every, dense_until):
     params = {"threshold": 0.9, "vni_every": every, "dense_until": dense_until}
     ref = table31_unit_reference(s, 1, params)
@@ -185,7 +198,7 @@ def _fake_curve(monkeypatch, curve):
     """R_sq(layer) = curve(layer): each 'layer' adds 1 to a scalar, the fake R_sq reads it back."""
     import depthscope.experiments.chapter3 as ch3
 
-    monkeypatch.setattr(ch3, "_stream_step", lambda spec, seed, l, x, device: x + 1)
+    monkeypatch.setattr(ch3, "_stream_step", lambda spec, seed, l, x, device, sampler="qr": x + 1)
     monkeypatch.setattr(ch3, "vni", lambda x: torch.tensor(curve(int(round(float(x.flatten()[0]))))))
 
 
@@ -242,7 +255,7 @@ def test_table31_partial_run_reads_not_run_not_differs(tmp_path):
 
 
 @pytest.mark.parametrize("key,value", [("workers", 0), ("vni_every", 0), ("dense_until", -1), ("workers", 1.5),
-                                       ("stop_above", 0.8), ("stop_above", 1.0)])
+                                       ("stop_above", 0.8), ("stop_above", 1.0), ("orthogonal_sampler", "svd")])
 def test_table31_bad_speed_settings_refused_before_anything_is_written(tmp_path, key, value):
     from depthscope.experiments.base import run_experiment
     from depthscope.store import Store
@@ -274,3 +287,59 @@ def test_fig33_scale_names_the_images_used_not_the_images_asked(tmp_path):
         assert _images_used(st, "fig3.3", 50000) == 50000  # no note: what was asked
         st.set_meta("note:fig3.3", "first 10000 of 10000 mnist test images, center")
         assert _images_used(st, "fig3.3", 50000) == 10000
+
+
+def test_table31_paper_units_carry_their_sampler_and_samples_and_quick_ones_keep_their_keys():
+    """The paper preset's orthogonal units name their sampler, its other units do not (Gaussian weights are
+    the same under both); every paper unit has n = 500, so none shares a key with the 1000-sample units of
+    a store made before; quick units are as before (no sampler key: their stores resume)."""
+    t = Table31()
+    paper = t.units(t.params("paper"))
+    assert len(paper) == 60 and all(u.spec["n"] == 500 for u in paper)
+    assert all(u.spec.get("orthogonal_sampler") == ("householder" if u.spec["init"] == "orthogonal" else None)
+               for u in paper)
+    old = t.units({**t.params("paper"), "n": 1000, "orthogonal_sampler": "qr"})
+    assert not {u.key for u in old} & {u.key for u in paper}
+    assert all("orthogonal_sampler" not in u.spec for u in old + t.units(t.params("quick")))
+
+
+def test_table31_figures_read_only_the_units_of_their_params(tmp_path):
+    """A store holding the previous paper preset's units (1000 samples, qr orthogonal weights) beside the
+    current ones: the table and its row claims are the current units' alone, and reading it with the
+    previous params gives the previous units' alone (never pooled)."""
+    from depthscope.experiments.chapter3 import table31_filter
+    from depthscope.store import Store, Value
+
+    t = Table31()
+    new = t.params("paper")
+    old = {**new, "n": 1000, "orthogonal_sampler": "qr"}
+    with Store(tmp_path / "run") as st:
+        for params, depth in ((old, 100.0), (new, 300.0)):
+            for u in t.units(params):
+                if u.spec["activation"] == "relu" and u.spec["arch"] == "feedforward":
+                    st.record("table3.1", u.key, spec=u.spec, seed=u.seed,
+                              values=[Value("vni", 0.95, layer=int(depth) + 1), Value("max_depth@0.9", depth + u.seed)])
+        assert len(st.rows("table3.1", "max_depth@0.9", init="orthogonal")) == 10
+        assert len(st.rows("table3.1", "max_depth@0.9", init="orthogonal", **table31_filter(new, "orthogonal"))) == 5
+        for params, med in ((new, "302 "), (old, "102 ")):
+            claims = {c.claim: c for f in t.figures(st, tmp_path / "out", params) if f.name == "table3.1"
+                      for c in f.claims}
+            for init in ("gaussian", "orthogonal"):
+                c = claims[f"Table 3.1, feedforward {init} relu: max depth before VNI > 0.9"]
+                assert c.ours.startswith(med) and f"5 of 5 seeds, {params['n']} inputs" in c.scale
+
+
+def test_table31_unit_draws_with_the_sampler_its_spec_names():
+    """A unit's orthogonal_sampler reaches the net: the householder unit's R_sq is stream_vni's with that
+    sampler, not the qr net's."""
+    s = _spec("feedforward", "orthogonal", "tanh", max_depth=30)
+    params = {"threshold": 0.9}
+    spec = NetSpec(30, 16, "tanh", "orthogonal")
+    x = gaussian(32, 16, 1.0, seed=10_001)
+    for sampler in ("qr", "householder"):
+        vals = table31_unit({**s, "orthogonal_sampler": sampler}, 1, params)
+        ref, _ = stream_vni(spec, x, 1, sampler=sampler)
+        assert [(v.layer, v.value) for v in vals if v.quantity == "vni"] == [(l, ref[l]) for l in sorted(ref)
+                                                                            if l in {v.layer for v in vals}]
+    assert table31_unit(s, 1, params)[5].value != table31_unit({**s, "orthogonal_sampler": "householder"}, 1,
+                                                               params)[5].value

@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..activations import get_activation
 from ..data import DataNotFound, batch_source, check_preprocess, gaussian
+from ..haar import HaarReflectors, haar_apply, haar_reflectors
 from ..metrics import rho_squared, vni
-from ..nets import NetSpec, apply_layer, branch_weight, layer_params
+from ..nets import NetSpec, apply_layer, branch_weight, layer_params, layer_seed
 from ..store import Store, Value
 from ..theory import predict
 from ._needs import require
@@ -39,15 +41,19 @@ def _save(fig, outdir: Path, name: str) -> list[Path]:
 
 @torch.no_grad()
 def stream_vni(spec: NetSpec, x: torch.Tensor, seed: int, *, measure=None, stop_above: float | None = None,
-               device: str = "cpu", keep: set[int] | None = None) -> tuple[dict[int, float], dict[int, torch.Tensor]]:
+               device: str = "cpu", keep: set[int] | None = None,
+               sampler: str = "qr") -> tuple[dict[int, float], dict[int, torch.Tensor]]:
     """R_sq(x_l) (eq. 3.5) at the layers in ``measure`` (all when None), one layer in memory at a time.
 
-    Same weights as ``build_net(spec, seed)`` (drawn by ``layer_params``). For
+    Same weights as ``build_net(spec, seed)`` (drawn by ``layer_params``), except that with
+    ``sampler="householder"`` orthogonal weights are drawn as Householder reflectors
+    (:func:`householder_layer`: the same Haar distribution, other draws). For
     positively homogeneous activations the activations are rescaled to unit mean
     square after each layer (VNI is scale-invariant, and 10,000-layer nets would
     otherwise overflow). Stops after the first measured layer whose VNI exceeds
     ``stop_above``. Returns ({layer: vni}, {layer: x_l for l in keep}).
     """
+    check_sampler(spec, sampler)
     x = x.to(device=device, dtype=torch.float32)
     if spec.has_input_projection:
         w, _ = layer_params(spec, seed, 0)
@@ -55,11 +61,7 @@ def stream_vni(spec: NetSpec, x: torch.Tensor, seed: int, *, measure=None, stop_
     out, kept = {}, {}
     wanted = None if measure is None else set(measure)
     for l in range(1, spec.depth + 1):
-        w, b = layer_params(spec, seed, l)
-        v = branch_weight(spec, seed, l).to(device) if spec.two_branch else None  # two-layer residual branch
-        _, x = apply_layer(spec, l, x, w.to(device), b.to(device), v=v)
-        if spec.activation in _HOMOGENEOUS:
-            x = x / x.pow(2).mean().sqrt().clamp_min(1e-30)
+        x = _stream_step(spec, seed, l, x, device, sampler)
         if keep and l in keep:
             kept[l] = x.cpu()
         if wanted is None or l in wanted:
@@ -69,11 +71,48 @@ def stream_vni(spec: NetSpec, x: torch.Tensor, seed: int, *, measure=None, stop_
     return out, kept
 
 
-def _stream_step(spec: NetSpec, seed: int, l: int, x: torch.Tensor, device: str) -> torch.Tensor:
-    """x_l from x_{l-1}: exactly the operations of one iteration of :func:`stream_vni` (same weights, same order)."""
-    w, b = layer_params(spec, seed, l)
-    v = branch_weight(spec, seed, l).to(device) if spec.two_branch else None
-    _, x = apply_layer(spec, l, x, w.to(device), b.to(device), v=v)
+#: How Table 3.1's orthogonal weights are drawn: "qr", build_net's (``layer_params``: the float64 QR of a
+#: Gaussian matrix, sign-fixed), or "householder" (:func:`householder_layer`: the same Haar distribution
+#: drawn as Householder reflectors and applied without forming W, about a third of the cost per layer at
+#: N = S = 1000; other weights for the same seed). Gaussian weights are the same under both.
+ORTHOGONAL_SAMPLERS = ("qr", "householder")
+
+
+def _reflected(spec: NetSpec, sampler: str) -> bool:
+    return sampler == "householder" and spec.init == "orthogonal"
+
+
+def check_sampler(spec: NetSpec, sampler: str) -> None:
+    """Refuse an unknown sampler, and "householder" for an orthogonal net it does not cover (only square
+    feed-forward layers: no residual, volume or rectangular first layer)."""
+    if sampler not in ORTHOGONAL_SAMPLERS:
+        raise ValueError(f"unknown orthogonal sampler {sampler!r}; expected one of: {', '.join(ORTHOGONAL_SAMPLERS)}")
+    if _reflected(spec, sampler) and (spec.arch != "feedforward" or spec.n_in != spec.width):
+        raise ValueError(f"the householder sampler covers square feed-forward orthogonal layers only, got "
+                         f"arch={spec.arch!r}, in_features={spec.n_in}, width={spec.width}")
+
+
+def householder_layer(spec: NetSpec, seed: int, layer: int) -> tuple[HaarReflectors, torch.Tensor]:
+    """(reflectors of W_l / sigma_w, b_l) of a square feed-forward orthogonal layer under the "householder"
+    sampler: W_l = sigma_w Q D (:mod:`depthscope.haar`), then b_l, drawn from the layer's own stream
+    (``layer_seed(seed, layer)``, as ``layer_params`` draws W_l then b_l)."""
+    g = torch.Generator().manual_seed(layer_seed(seed, layer))
+    r = haar_reflectors(spec.width, generator=g)
+    b = torch.randn(spec.width, generator=g) * spec.sigma_b + spec.bias_value
+    return r, b
+
+
+def _stream_step(spec: NetSpec, seed: int, l: int, x: torch.Tensor, device: str, sampler: str = "qr") -> torch.Tensor:
+    """x_l from x_{l-1}: one layer of :func:`stream_vni` and :func:`stream_crossings` (same weights, same order)."""
+    if _reflected(spec, sampler):
+        r, b = householder_layer(spec, seed, l)
+        if x.device.type != "cpu":
+            r = HaarReflectors(r.a.to(device), r.tau.to(device), r.signs.to(device))
+        x = get_activation(spec.activation)(haar_apply(x, r, math.sqrt(spec.resolved_sigma_w2)) + b.to(device))
+    else:
+        w, b = layer_params(spec, seed, l)
+        v = branch_weight(spec, seed, l).to(device) if spec.two_branch else None
+        _, x = apply_layer(spec, l, x, w.to(device), b.to(device), v=v)
     if spec.activation in _HOMOGENEOUS:
         x = x / x.pow(2).mean().sqrt().clamp_min(1e-30)
     return x
@@ -82,7 +121,7 @@ def _stream_step(spec: NetSpec, seed: int, l: int, x: torch.Tensor, device: str)
 @torch.no_grad()
 def stream_crossings(spec: NetSpec, x: torch.Tensor, seed: int, *, thresholds, stop_above: float,
                      record=(), every: int = 10, dense_until: int = 100, guard: float = 0.05,
-                     device: str = "cpu") -> tuple[dict[int, float], dict[float, int | None], int]:
+                     device: str = "cpu", sampler: str = "qr") -> tuple[dict[int, float], dict[float, int | None], int]:
     """First layer whose R_sq (eq. 3.5) exceeds each threshold, measuring R_sq only every ``every`` layers.
 
     The fast path of ``stream_vni(spec, x, seed, stop_above=stop_above)`` for Table 3.1, whose every-layer
@@ -102,6 +141,7 @@ def stream_crossings(spec: NetSpec, x: torch.Tensor, seed: int, *, thresholds, s
     """
     if every < 1 or dense_until < 0 or guard < 0:
         raise ValueError(f"every must be >= 1, dense_until >= 0 and guard >= 0, got {every}, {dense_until}, {guard}")
+    check_sampler(spec, sampler)
     x = x.to(device=device, dtype=torch.float32)
     if spec.has_input_projection:
         w, _ = layer_params(spec, seed, 0)
@@ -121,7 +161,7 @@ def stream_crossings(spec: NetSpec, x: torch.Tensor, seed: int, *, thresholds, s
     l = 0
     while l < spec.depth:
         l += 1
-        x = _stream_step(spec, seed, l, x, device)
+        x = _stream_step(spec, seed, l, x, device, sampler)
         low = min(t for t in levels if first[t] is None)
         if not (l <= dense_until or l in record or l == spec.depth or l % every == 0 or last_v >= low - guard):
             continue
@@ -130,7 +170,7 @@ def stream_crossings(spec: NetSpec, x: torch.Tensor, seed: int, *, thresholds, s
             # a crossing between two measurements: redo those layers one by one from the previous measurement
             y = last_x
             for j in range(last_l + 1, l + 1):
-                y = _stream_step(spec, seed, j, y, device)
+                y = _stream_step(spec, seed, j, y, device, sampler)
                 note(j, v if j == l else float(vni(y)))
                 if first[float(stop_above)] is not None:
                     return out, first, j
@@ -697,10 +737,15 @@ TABLE31_STOP = 0.99
 TABLE31_GUARD = 0.05
 
 
-def _table31_net(s: dict, seed: int) -> tuple[NetSpec, torch.Tensor]:
+def _table31_net(s: dict, seed: int) -> tuple[NetSpec, torch.Tensor, str]:
     spec = NetSpec(s["max_depth"], s["width"], s["activation"], s["init"], arch=s["arch"],
                    residual_scale=s["residual_scale"], branch=s.get("branch", "one"))
-    return spec, gaussian(s["n"], s["width"], s["input_variance"], seed=10_000 + seed)
+    return spec, gaussian(s["n"], s["width"], s["input_variance"], seed=10_000 + seed), _sampler(s)
+
+
+def _sampler(s: dict) -> str:
+    """A unit's orthogonal sampler: its spec's, else "qr" (units from before it was a parameter)."""
+    return s.get("orthogonal_sampler", "qr")
 
 
 def _table31_levels(params: dict) -> tuple[float, ...]:
@@ -711,8 +756,8 @@ def table31_unit_reference(s: dict, seed: int, params: dict, device: str = "cpu"
     """One Table 3.1 unit measured the plain way: R_sq at every layer (:func:`stream_vni`) until it exceeds
     the spec's ``stop_above`` (TABLE31_STOP when absent); kept at the log-spaced depths and the last layer;
     max_depth@t = (first layer above t) - 1."""
-    spec, x = _table31_net(s, seed)
-    r, _ = stream_vni(spec, x, seed, stop_above=s.get("stop_above", TABLE31_STOP), device=device)
+    spec, x, sampler = _table31_net(s, seed)
+    r, _ = stream_vni(spec, x, seed, stop_above=s.get("stop_above", TABLE31_STOP), device=device, sampler=sampler)
     keep = set(log_depths(s["max_depth"])) | {max(r)}
     vals = [Value("vni", v, layer=l) for l, v in r.items() if l in keep]
     for th in _table31_levels(params):
@@ -728,12 +773,13 @@ def table31_unit(s: dict, seed: int, params: dict, device: str = "cpu") -> list[
     import time
 
     c0 = time.process_time()
-    spec, x = _table31_net(s, seed)
+    spec, x, sampler = _table31_net(s, seed)
     keep = set(log_depths(s["max_depth"]))
     r, first, last = stream_crossings(spec, x, seed, thresholds=_table31_levels(params),
                                       stop_above=s.get("stop_above", TABLE31_STOP),
                                       record=keep, every=params.get("vni_every", 10),
-                                      dense_until=params.get("dense_until", 100), guard=TABLE31_GUARD, device=device)
+                                      dense_until=params.get("dense_until", 100), guard=TABLE31_GUARD, device=device,
+                                      sampler=sampler)
     keep.add(last)
     vals = [Value("vni", v, layer=l) for l, v in sorted(r.items()) if l in keep]
     for th in _table31_levels(params):
@@ -745,7 +791,7 @@ def table31_unit(s: dict, seed: int, params: dict, device: str = "cpu") -> list[
 def table31_cost_rank(spec: dict) -> int:
     """Run order of Table 3.1's rows, cheapest first: the relu rows cross within a few hundred layers, the
     Gaussian tanh/linear rows within a few thousand, the rest run to the depth cap (orthogonal weights
-    cost a float64 QR per layer, two-layer branches two matrices)."""
+    cost a QR or a set of reflectors per layer, two-layer branches two matrices)."""
     if spec["activation"] == "relu" and not (spec["arch"] == "residual" and spec.get("branch") == "two"):
         return 0
     if spec["arch"] == "feedforward" and spec["init"] == "gaussian":
@@ -837,8 +883,22 @@ def _run_table31(exp: Experiment, ctx: RunContext) -> dict:
 
 
 def _where(spec: dict) -> dict:
-    return {k: spec[k] for k in ("arch", "init", "activation", "width", "n", "max_depth", "residual_scale",
-                                 "input_variance") + (("branch",) if "branch" in spec else ())}
+    return {**{k: spec[k] for k in ("arch", "init", "activation", "width", "n", "max_depth", "residual_scale",
+                                    "input_variance") + (("branch",) if "branch" in spec else ())},
+            "stop_above": spec.get("stop_above"), "orthogonal_sampler": spec.get("orthogonal_sampler")}
+
+
+def table31_filter(params: dict, init: str | None = None) -> dict:
+    """The spec fields every Table 3.1 unit of ``params`` has (a ``Store.rows`` filter), so that the figures
+    and the table read only the units these params make: a store holding units of other sizes (another
+    preset, or the paper preset's units from before its samples and sampler changed) does not mix them in.
+    Fields a unit leaves out at their defaults (stop_above, orthogonal_sampler) are matched as absent."""
+    stop = params.get("stop_above", TABLE31_STOP)
+    sampler = params.get("orthogonal_sampler", "qr")
+    return {"width": params["width"], "n": params["n"], "max_depth": params["max_depth"],
+            "residual_scale": params["residual_scale"], "input_variance": params["input_variance"],
+            "stop_above": None if stop == TABLE31_STOP else stop,
+            **({"orthogonal_sampler": None if sampler == "qr" else sampler} if init == "orthogonal" else {})}
 
 
 def _run_units(exp, ctx, units, pool, counts, bar) -> None:
@@ -866,10 +926,11 @@ class Table31(_Ch3):
     presets = {
         "quick": {"width": 64, "n": 256, "max_depth": 5000, "threshold": 0.9, "seeds": 1,
                   "residual_scale": 0.1, "input_variance": 1.0, "vni_every": 10, "dense_until": 100,
-                  "workers": 1, "decided_median": True, "stop_above": 0.99},
-        "paper": {"width": 1000, "n": 1000, "max_depth": 10000, "threshold": 0.9, "seeds": 5,
-                  "residual_scale": 0.1, "input_variance": 1.0, "vni_every": 10, "dense_until": 100,
-                  "workers": 2, "decided_median": True, "stop_above": 0.9},
+                  "workers": 1, "decided_median": True, "stop_above": 0.99, "orthogonal_sampler": "qr"},
+        # 500 samples (not 1000) and Householder-drawn orthogonal weights: docs/reproduce.md, "What it costs"
+        "paper": {"width": 1000, "n": 500, "max_depth": 10000, "threshold": 0.9, "seeds": 5,
+                  "residual_scale": 0.1, "input_variance": 1.0, "vni_every": 50, "dense_until": 100,
+                  "workers": 2, "decided_median": True, "stop_above": 0.9, "orthogonal_sampler": "householder"},
     }
 
     def units(self, p):
@@ -881,7 +942,10 @@ class Table31(_Ch3):
                           # the stop is part of what a unit measures (how far its curve goes); the default
                           # 0.99 stays out of the spec so that stores from before it was a parameter resume
                           **({"stop_above": p["stop_above"]} if p.get("stop_above", TABLE31_STOP) != TABLE31_STOP
-                             else {})}, seed)
+                             else {}),
+                          # likewise the sampler: on the orthogonal rows only, and only when not build_net's "qr"
+                          **({"orthogonal_sampler": p["orthogonal_sampler"]}
+                             if init == "orthogonal" and p.get("orthogonal_sampler", "qr") != "qr" else {})}, seed)
                 for (arch, init, act) in THESIS_TABLE for br in (("one", "two") if arch == "residual" else (None,))
                 for seed in range(p["seeds"])]
 
@@ -890,6 +954,10 @@ class Table31(_Ch3):
             v = params.get(k, lo)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"table3.1: {k} must be an integer >= {lo}, got {v!r}")
+        sampler = params.get("orthogonal_sampler", "qr")
+        if sampler not in ORTHOGONAL_SAMPLERS:
+            raise ValueError(f"table3.1: orthogonal_sampler must be one of {', '.join(ORTHOGONAL_SAMPLERS)}, "
+                             f"got {sampler!r}")
         top = max(_table31_levels(params))
         stop = params.get("stop_above", TABLE31_STOP)
         if not (isinstance(stop, (int, float)) and top <= stop < 1):
@@ -910,7 +978,8 @@ class Table31(_Ch3):
         res, table, per_seed = [], {}, {}
         for (arch, init, act) in THESIS_TABLE:
             fam = {"branch": JUDGED_BRANCH} if arch == "residual" else {}
-            rows = store.rows(self.name, f"max_depth@{th:g}", arch=arch, init=init, activation=act, **fam)
+            rows = store.rows(self.name, f"max_depth@{th:g}", arch=arch, init=init, activation=act, **fam,
+                              **table31_filter(params, init))
             if rows:
                 table[(arch, init, act)] = float(np.median([r["value"] for r in rows]))
                 per_seed[(arch, init, act)] = {r["seed"]: r["value"] for r in rows}
@@ -921,7 +990,8 @@ class Table31(_Ch3):
             for act in ("tanh", "linear", "relu"):
                 by = {}
                 fam = {"branch": JUDGED_BRANCH} if arch == "residual" else {}
-                for r in store.rows(self.name, "vni", arch=arch, init=init, activation=act, **fam):
+                for r in store.rows(self.name, "vni", arch=arch, init=init, activation=act, **fam,
+                                    **table31_filter(params, init)):
                     by.setdefault(r["layer"], []).append(r["value"])
                 if not by:
                     continue
@@ -965,16 +1035,16 @@ class Table31(_Ch3):
                                     f"{params['width']}, critical sigma_w^2, mean over seeds; curves stop once "
                                     f"VNI > {params.get('stop_above', TABLE31_STOP):g}. Residual (judged): x + {params['residual_scale']} V phi(W x); "
                                     f"one-layer branch x + {params['residual_scale']} phi(W x), max depth "
-                                    + ", ".join(f"{a} {_fmt(self._one_branch(store, a, th), cap)}" for a in
+                                    + ", ".join(f"{a} {_fmt(self._one_branch(store, a, th, params), cap)}" for a in
                                                 ("tanh", "linear", "relu")) + " (not judged).", agrees,
                                     claims=[claim]))
         if table:  # the report puts the preset in front of each claim's scale
             res.append(self._table_figure(table, params, outdir, per_seed))
         return res
 
-    def _one_branch(self, store, act, th):
+    def _one_branch(self, store, act, th, params):
         rows = store.rows(self.name, f"max_depth@{th:g}", arch="residual", init="gaussian", activation=act,
-                          branch="one")
+                          branch="one", **table31_filter(params, "gaussian"))
         return float(np.median([r["value"] for r in rows])) if rows else None
 
     def _table_figure(self, table, params, outdir, per_seed=None):
