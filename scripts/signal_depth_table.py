@@ -44,13 +44,31 @@ def naive_fit(act: str, sw2: float, sb2: float) -> float:
     return -1.0 / np.polyfit(np.arange(3, 26), np.log(g[2:25]), 1)[0]
 
 
+def old_setup(nets: int, first_seed: int = 0) -> tuple[float, float]:
+    """The first session's measurement, redone: tanh (4.0, 0.05), N = 1000, 16 pairs from c = 0.45, ``nets`` nets;
+    log-linear fit of |c_l - c_inf| over layers 3-25, c_inf = the mean c over layers 40-60 (measured limit).
+    Returns (xi, the same fit with c_inf = c*)."""
+    s = signal.signal("tanh", 4.0, 0.05)
+    c = 1.0 - signal.simulate_correlation("tanh", 4.0, 0.05, [0.45], 60, 1000, pairs=16, nets=nets,
+                                          seed=first_seed)[:, 0].mean(0)
+    fit = lambda g: -1.0 / np.polyfit(np.arange(3, 26), np.log(np.abs(g[2:25])), 1)[0]  # noqa: E731
+    return fit(c - c[39:].mean()), fit(c - s.c_star)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None)
     ap.add_argument("--from", dest="source", default=None)
     ap.add_argument("--only", type=int, default=None, help="run POINTS[i] only")
+    ap.add_argument("--old", action="store_true", help="redo the first session's fit (2 nets, 8 times; 32 nets)")
     a = ap.parse_args()
     torch.set_num_threads(1)
+    if a.old:
+        for nets, first in [(2, 2 * k) for k in range(8)] + [(32, 100)]:
+            xi, xi_star = old_setup(nets, first)
+            print(f"{nets} nets (seeds {first}..{first + nets - 1}): xi = {xi:.2f} (c_inf measured), "
+                  f"{xi_star:.2f} (c_inf = c*)", flush=True)
+        return
     if a.source:
         with open(a.source) as f:
             rows = json.load(f)
