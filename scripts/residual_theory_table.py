@@ -3,7 +3,8 @@
     PYTHONPATH=src python scripts/residual_theory_table.py [--seeds 3] [--big]
     PYTHONPATH=src python scripts/residual_theory_table.py --points relu,two,128,3000,0.1 --seeds 8 --first-seed 8 \
         --out benchmarks/data/residual_relu_two_128_3000_s8.json          # more seeds of one point, resumable
-    PYTHONPATH=src python scripts/residual_theory_table.py --from benchmarks/data/residual_*.json   # pooled table
+    PYTHONPATH=src python scripts/residual_theory_table.py --from "benchmarks/data/residual_*.json"  # pooled table
+    PYTHONPATH=src python scripts/residual_theory_table.py --pieces --seeds 16     # relu/two N = 128: the pieces
 
 Inputs: n = 4N i.i.d. N(0, 1) samples (seed 1000 + s); nets of seeds s at the activation's critical
 sigma_w^2, Gaussian weights; VNI streamed layer by layer (metrics.vni_per_layer) and read at L/4, L/2, L.
@@ -71,6 +72,51 @@ def table(data: dict[tuple, dict[int, dict[int, float]]]) -> list[dict]:
     return rows
 
 
+def pieces(seeds: list[int], n_w: int = 128, depth: int = 3000, alpha: float = 0.1) -> None:
+    """The radial mode's pieces per net (relu/two), measured against the model at L/4, L/2, 3L/4, L: R, the log-norm
+    variance v, mean2 = |mean|^2/N (measured/model and its spread over nets), the radial fraction f = m^T C m / tr C
+    (m the mean direction) and its mean square, f from the per-net formula mean2 (1 - e^{-v/4}) / T with the
+    measured pieces, the bulk's variance over the mean T (1 - f) / mean2, and the correlation over nets of log mean2
+    and log T_b."""
+    import math
+
+    import numpy as np
+
+    from depthscope.nets import stream_layers
+
+    marks = [depth // 4, depth // 2, 3 * depth // 4, depth]
+    acc: dict[int, list] = {l: [] for l in marks}
+    for s in seeds:
+        x = torch.randn(4 * n_w, n_w, generator=torch.Generator().manual_seed(1000 + s)).double()
+        spec = NetSpec(depth, n_w, "relu", "gaussian", arch="residual", branch="two", alpha=alpha)
+        for l, _, xl in stream_layers(spec, x, s):
+            if l not in acc:
+                continue
+            m = xl.mean(0)
+            xc = xl - m
+            c = xc.T @ xc / (len(xl) - 1)
+            t = float(c.trace()) / n_w
+            mh = m / m.norm()
+            v = float(torch.log((xl**2).sum(1)).var())
+            mean2 = float(m @ m) / n_w
+            acc[l].append([float((c * c).sum()) / float(c.trace()) ** 2, t, mean2, v, float(mh @ c @ mh) / n_w / t,
+                           mean2 * -math.expm1(-v / 4) / t])
+    th = predict_residual(depth, n_w, "relu", "gaussian", branch="two", alpha=alpha, input_variance=1.0,
+                          samples=4 * n_w)
+    print(f"{len(seeds)} nets | L | R meas / model | v meas / model | mean2 meas / model (rel. sd over nets) | "
+          "f meas / model | E f^2 meas | f per-net formula | T_b / mean2 meas / model | corr(log mean2, log T_b)")
+    for l in marks:
+        a = np.array(acc[l])
+        r, t, m2, v, f, fr = a.T
+        tb = t * (1 - f)
+        i = l - 1
+        t_r = th.mean2[i] * -math.expm1(-th.norm_variance[i] / 4)
+        print(f"| {l} | {r.mean():.3f} / {th.vni[i]:.3f} | {v.mean():.3f} / {th.norm_variance[i]:.3f} | "
+              f"{m2.mean() / th.mean2[i]:.2f} ({m2.std(ddof=1) / m2.mean():.2f}) | {f.mean():.3f} / "
+              f"{th.radial_fraction[i]:.3f} | {(f * f).mean():.3f} | {fr.mean():.3f} | {np.mean(tb / m2):.4f} / "
+              f"{(th.m1[i] - t_r) / th.mean2[i]:.4f} | {np.corrcoef(np.log(m2), np.log(tb))[0, 1]:.2f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
@@ -78,10 +124,15 @@ def main() -> None:
     ap.add_argument("--big", action="store_true")
     ap.add_argument("--points", default=None, help="ACT,BRANCH,N,L,ALPHA[;...] instead of the built-in list")
     ap.add_argument("--out", default=None, help="write every seed's values as JSON")
+    ap.add_argument("--pieces", action="store_true",
+                    help="relu/two N = 128, alpha = 0.1, L = 3000: the radial mode's pieces per net (seeds as given)")
     ap.add_argument("--from", dest="source", default=None,
                     help="JSON files (comma list or glob) from --out: pool seeds per point, no simulation")
     a = ap.parse_args()
     torch.set_num_threads(1)
+    if a.pieces:
+        pieces(list(range(a.first_seed, a.first_seed + a.seeds)))
+        return
     data: dict[tuple, dict[int, dict[int, float]]] = {}
     if a.source:
         paths = [p for pat in a.source.split(",") for p in sorted(glob.glob(pat))]
