@@ -154,8 +154,8 @@ def main() -> None:
     for r in rows:
         print(f"| {r['activation']} | {r['branch']} | {r['width']} | {r['alpha']:g} | {r['layer']} | {r['seeds']} | "
               f"{r['measured']:.4f} | {100 * r['se']:.1f}% | {r['theory']:.4f} | {100 * r['err']:+.1f}% | "
-              f"{r['err'] / r['se'] if r['seeds'] > 1 else float('nan'):+.1f} |"
-              + ("" if r["covered"] else " (not covered)"), flush=True)
+              + (f"{r['err'] / r['se']:+.1f} |" if r["covered"] and r["seeds"] > 1 and r["se"] > 0 else
+                 "— |" if r["covered"] else "— (not covered) |"), flush=True)
     if a.out:
         with open(a.out, "w") as f:
             json.dump(rows, f, indent=1)
