@@ -103,6 +103,8 @@ def main() -> None:
     ap.add_argument("--depths", default=None, help="comma list (default: 1, 3, 10, N/10, N/4, N/2, N)")
     ap.add_argument("--first-seed", type=int, default=0, help="seeds first..first+seeds-1 (extra seeds for a run)")
     ap.add_argument("--parts", action="store_true", help="measure the model's pieces per net (see above)")
+    ap.add_argument("--summary", action="store_true",
+                    help="also print one row per (N, init): each depth's model error, se where > 3% (docs/theory.md)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--from", dest="source", default=None,
                     help="JSON files from --out (comma list; distinct seeds are pooled per point): re-evaluate, "
@@ -157,6 +159,18 @@ def main() -> None:
                 print(f"| {n} | {init} | {d} | {seeds} | {mean:.4f} | {100 * se:.1f}% | {model:.4f} | "
                       f"{100 * (model / mean - 1):+.1f}% | {100 * (eq37 / mean - 1):+.0f}% |", flush=True)
             print(f"<!-- N={n} {init}: {time.time() - t0:.0f} s -->", flush=True)
+    if a.summary:
+        print("\n| N | init | seeds | L: model error (se where > 3%) | eq. 3.7 error |")
+        print("| ---: | --- | ---: | --- | --- |")
+        for key in dict.fromkeys((r["width"], r["init"]) for r in rows):
+            rs = [r for r in rows if (r["width"], r["init"]) == key]
+            seeds = sorted({r["seeds"] for r in rs})
+            cells = ", ".join(f"{r['depth']}: {100 * r['err']:+.1f}%"
+                              + (f" ({100 * r['se']:.0f}%)" if r["se"] > 0.03 or r["seeds"] < 2 else "")
+                              for r in rs).replace("-", "−").replace("(nan%)", "(1 net)")
+            lo, hi = min(r["eq37_err"] for r in rs), max(r["eq37_err"] for r in rs)
+            print(f"| {key[0]} | {key[1]} | {'–'.join(map(str, seeds)) if len(seeds) > 1 else seeds[0]} | {cells} | "
+                  f"{100 * lo:+.0f}% to {100 * hi:+.0f}% |".replace("+-", "−").replace("-", "−"))
     worst = max(rows, key=lambda r: abs(r["err"]))
     print(f"\nworst |err| {100 * abs(worst['err']):.1f}% at N={worst['width']} {worst['init']} L={worst['depth']} "
           f"(se {100 * worst['se']:.1f}%); within 10%: {sum(abs(r['err']) <= 0.10 for r in rows)}/{len(rows)}; "

@@ -131,3 +131,44 @@ def test_c_map_off_the_fixed_point_is_normalised_by_the_next_variance():
         qn = theory.variance_map("tanh", q, 2.5, 0.1)
         ref = (2.5 * signal.pair_expectation("tanh", q, 0.4) + 0.1) / qn
         assert signal.correlation_map("tanh", 0.4, 2.5, 0.1, q=q) == pytest.approx(ref, rel=1e-12)
+
+
+def test_odd_phi_without_bias_has_c_star_zero_in_chaos():
+    # C(-1) = -1 is a fixed point without biases (anti-correlated inputs stay so) but an unstable one, like c = 1;
+    # the stable one is 0 (C is odd), where the slope is sigma_w^2 E[phi']^2 (u_1, u_2 independent):
+    # hard_tanh: E phi'(u) = P(|u| < 1) = erf(1 / sqrt(2 q*))
+    s = signal.signal("hard_tanh", 2.0, 0.0)
+    assert s.phase == "chaotic" and s.c_star == pytest.approx(0.0, abs=1e-9)
+    assert s.chi_c == pytest.approx(2.0 * math.erf(1 / math.sqrt(2 * s.q_star)) ** 2, rel=1e-9)
+    assert s.xi_c == pytest.approx(-1 / math.log(s.chi_c)) and math.isfinite(s.xi_c)
+
+
+def test_xi_c_measured_on_simulated_nets_ordered_phase():
+    # ordered tanh (0.8, 0.05): 1 - c_l from 0.9 on N = 200 nets, 16 pairs x 6 nets (0.5 s). Measured 2.288 +- 0.017
+    # against xi_c = 2.295 (-0.3%): the fitted depth scale within 2% (3 se)
+    f = signal.measure_xi_c("tanh", 0.8, 0.05, 200, delta=0.1, pairs=16, nets=6)
+    assert f.c_star == 1.0 and f.first == 1 and f.last - f.first >= 10  # relative noise stays O(1/sqrt N)
+    assert f.se < 0.01 * f.xi_c
+    assert f.xi == pytest.approx(f.xi_c, rel=0.02)
+
+
+def test_xi_c_measured_on_simulated_nets_chaotic_phase():
+    # chaotic hard_tanh (2.0, 0.05), c* = 0.319: two trajectories from c* -/+ 0.1 on the same N = 200 nets
+    # (32 pairs x 16 nets, ~2 s). Measured 7.40 +- 0.34 against xi_c = 7.67 (-3.5%, 0.8 se): within 3 se and 10%
+    f = signal.measure_xi_c("hard_tanh", 2.0, 0.05, 200, delta=0.1, pairs=32, nets=16)
+    assert 0.3 < f.c_star < 0.33 and f.first == 1 and f.last >= 10
+    assert f.se < 0.05 * f.xi_c
+    assert abs(f.xi - f.xi_c) <= 3 * f.se and f.xi == pytest.approx(f.xi_c, rel=0.10)
+    assert f.xi_map == pytest.approx(f.xi_c, rel=0.01)  # the range is past the c-map's transient
+
+
+def test_asymptotic_onset_skips_the_transient():
+    # relu's map is 1 - C = chi (1 - c) + O((1 - c)^{3/2}) near 1: the local depth scale approaches xi_c only like
+    # sqrt(1 - c), so the fit starts late (layer 24 for delta = 0.1); tanh's (analytic) map is within 1% from layer 1
+    assert signal.asymptotic_onset("tanh", 0.8, 0.05, 0.1) == 1
+    first = signal.asymptotic_onset("relu", 1.5, 0.1, 0.1)
+    assert 15 <= first <= 35
+    s = signal.signal("relu", 1.5, 0.1)
+    g = 1 - signal.correlation_trajectory("relu", 0.9, first + 10, 1.5, 0.1)
+    local = -1 / np.log(g[1:] / g[:-1])
+    assert np.all(np.abs(local[first - 1:] / s.xi_c - 1) <= 0.01) and abs(local[first - 3] / s.xi_c - 1) > 0.01

@@ -101,3 +101,33 @@ def test_m1_m2_pennington_form_at_fixed_point():
 def test_predict_rejects_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         theory.predict(**kwargs)
+
+
+# q*, chi_1 = sigma_w^2 mu1(q*) and the variance map's q at layer 8 from q_1 = 0.7 sigma_w^2 + sigma_b^2, at the
+# points of neural-tangents' mean-field tables, tabulated to 20 digits (mpmath, 30-digit tanh-sinh quadrature and
+# findroot: tests/test_theory_exact.py recomputes them when mpmath is installed; this table needs nothing)
+NT_TABLE = {
+    ("tanh", 1.5, 0.05): (0.41803720053347786017, 0.93863626819885115122, 0.42298611404421119722),
+    ("tanh", 2.5, 0.0): (0.97357410719457291742, 1.1729703986310130464, 0.97578920930914930045),
+    ("erf", 2.0, 0.1): (1.0462553601214325529, 1.1183167661184480966, 1.0465250713848284411),
+    ("relu", 1.6, 0.2): (1.0000000000000002776, 0.80000000000000004441, 1.0671088640000002608),
+}
+
+
+@pytest.mark.parametrize("point", list(NT_TABLE))
+def test_mean_field_quantities_against_the_tabulated_values(point):
+    from depthscope import activations
+    from depthscope.activations import register_activation
+
+    act, sw2, sb2 = point
+    q_star, chi1, q8 = NT_TABLE[point]
+    name = act
+    if act == "erf":
+        name = "test_erf_tab"
+        register_activation(name, torch.erf, smooth=True, overwrite=True)
+    try:
+        assert theory.fixed_point(name, sw2, sb2) == pytest.approx(q_star, rel=1e-13)
+        assert theory.chi(name, sw2, q_star) == pytest.approx(chi1, rel=1e-13)
+        assert theory.variance_trajectory(name, 8, sw2, 0.7, sb2)[-1] == pytest.approx(q8, rel=1e-13)
+    finally:
+        activations._REGISTRY.pop("test_erf_tab", None)

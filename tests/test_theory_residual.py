@@ -63,3 +63,30 @@ def test_relu_two_layer_branch_within_10_percent_where_the_radial_mode_grows(n_w
                           samples=4 * n_w)
     err = th.vni[[l - 1 for l in layers]] / m - 1
     assert np.all(np.abs(err) <= 0.10), err
+
+
+def test_table_script_pools_seed_files_like_one_run(tmp_path):
+    # scripts/residual_theory_table.py: two --out files of disjoint seeds, pooled by --from, give the table of one
+    # run over all the seeds (the docs' 32-seed table is pooled from 8-seed files)
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "residual_theory_table.py")
+    pt = ["--points", "relu,two,16,8,0.1"]
+
+    def run(*args):
+        p = subprocess.run([sys.executable, script, *pt, *args], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        return p.stdout
+
+    run("--seeds", "2", "--first-seed", "0", "--out", str(tmp_path / "a.json"))
+    run("--seeds", "3", "--first-seed", "2", "--out", str(tmp_path / "b.json"))
+    run("--seeds", "5", "--out", str(tmp_path / "all.json"))
+    pooled = run("--from", f"{tmp_path / 'a.json'},{tmp_path / 'b.json'}", "--out", str(tmp_path / "p.json"))
+    assert "| relu | two | 16 | 0.1 | 8 | 5 |" in pooled
+    got, ref = json.loads((tmp_path / "p.json").read_text()), json.loads((tmp_path / "all.json").read_text())
+    for g, r in zip(got, ref):
+        assert g["seeds"] == r["seeds"] == 5 and g["measured"] == pytest.approx(r["measured"], rel=1e-12)
+        assert g["se"] == pytest.approx(r["se"], rel=1e-9)

@@ -145,7 +145,9 @@ def signal(activation: str, sigma_w2: float, sigma_b2: float = 0.0, tol: float =
         c_star, phase = 1.0, "ordered"
     else:
         phase = "chaotic"
-        lo, hi = -1.0, 1.0 - 1e-9  # C(c) - c > 0 below c*, < 0 between c* and 1
+        # C(c) - c > 0 below c*, < 0 between c* and 1. Both ends are tested inside the interval: without biases an
+        # odd phi keeps c = -1 fixed (anti-correlated inputs stay so), an unstable fixed point like c = 1
+        lo, hi = -1.0 + 1e-9, 1.0 - 1e-9
         if correlation_map(activation, lo, sigma_w2, sigma_b2, q) - lo <= 0:
             c_star = -1.0
         else:
@@ -210,3 +212,136 @@ def draw_phase_diagram(diagram: dict[str, np.ndarray], path: str, title: str = "
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+
+def simulate_correlation(activation: str, sigma_w2: float, sigma_b2: float, c0s, depth: int, width: int, *,
+                         pairs: int = 16, nets: int = 4, init: str = "gaussian", seed: int = 0) -> np.ndarray:
+    """1 - c_l on simulated nets, shape (nets, len(c0s), depth): per net and starting correlation c0, the mean over
+    ``pairs`` input pairs of 1 - cos(h_a, h_b) of layer l's pre-activations, l = 1..depth; float64, nets of seeds
+    seed..seed+nets-1.
+
+    Every pair shares its first input a across the c0s (b = c_in a + sqrt(1 - c_in^2) e with one e), so the
+    trajectories from different c0 see the same weights and inputs and their difference is nearly free of the
+    net's noise. Inputs have norm sqrt(N var), var = (q* - sigma_b^2) / sigma_w^2, and c_in is chosen so that
+    layer 1's pre-activations are at q* with correlation c0 (the bias adds sigma_b^2 to their covariance).
+    1 - cos is taken as |a/|a| - b/|b||^2 / 2, which keeps its precision where c -> 1.
+    """
+    import torch
+
+    from .nets import NetSpec, stream_layers
+
+    c0s = [float(c) for c in np.atleast_1d(c0s)]
+    s = signal(activation, sigma_w2, sigma_b2)
+    var = (s.q_star - sigma_b2) / sigma_w2
+    c_ins = [(c0 * s.q_star - sigma_b2) / (sigma_w2 * var) if var > 0 else math.nan for c0 in c0s]
+    for c0, c_in in zip(c0s, c_ins):
+        if not (-1.0 <= c_in <= 1.0):
+            raise ValueError(f"c0 = {c0} needs input cosine {c_in:.4g} at q* = {s.q_star:.4g}: not in [-1, 1]")
+    k = len(c0s)
+    out = np.empty((nets, k, depth))
+    for i in range(nets):
+        g = torch.Generator().manual_seed(10_000 + seed + i)
+        a = torch.randn(pairs, width, generator=g, dtype=torch.float64)
+        e = torch.randn(pairs, width, generator=g, dtype=torch.float64)
+        e = e - (e * a).sum(1, keepdim=True) / (a * a).sum(1, keepdim=True) * a
+        a, e = a / a.norm(dim=1, keepdim=True), e / e.norm(dim=1, keepdim=True)
+        x = torch.cat([a] + [c * a + math.sqrt(1.0 - c * c) * e for c in c_ins]) * math.sqrt(width * var)
+        spec = NetSpec(depth=depth, width=width, activation=activation, init=init, sigma_w2=sigma_w2,
+                       sigma_b=math.sqrt(sigma_b2))
+        for l, h, _ in stream_layers(spec, x, seed + i):
+            u = (h / h.norm(dim=1, keepdim=True)).reshape(k + 1, pairs, width)
+            out[i, :, l - 1] = ((u[1:] - u[:1]) ** 2).sum(2).mean(1).numpy() / 2.0
+    return out
+
+
+def _start_points(c_star: float, delta: float) -> list[float]:
+    """Where the two trajectories start: c* - delta and c* + delta (chaotic), 1 - delta (ordered: c* = 1)."""
+    return [1.0 - delta] if c_star >= 1.0 else [c_star - delta, c_star + delta]
+
+
+def _gap(traj: np.ndarray, c_star: float) -> np.ndarray:
+    """The approach to c* from trajectories of c (rows: the start points): 1 - c in the ordered phase; in the
+    chaotic phase half the difference of the two trajectories started at c* -/+ delta, whose non-linear (second
+    order) transients cancel, and so does any finite-width shift of the limit (both end at the same c_inf)."""
+    return 1.0 - traj[0] if c_star >= 1.0 else 0.5 * (traj[1] - traj[0])
+
+
+def asymptotic_onset(activation: str, sigma_w2: float, sigma_b2: float, delta: float, rel_tol: float = 0.01,
+                     max_depth: int = 10_000) -> int:
+    """The first layer l from which the c-map's own per-layer depth scale -1/log(g_{l+1}/g_l) stays within
+    ``rel_tol`` of xi_c, g_l the approach to c* measured as by :func:`measure_xi_c` from c* -/+ delta (chaotic) or
+    1 - delta (ordered): where the non-linear transient of the map is over (1-based)."""
+    s = signal(activation, sigma_w2, sigma_b2)
+    if not math.isfinite(s.xi_c):
+        raise ValueError(f"xi_c is infinite at ({sigma_w2}, {sigma_b2}) for {activation}: no exponential approach")
+    depth = min(max_depth, int(math.ceil(12 * s.xi_c)) + 2)  # the gap falls to e^-12 of delta: far below noise
+    traj = np.array([correlation_trajectory(activation, c, depth, sigma_w2, sigma_b2)
+                     for c in _start_points(s.c_star, delta)])
+    gap = _gap(traj, s.c_star)
+    ok = np.abs(gap) > 1e-10  # the map's own precision (quadrature ~1e-14, c* to 1e-12)
+    both = ok[1:] & ok[:-1]
+    rate = np.log(np.abs(gap[1:]) / np.maximum(np.abs(gap[:-1]), 1e-300))
+    xi_local = np.where(rate < 0, -1.0 / np.where(rate < 0, rate, -1.0), math.inf)
+    good = both & (np.abs(xi_local / s.xi_c - 1.0) <= rel_tol)
+    for l in range(int(np.flatnonzero(both).max()) if both.any() else -1, -1, -1):
+        if not good[l]:
+            return l + 2  # rates from index l + 1 (layers l + 2 -> l + 3) on are all within the tolerance
+    return 1
+
+
+@dataclass
+class DepthScaleFit:
+    """A measured depth scale of c_l -> c* on simulated nets (see :func:`measure_xi_c`)."""
+
+    xi: float  # fitted: -1 / slope of log g_l over layers first..last
+    se: float  # jackknife standard error over nets
+    first: int
+    last: int
+    xi_c: float  # -1 / log chi_c at the fixed point
+    xi_map: float  # the same fit on the c-map's own trajectories over the same layers
+    c_star: float
+    c_end: float  # measured mean c at the last simulated layer (from c* + delta; 1 - delta ordered)
+    gap: np.ndarray  # measured g_l, mean over nets, layers 1..depth
+    gap_map: np.ndarray  # the c-map's g_l
+
+
+def _fit_xi(gap: np.ndarray, first: int, last: int) -> float:
+    l = np.arange(first, last + 1)
+    slope = np.polyfit(l, np.log(np.abs(gap[first - 1:last])), 1)[0]
+    return -1.0 / slope if slope < 0 else math.inf
+
+
+def measure_xi_c(activation: str, sigma_w2: float, sigma_b2: float, width: int, *, delta: float = 0.1,
+                 pairs: int = 16, nets: int = 8, depth: int | None = None, rel_tol: float = 0.01,
+                 min_snr: float = 10.0, init: str = "gaussian", seed: int = 0) -> DepthScaleFit:
+    """Measure, on simulated nets, the depth over which c_l approaches c*, against xi_c = -1 / log chi_c.
+
+    g_l: chaotic phase, half the difference of two trajectories started at c* -/+ delta on the same nets and
+    inputs (their second-order transients and the O(1/N) finite-width shift of the limit cancel); ordered phase
+    (c* = 1), 1 - c_l from 1 - delta (finite width keeps its relative noise O(1/sqrt N) at any depth). The fit is
+    log-linear in g_l over the asymptotic range only: from :func:`asymptotic_onset` (the c-map's local depth
+    scale within ``rel_tol`` of xi_c) to the last layer before g_l falls below ``min_snr`` standard errors over
+    nets. ``xi_map`` is the same fit on the c-map's own g_l. se: jackknife over nets (range held fixed).
+    """
+    s = signal(activation, sigma_w2, sigma_b2)
+    first = asymptotic_onset(activation, sigma_w2, sigma_b2, delta, rel_tol)
+    depth = depth or first + int(math.ceil(8 * s.xi_c))
+    starts = _start_points(s.c_star, delta)
+    sim = 1.0 - simulate_correlation(activation, sigma_w2, sigma_b2, starts, depth, width, pairs=pairs, nets=nets,
+                                     init=init, seed=seed)
+    per_net = np.array([_gap(t, s.c_star) for t in sim])
+    gap = per_net.mean(0)
+    g_se = per_net.std(0, ddof=1) / math.sqrt(nets)
+    last = first
+    while last < depth and gap[last] * gap[first - 1] > 0 and abs(gap[last]) > min_snr * g_se[last]:
+        last += 1
+    if last - first < 2:
+        raise ValueError(f"only layers {first}..{last} above {min_snr} standard errors: more pairs, nets or width")
+    xi = _fit_xi(gap, first, last)
+    jack = np.array([_fit_xi(np.delete(per_net, i, 0).mean(0), first, last) for i in range(nets)])
+    se = float(math.sqrt((nets - 1) / nets * ((jack - jack.mean()) ** 2).sum()))
+    traj = np.array([correlation_trajectory(activation, c, depth, sigma_w2, sigma_b2) for c in starts])
+    gap_map = _gap(traj, s.c_star)
+    return DepthScaleFit(xi, se, first, last, s.xi_c, _fit_xi(gap_map, first, last), s.c_star,
+                         float(sim[:, -1, -1].mean()), gap, gap_map)
