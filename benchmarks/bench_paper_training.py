@@ -81,8 +81,8 @@ def engine_times(depth: int, width: int, optimizer: str, batch: int, probe: int,
     r = RunSpec(depth, width, "tanh", "gaussian", optimizer, 1e-3, 0, batch_size=batch)
     ens = Ensemble([(r.net_spec(784), 0)], optimizer, [1e-3])
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, 784, generator=g)
-    y = torch.randint(0, 10, (batch,), generator=g)
+    x = torch.rand(1, batch, 784, generator=g)  # (K, B, D): the engine's per-member batches
+    y = torch.randint(0, 10, (1, batch), generator=g)
     ens.train_step(x, y)  # warm-up
     t = CLOCK()
     for _ in range(steps):
@@ -158,7 +158,7 @@ def gradients_cost(p: dict) -> dict:
     for (a, sw2, d), n in shapes.items():
         base = next(u for u in units if (u.spec["activation"], u.spec["sigma_w2"], u.spec["depth"]) == (a, sw2, d))
         ts, rows = [], []
-        for s in (2, 12):
+        for s in (10, 100, 300):  # 2 vs 12 steps left the per-step cost inside the noise of the 2 measurements
             u = WorkUnit({**base.spec, "steps": s}, 0)
             ts.append(timed(exp._run, u))
             rows.append([1, s])
