@@ -126,7 +126,7 @@ def infer_preset(exp, stored: set[str]) -> str | None:
     for name in exp.presets:
         try:
             keys = {u.key for u in exp.units(exp.params(name))}
-        except ValueError:  # a preset this machine cannot list (e.g. it needs a package): not this one
+        except Exception:  # an experiment that cannot list its units here: not judged on them (never a crash)
             continue
         n = len(keys & stored)
         if n > hits:
