@@ -181,14 +181,16 @@ def xor_cost(p: dict) -> dict:
     for name, (depth, width, lr) in p["settings"].items():
         spec = NetSpec(depth=depth, width=width, activation=p["activation"], in_features=2, out_features=1)
         rows, ts = [], []
-        for steps, every in ((0, 10**9), (20, 10**9), (60, 10**9)):  # logs: {0}, {0, 20}, {0, 60}
+        # logs {0}, {0, 100}, {0, 300}, {0, 20, ..., 100}: 20 vs 60 steps left a tiny net's per-step cost
+        # inside the noise of its set-up, and the per-log cost needs a trial with more logs at equal steps
+        for steps, every in ((0, 10**9), (100, 10**9), (300, 10**9), (100, 20)):
             ts.append(timed(train_xor, spec, seeds, lr, steps, every, probe))
-            rows.append([1, steps, 1 if steps == 0 else 2])
+            rows.append([1, steps, len(set(range(0, steps + 1, every)) | {steps})])
         c = lstsq(rows, ts)
         logs = len(set(range(0, p["steps"] + 1, p["log_every"])) | {p["steps"]})
         cpu += c[0] + c[1] * p["steps"] + c[2] * logs
         flops += len(seeds) * p["steps"] * 6 * 4 * depth * width * width
-        parts.append(f"{name} {1e3 * c[1]:.1f} ms/step")
+        parts.append(f"{name} {1e3 * c[1]:.1f} ms/step + {c[2]:.2f} s/log x {logs}")
     return {"units": len(seeds) * len(p["settings"]), "cpu": cpu, "flops": flops,
             "how": f"{len(p['settings'])} settings x {p['seeds']} stacked nets x {p['steps']} steps; "
                    + ", ".join(parts)}
