@@ -163,3 +163,13 @@ def test_xor_scale_names_settings_nets_and_steps():
             for i, (s, d) in enumerate([("a", 2), ("a", 2), ("b", 16)])]
     rows.append(dict(rows[0]))  # a second measurement of unit k0
     assert xor_scale(rows) == "a L=2, N=4, lr 0.05: 2 nets; b L=16, N=4, lr 0.05: 1 nets; 10000 full-batch steps"
+
+
+def test_bound_scale_names_the_units_that_diverged():
+    from depthscope.experiments.gradient_bound import bound_scale
+
+    rows = [{"key": "a", "activation": "sigmoid", "sigma_w2": 1.0, "depth": 5, "width": 100, "steps": 2000, "seed": 0}]
+    failed = [{"activation": "relu", "sigma_w2": None, "depth": d} for d in (50, 100, 100)]
+    assert bound_scale(rows, failed).endswith("1 units; 3 more diverged in training (not counted): relu (critical "
+                                              "sigma_w^2) at L=50, 100")
+    assert bound_scale(rows, []) == bound_scale(rows)

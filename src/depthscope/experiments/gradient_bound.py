@@ -42,16 +42,27 @@ def _sw2(sw2) -> str:
     return "critical sigma_w^2" if sw2 is None else f"sigma_w^2 = {sw2:g}"
 
 
-def bound_scale(rows: list[dict]) -> str:
+def bound_scale(rows: list[dict], failed: list[dict] | None = None) -> str:
     """The scale the bound was checked at, read from the stored units (a store still filling says what it
-    holds): depths, widths, seeds per configuration, SGD steps."""
+    holds): depths, widths, seeds per configuration, SGD steps; ``failed``: the specs of units that stopped
+    (diverged), named so that a row does not read as if they had been checked."""
     keys = {r["key"]: r for r in rows}.values()
     cfgs = {(r["activation"], r["sigma_w2"]) for r in keys}
     seeds = max((len({r["seed"] for r in keys if (r["activation"], r["sigma_w2"]) == c and r["depth"] == d})
                  for c in cfgs for d in {r["depth"] for r in keys}), default=0)
     vals = lambda f: ", ".join(str(v) for v in sorted({r[f] for r in keys}))  # noqa: E731
     return (f"L={vals('depth')}, N={vals('width')}, {len(cfgs)} activation/init settings, up to {seeds} seeds each, "
-            f"{vals('steps')} SGD steps (float64); {len(keys)} units")
+            f"{vals('steps')} SGD steps (float64); {len(keys)} units" + _failed_text(failed or []))
+
+
+def _failed_text(failed: list[dict]) -> str:
+    if not failed:
+        return ""
+    by: dict[str, list[int]] = {}
+    for sp in failed:
+        by.setdefault(f"{sp['activation']} ({_sw2(sp['sigma_w2'])})", []).append(sp["depth"])
+    what = "; ".join(f"{k} at L={', '.join(str(d) for d in sorted(set(v)))}" for k, v in by.items())
+    return f"; {len(failed)} more diverged in training (not counted): {what}"
 
 
 #: "very small" in seed 001's sigmoid claim, made checkable: layer 1's gradient below this share of layer L's
@@ -131,6 +142,7 @@ class GradientBound(Experiment):
         from matplotlib.figure import Figure
 
         rows = store.rows(self.name, status="done")
+        failed = [u.spec for u in store.units(self.name) if u.status == "failed"]
         if not rows:
             return P.missing(self.name, "gradient-bound rows")
         by_q = P.group(rows, "quantity")
@@ -190,7 +202,7 @@ class GradientBound(Experiment):
             "gamma^(L-l+1) prod_{r>l} ||W^r||_2 ||a^L - y|| and its tighter local form with max|sigma'(z^r)| "
             "in place of gamma; faded = at initialisation, solid = after SGD on the quadratic cost.",
             claims=[Claim("the gradient bound (**) holds for every sample and layer", "holds (a theorem)",
-                          f"{int(viol)} violations in {int(pairs)} (sample, layer) pairs", bound_scale(rows),
+                          f"{int(viol)} violations in {int(pairs)} (sample, layer) pairs", bound_scale(rows, failed),
                           "agree" if pairs and viol == 0 else "differs",
                           "tolerance: no violation (up to float rounding)"),
-                    sigmoid_shrink_claim(shrink, dmax, bound_scale(rows))])]
+                    sigmoid_shrink_claim(shrink, dmax, bound_scale(rows, failed))])]
