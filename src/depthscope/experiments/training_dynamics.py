@@ -283,7 +283,9 @@ class Fig35(_TrainingSweep):
                    f"{'it starts from the output side' if from_output else 'it does not start from the output side'}. "
                    f"Thesis (lr 1e-2, N=500): over 70% of hidden layers are highly intensified within 10 updates, "
                    f"starting at the output layer and spreading toward the input. "
-                   f"{'Reproduced' if hi_last >= FIG35_THESIS_SHARE and from_output else 'The output-first spread is reproduced, the 70% at VNI >= 0.9 is not' if from_output else 'Not reproduced at these sizes'}.")
+                   + ("Reproduced." if hi_last >= FIG35_THESIS_SHARE and from_output else
+                      "The output-first spread is reproduced, the 70% at VNI >= 0.9 is not." if from_output else
+                      "Not reproduced at these sizes."))
         agrees = True if hi_last >= FIG35_THESIS_SHARE and from_output else None if from_output else False
         caption = (f"Mean over seeds of every hidden layer's VNI after 0..{T} SGD updates. {_protocol(p)} "
                    f"(thesis: L=100, N=500, 50 runs, full MNIST).")
