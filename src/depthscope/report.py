@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .experiments import FigureResult, registry
-from .experiments.base import VERDICTS, Claim
+from .experiments.base import VERDICTS, Claim, Experiment
 from .experiments.sweeps import user_sweeps
 from .progress import Progress
 from .store import Store
@@ -118,7 +118,7 @@ def claims_of(fig: FigureResult, scale: str) -> list[Claim]:
     return [Claim(fig.reproduces, "see the figure's verdict", fig.verdict, scale, kind, why)]
 
 
-def infer_preset(exp, stored: set[str]) -> str | None:
+def infer_preset(exp: Experiment, stored: set[str]) -> str | None:
     """The preset whose units share the most keys with ``stored`` (the unit keys in the store), None when no
     preset's do. For a run that has not saved its parameters yet (they are saved when it ends): judging a
     paper-preset run's units with the quick preset's parameters would select none of them, or the wrong ones."""
