@@ -140,6 +140,9 @@ def test_fig35_is_judged_at_lr_1e_2_never_at_the_largest_lr_stored(tmp_path):
     assert share.ours == "40%" and share.verdict == "differs"
     assert share.scale == "paper: L=100, N=500, 3 seeds (of the preset's 50), lr 0.01 (at N=500: 0.01)"
     assert first.verdict == "trend"
+    # the saved parameters are a smaller earlier run's (--set seeds=2) while a larger one is still adding seeds
+    (fig,) = exp.figures(store, tmp_path / "out", exp.params("paper", {"seeds": 2}))
+    assert "L=100, N=500, 3 seeds (the saved parameters name 2: a run adding seeds has not ended)" in fig.claims[0].scale
 
 
 # ---------------------------------------------------------------------------------------------------------------

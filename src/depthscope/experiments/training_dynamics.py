@@ -291,7 +291,9 @@ class Fig35(_TrainingSweep):
                    f"(thesis: L=100, N=500, 50 runs, full MNIST).")
         # the seeds stored, not the preset's count: a store still filling is judged on what it holds
         n_seeds = len(tr[judged])
-        seeds = f"{n_seeds} seeds" + ("" if n_seeds == p["seeds"] else f" (of the preset's {p['seeds']})")
+        seeds = f"{n_seeds} seeds" + ("" if n_seeds == p["seeds"] else f" (of the preset's {p['seeds']})"
+                                      if n_seeds < p["seeds"] else f" (the saved parameters name {p['seeds']}: "
+                                      "a run adding seeds has not ended)")
         scale = (f"{preset_label(self, p)}: L={L}, N={p['width']}, {seeds}, lr {judged:g} (at N=500: "
                  f"{at_thesis_width(judged, p['width']):.2g})")
         claims = [fig35_share_claim(hi_last, T, scale),
