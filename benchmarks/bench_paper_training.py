@@ -81,8 +81,8 @@ def engine_times(depth: int, width: int, optimizer: str, batch: int, probe: int,
     r = RunSpec(depth, width, "tanh", "gaussian", optimizer, 1e-3, 0, batch_size=batch)
     ens = Ensemble([(r.net_spec(784), 0)], optimizer, [1e-3])
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, 784, generator=g)
-    y = torch.randint(0, 10, (batch,), generator=g)
+    x = torch.rand(1, batch, 784, generator=g)  # (K, B, D): the engine's per-member batches
+    y = torch.randint(0, 10, (1, batch), generator=g)
     ens.train_step(x, y)  # warm-up
     t = CLOCK()
     for _ in range(steps):
@@ -158,7 +158,7 @@ def gradients_cost(p: dict) -> dict:
     for (a, sw2, d), n in shapes.items():
         base = next(u for u in units if (u.spec["activation"], u.spec["sigma_w2"], u.spec["depth"]) == (a, sw2, d))
         ts, rows = [], []
-        for s in (2, 12):
+        for s in (10, 100, 300):  # 2 vs 12 steps left the per-step cost inside the noise of the 2 measurements
             u = WorkUnit({**base.spec, "steps": s}, 0)
             ts.append(timed(exp._run, u))
             rows.append([1, s])
@@ -181,14 +181,16 @@ def xor_cost(p: dict) -> dict:
     for name, (depth, width, lr) in p["settings"].items():
         spec = NetSpec(depth=depth, width=width, activation=p["activation"], in_features=2, out_features=1)
         rows, ts = [], []
-        for steps, every in ((0, 10**9), (20, 10**9), (60, 10**9)):  # logs: {0}, {0, 20}, {0, 60}
+        # logs {0}, {0, 100}, {0, 300}, {0, 20, ..., 100}: 20 vs 60 steps left a tiny net's per-step cost
+        # inside the noise of its set-up, and the per-log cost needs a trial with more logs at equal steps
+        for steps, every in ((0, 10**9), (100, 10**9), (300, 10**9), (100, 20)):
             ts.append(timed(train_xor, spec, seeds, lr, steps, every, probe))
-            rows.append([1, steps, 1 if steps == 0 else 2])
+            rows.append([1, steps, len(set(range(0, steps + 1, every)) | {steps})])
         c = lstsq(rows, ts)
         logs = len(set(range(0, p["steps"] + 1, p["log_every"])) | {p["steps"]})
         cpu += c[0] + c[1] * p["steps"] + c[2] * logs
         flops += len(seeds) * p["steps"] * 6 * 4 * depth * width * width
-        parts.append(f"{name} {1e3 * c[1]:.1f} ms/step")
+        parts.append(f"{name} {1e3 * c[1]:.1f} ms/step + {c[2]:.2f} s/log x {logs}")
     return {"units": len(seeds) * len(p["settings"]), "cpu": cpu, "flops": flops,
             "how": f"{len(p['settings'])} settings x {p['seeds']} stacked nets x {p['steps']} steps; "
                    + ", ".join(parts)}

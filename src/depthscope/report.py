@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .experiments import FigureResult, registry
-from .experiments.base import VERDICTS, Claim
+from .experiments.base import VERDICTS, Claim, Experiment
 from .experiments.sweeps import user_sweeps
 from .progress import Progress
 from .store import Store
@@ -118,6 +118,22 @@ def claims_of(fig: FigureResult, scale: str) -> list[Claim]:
     return [Claim(fig.reproduces, "see the figure's verdict", fig.verdict, scale, kind, why)]
 
 
+def infer_preset(exp: Experiment, stored: set[str]) -> str | None:
+    """The preset whose units share the most keys with ``stored`` (the unit keys in the store), None when no
+    preset's do. For a run that has not saved its parameters yet (they are saved when it ends): judging a
+    paper-preset run's units with the quick preset's parameters would select none of them, or the wrong ones."""
+    best, hits = None, 0
+    for name in exp.presets:
+        try:
+            keys = {u.key for u in exp.units(exp.params(name))}
+        except Exception:  # an experiment that cannot list its units here: not judged on them (never a crash)
+            continue
+        n = len(keys & stored)
+        if n > hits:
+            best, hits = name, n
+    return best
+
+
 def _not_run_why(info: dict) -> str:
     missing = info.get("missing") or {}
     need = ", ".join(missing) or "its data"
@@ -140,12 +156,18 @@ def _collect(store: Store, outdir: Path, quiet: bool) -> tuple[list[_Section], l
             meta = store.get_meta(f"params:{name}") or {}
             params = meta.get("params")
             preset = meta.get("preset")
-            if params is None:
-                preset = "quick" if "quick" in exp.presets else next(iter(exp.presets), None)
+            inferred = None
+            if params is None:  # a run still going, or killed: its parameters are saved when it ends
+                inferred = infer_preset(exp, {u.key for u in units})
+                preset = inferred or ("quick" if "quick" in exp.presets else next(iter(exp.presets), None))
                 params = dict(exp.presets.get(preset, {})) if preset else {}
-            sec = _Section(name, exp.title, exp.reproduces, preset,
+            sec = _Section(name, exp.title, exp.reproduces, f"{preset} (inferred)" if inferred else preset,
                            sum(u.status == "done" for u in units), sum(u.status == "failed" for u in units),
                            sorted({u.code_version for u in units}), not_run=not_run[name])
+            if inferred:
+                sec.notes.append(f"{name}: the run has not saved its parameters (still running, or stopped before "
+                                 f"it ended); its {len(units)} stored units are judged as preset {inferred!r}, the "
+                                 "preset whose units they match")
             if not units:  # nothing stored: it did not run at all
                 sections.append(sec)
                 bar.update()

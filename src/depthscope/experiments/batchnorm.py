@@ -126,7 +126,7 @@ class BatchNorm(Experiment):
         verdict = (f"Gradient growth towards the input at L = {dmax}, init: {txt}. Thesis §4.3 (title only) and "
                    "Yang et al. 2019: BN makes gradients explode with depth at initialisation (they give a "
                    "ReLU rate of about sqrt(pi/(pi-1)) ~ 1.21 per layer in norm at large width and batch).")
-        claims = [bn_rate_claim({(a, bn): r for a, bn, r, _ in rates}, dmax)]
+        claims = [relu_claim(rows)]
         return [FigureResult("batchnorm_gradients", self.title, paths, "depthscope reproduce batchnorm",
                              self.reproduces, verdict, "Per-layer weight-gradient norm at initialisation with "
                              "(dashed) and without (solid) batch norm; right: first/last-layer ratio vs depth.",
@@ -139,16 +139,40 @@ BN_RELU_RATE = math.sqrt(math.pi / (math.pi - 1))
 BN_RATE_RTOL = 0.1
 
 
-def bn_rate_claim(rates: dict[tuple[str, bool], float], depth: int) -> Claim:
+def growth_rate(rows: list[dict]) -> float:
+    """(g_1 / g_L)^(1/(L-1)) of the per-layer median gradient norm g_l = median over rows of ||dC/dW_l||: the
+    geometric-mean growth per layer towards the input."""
+    ls, ys = P.per_layer_median(rows)
+    return math.exp(math.log(ys[0] / ys[-1]) / (len(ys) - 1))
+
+
+def relu_claim(rows: list[dict]) -> Claim:
+    """:func:`bn_rate_claim` at the deepest depth with ReLU + BN units stored, its scale read from those units
+    (width, batch, seeds): a store that is still filling is judged on what it holds."""
+    relu = [r for r in rows if r["activation"] == "relu"]
+    bn_rows = [r for r in relu if r["batchnorm"]]
+    if not bn_rows:
+        return bn_rate_claim({}, max((r["depth"] for r in rows), default=0))
+    d = max(r["depth"] for r in bn_rows)
+    at = {bn: [r for r in relu if r["depth"] == d and bool(r["batchnorm"]) == bn] for bn in (False, True)}
+    rates = {("relu", bn): growth_rate(sel) for bn, sel in at.items() if sel}
+    r0 = at[True][0]
+    scale = (f"L={d}, N={r0['width']}, batch {r0['batch']}, {len({r['seed'] for r in at[True]})} seeds with BN, "
+             f"{len({r['seed'] for r in at[False]})} without")
+    return bn_rate_claim(rates, d, scale)
+
+
+def bn_rate_claim(rates: dict[tuple[str, bool], float], depth: int, scale: str | None = None) -> Claim:
     """ReLU with BN: per-layer growth within BN_RATE_RTOL of sqrt(pi/(pi-1)) ~ 1.21 agrees; growing faster
     with BN than without is the trend; else differs ("not run" without a ReLU pair)."""
     bn, plain = rates.get(("relu", True)), rates.get(("relu", False))
     claim = "batch norm makes gradients explode with depth at initialisation (ReLU)"
     thesis = f"x{BN_RELU_RATE:.2f} per layer towards the input (Yang et al. 2019)"
+    scale = scale or f"depth {depth}"
     if bn is None:
-        return Claim(claim, thesis, "no ReLU runs with BN", f"depth {depth}", "not run", "no ReLU + BN unit stored")
+        return Claim(claim, thesis, "no ReLU runs with BN", scale, "not run", "no ReLU + BN unit stored")
     values = abs(bn - BN_RELU_RATE) <= BN_RATE_RTOL * BN_RELU_RATE
     return Claim(claim, thesis, f"x{bn:.3g} per layer with BN" + (f", x{plain:.3g} without" if plain else ""),
-                 f"depth {depth}", judge(values, plain is not None and bn > plain and bn > 1),
+                 scale, judge(values, plain is not None and bn > plain and bn > 1),
                  f"tolerance: within {100 * BN_RATE_RTOL:.0f}% of x{BN_RELU_RATE:.2f}; the rate is for large width "
                  "and batch")

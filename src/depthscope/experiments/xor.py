@@ -145,6 +145,39 @@ def _early(values: list[float], steps: list[int], total: int, frac: float = 0.25
     return sum(sel) / len(sel)
 
 
+#: "VNI equal to 1" in seed 004's claim, made checkable: the last hidden layer's VNI at the end of training
+VNI_ONE = 0.99
+
+
+def xor_vni_claim(final_vni: dict[str, float], success: dict[str, bool], scale: str) -> Claim:
+    """Seed 004: a net whose VNI is 1 cannot learn XOR. Of the nets whose last hidden layer ends with
+    VNI >= VNI_ONE, none may fit (values agree); any that fits makes it differ; not judged when no net
+    reached it. ``final_vni`` and ``success`` are keyed by unit."""
+    claim = f"nets whose VNI reached 1 cannot learn XOR (last hidden layer, VNI >= {VNI_ONE:g} at the end)"
+    thesis = "cannot learn (seed 004; no counts)"
+    high = [k for k, v in final_vni.items() if v >= VNI_ONE and k in success]
+    fit = sum(success[k] for k in high)
+    low = [k for k, v in final_vni.items() if v < VNI_ONE and k in success]
+    rest = f"; below it {sum(success[k] for k in low)} of {len(low)} fit" if low else ""
+    if not high:
+        return Claim(claim, thesis, f"no net ended with VNI >= {VNI_ONE:g}{rest}", scale, "not judged",
+                     "no net to judge")
+    return Claim(claim, thesis, f"{fit} of {len(high)} such nets fit{rest}", scale,
+                 "agree" if fit == 0 else "differs", "tolerance: none of them fits")
+
+
+def xor_scale(rows: list[dict]) -> str:
+    """The settings, seeds and steps the stored XOR units ran at."""
+    units = {r["key"]: r for r in rows}.values()
+    parts = []
+    for name in dict.fromkeys(r["setting"] for r in units):
+        sel = [r for r in units if r["setting"] == name]
+        r0 = sel[0]
+        parts.append(f"{name} L={r0['depth']}, N={r0['width']}, lr {r0['lr']:g}: {len(sel)} nets")
+    steps = ", ".join(str(v) for v in sorted({r["steps"] for r in units}))
+    return "; ".join(parts) + f"; {steps} full-batch steps"
+
+
 class XOR(Experiment):
     name = "xor"
     title = "Walking-dead gradients: XOR success vs VNI at comparable gradient norms"
@@ -272,14 +305,15 @@ class XOR(Experiment):
         n_div = len(early_all) - len(early)
         ok = [v for k, v in early.items() if succ.get(k)]
         bad = [v for k, v in early.items() if k in succ and not succ[k]]
+        scale = xor_scale(rows)
         claim = Claim("failing nets' gradients are comparable to succeeding nets' (walking dead)",
-                      "neither vanish nor explode", "no failing (or no succeeding) nets", "", "not judged",
+                      "neither vanish nor explode", "no failing (or no succeeding) nets", scale, "not judged",
                       "nothing to compare")
         if ok and bad:
             ratio = median(bad) / median(ok)
             within = 0.1 <= ratio <= 10
             claim = Claim(claim.claim, claim.thesis, f"median early gradient RMS failing / succeeding = {ratio:.2g} "
-                          f"({len(bad)} vs {len(ok)} nets)", "", "agree" if within else "differs",
+                          f"({len(bad)} vs {len(ok)} nets)", scale, "agree" if within else "differs",
                           "tolerance: within a factor of 10")
             gtxt = (f"median early-training gradient RMS of failing nets / succeeding nets = {ratio:.2g} "
                     f"({len(bad)} vs {len(ok)} nets): " + ("within a factor of 10, i.e. the failures are not "
@@ -295,4 +329,4 @@ class XOR(Experiment):
                              verdict, "Training loss, VNI of the last hidden layer (on a noisy probe set around "
                              "the four corners), and RMS gradient norm over training, one line per seed "
                              "(dotted = failed to fit); right: success rate per setting with counts.",
-                             claims=[claim])]
+                             claims=[xor_vni_claim(last_layer_vni, succ, scale), claim])]
