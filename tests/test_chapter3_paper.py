@@ -30,13 +30,8 @@ _SPECS = [_spec("feedforward", "gaussian", a) for a in ("relu", "linear", "tanh"
     _spec("feedforward", "orthogonal", a, stop_above=0.9, orthogonal_sampler="householder") for a in ("relu", "tanh")]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small matrices: one thread (on a loaded 2-core machine, two threads' syncing costs ms per layer)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# small matrices: one thread (conftest.one_thread; on a loaded 2-core machine two threads' syncing costs ms per layer)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _without_cost(vals):

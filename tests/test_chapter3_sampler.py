@@ -16,13 +16,8 @@ from depthscope.metrics import vni
 from depthscope.nets import NetSpec, apply_layer, layer_params
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices: one thread (on a loaded 2-core machine, two threads' syncing costs ms per layer)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# small matrices: one thread (conftest.one_thread; on a loaded 2-core machine two threads' syncing costs ms per layer)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _reduced_columns(a: torch.Tensor, refl: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
