@@ -122,7 +122,8 @@ def train_xor(spec: NetSpec, seeds: list[int], lr: float, steps: int, log_every:
             logs["loss"].append(per_net.detach().clone())
             logs["grad"].append(torch.stack([g.flatten(1).norm(dim=1) for g in grads[:L]], dim=1))  # (K, L)
             with torch.no_grad():
-                logs["vni_last"].append(torch.tensor([float(vni(net.hidden(probe)[-1][k])) for k in range(K)]))
+                last = net.hidden(probe)[-1]  # once for all K nets: per net it was K forward passes a log
+                logs["vni_last"].append(torch.tensor([float(vni(last[k])) for k in range(K)]))
         if step == steps:
             break
         with torch.no_grad():
