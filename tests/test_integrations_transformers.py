@@ -160,13 +160,12 @@ def _ddp_worker(rank: int, port: int, outdir: str) -> None:
                 "ddp": type(trainer.model_wrapped).__name__}, Path(outdir) / f"records{rank}.pt")
     # The results are on disk. An ordinary interpreter exit runs the C++ static destructors while gloo's
     # and accelerate's threads may still be joinable, which now and then aborts the rank with "terminate
-    # called without an active exception" (SIGABRT) after a correct run: leave the group, then skip that
+    # called without an active exception" (SIGABRT) after a correct run: wait for both ranks, then skip that
     # teardown so the exit code reports the run, not the shutdown race.
     import torch.distributed as dist
 
     if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+        dist.barrier()  # no destroy_process_group: it is part of the shutdown that can hang
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
