@@ -214,7 +214,6 @@ def draw_phase_diagram(diagram: dict[str, np.ndarray], path: str, title: str = "
     plt.close(fig)
 
 
-
 def simulate_correlation(activation: str, sigma_w2: float, sigma_b2: float, c0s, depth: int, width: int, *,
                          pairs: int = 16, nets: int = 4, init: str = "gaussian", seed: int = 0) -> np.ndarray:
     """1 - c_l on simulated nets, shape (nets, len(c0s), depth): per net and starting correlation c0, the mean over

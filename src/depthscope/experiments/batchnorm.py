@@ -99,8 +99,7 @@ class BatchNorm(Experiment):
                         ls, ys = P.per_layer_median(sel)
                         ax.plot(ls, ys, style, label=f"{'BN' if bn else 'no BN'}, L = {d}")
                         if d == dmax:
-                            rate = math.exp(math.log(ys[0] / ys[-1]) / (len(ys) - 1))
-                            rates.append((act, bn, rate, ys[0] / ys[-1]))
+                            rates.append((act, bn, per_layer_rate(ys), ys[0] / ys[-1]))
             ax.set_yscale("log")
             ax.set_xlabel("layer l")
             ax.set_ylabel("||dC/dW_l|| at init (median over seeds)")
@@ -139,11 +138,15 @@ BN_RELU_RATE = math.sqrt(math.pi / (math.pi - 1))
 BN_RATE_RTOL = 0.1
 
 
-def growth_rate(rows: list[dict]) -> float:
-    """(g_1 / g_L)^(1/(L-1)) of the per-layer median gradient norm g_l = median over rows of ||dC/dW_l||: the
-    geometric-mean growth per layer towards the input."""
-    ls, ys = P.per_layer_median(rows)
+def per_layer_rate(ys) -> float:
+    """(g_1 / g_L)^(1/(L-1)) of per-layer gradient norms g_1..g_L: the geometric-mean growth per layer towards
+    the input."""
     return math.exp(math.log(ys[0] / ys[-1]) / (len(ys) - 1))
+
+
+def growth_rate(rows: list[dict]) -> float:
+    """:func:`per_layer_rate` of the per-layer median gradient norm g_l = median over rows of ||dC/dW_l||."""
+    return per_layer_rate(P.per_layer_median(rows)[1])
 
 
 def relu_claim(rows: list[dict]) -> Claim:

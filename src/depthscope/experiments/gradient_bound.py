@@ -196,13 +196,14 @@ class GradientBound(Experiment):
                    f"the bound does not settle tanh; the bound only shrinks when gamma ||W|| < 1 (sigmoid with "
                    f"sigma_w^2 = 1), at critical init it grows."
                    + (f" Median bound/measured at layer 1 = {median(slack):.3g}." if slack else ""))
+        scale = bound_scale(rows, failed)
         return [FigureResult(
             "gradients_bound", self.title, paths, "depthscope reproduce gradients", self.reproduces, verdict,
             "Per-layer norm of dC/db^l (= delta^l) on a log scale beside seed 001's bound (**) "
             "gamma^(L-l+1) prod_{r>l} ||W^r||_2 ||a^L - y|| and its tighter local form with max|sigma'(z^r)| "
             "in place of gamma; faded = at initialisation, solid = after SGD on the quadratic cost.",
             claims=[Claim("the gradient bound (**) holds for every sample and layer", "holds (a theorem)",
-                          f"{int(viol)} violations in {int(pairs)} (sample, layer) pairs", bound_scale(rows, failed),
+                          f"{int(viol)} violations in {int(pairs)} (sample, layer) pairs", scale,
                           "agree" if pairs and viol == 0 else "differs",
                           "tolerance: no violation (up to float rounding)"),
-                    sigmoid_shrink_claim(shrink, dmax, bound_scale(rows, failed))])]
+                    sigmoid_shrink_claim(shrink, dmax, scale)])]

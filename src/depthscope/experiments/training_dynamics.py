@@ -256,6 +256,7 @@ class Fig35(_TrainingSweep):
         # the claims are the thesis' at lr 1e-2: judged on the stored lr that is 1e-2 at N=500 (lr x N/500), not
         # on whatever lr is largest (a paper run still at its lr 1e-3 half would be judged as if at 1e-2)
         judged = thesis_lr(lrs, p["width"], FIG35_THESIS_LR)
+        command = f"depthscope reproduce fig3.5 --preset {'paper' if p['width'] == 500 else 'quick'}"
         if judged is None:
             scale = f"{preset_label(self, p)}: L={L}, N={p['width']}, lrs {', '.join(f'{v:g}' for v in lrs)} stored"
             why = f"no run at lr {FIG35_THESIS_LR:g} (at N=500: lr x {p['width']}/500) is stored yet"
@@ -265,9 +266,8 @@ class Fig35(_TrainingSweep):
                             scale, "not run", why)]
             verdict = "; ".join(parts) + f". No run at the thesis' lr {FIG35_THESIS_LR:g} (at N=500) is stored yet."
             caption = (f"Mean over seeds of every hidden layer's VNI after 0..{T} SGD updates. {_protocol(p)}.")
-            return [FigureResult("fig3.5", self.title, paths, f"depthscope reproduce fig3.5 --preset "
-                                 f"{'paper' if p['width'] == 500 else 'quick'}", self.reproduces, verdict, caption,
-                                 None, claims=claims)]
+            return [FigureResult("fig3.5", self.title, paths, command, self.reproduces, verdict, caption, None,
+                                 claims=claims)]
         last = heat_mean(tr[judged], L, T)
         hi_last = float(np.mean(last[:, -1] >= 0.9))
         change = last[:, -1] - last[:, 0]
@@ -301,9 +301,8 @@ class Fig35(_TrainingSweep):
                         f"rise began at update {top_on:.1f} (top quarter of layers) vs {bottom_on:.1f} (bottom "
                         f"quarter); {never} layers never rose", scale, judge(None, from_output),
                         f"a trend: onset = first update with VNI > {ONSET_RISE} above its start")]
-        return [FigureResult("fig3.5", self.title, paths, f"depthscope reproduce fig3.5 --preset "
-                             f"{'paper' if p['width'] == 500 else 'quick'}", self.reproduces, verdict, caption,
-                             agrees, claims=claims)]
+        return [FigureResult("fig3.5", self.title, paths, command, self.reproduces, verdict, caption, agrees,
+                             claims=claims)]
 
 
 #: thesis Fig. 3.5: "over 70% of the hidden layers are highly intensified (VNI >= 0.9) within 10 updates"
