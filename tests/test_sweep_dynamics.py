@@ -58,6 +58,24 @@ def test_fig36_gaussian_gradients(tmp_path):
         exp.units(exp.params("quick", {**over, "reduction": "avg"}))
 
 
+def test_fig36_workers_store_the_serial_values(tmp_path):
+    # the pool (base.Experiment.run, workers > 1) against the serial loop: same units, bit-identical values
+    over = {"depth": 3, "width": 6, "seeds": 3, "steps": 3, "every": 1, "batch": 32}
+
+    def stored(d, workers):
+        with Store(d) as store:
+            c = run_experiment("fig3.6", store, "quick", overrides={**over, "workers": workers}, quiet=True)
+            rows = store.rows("fig3.6")
+        return c, sorted((r["seed"], r["quantity"], r["layer"], r["step"], r["value"]) for r in rows)
+
+    c1, serial = stored(tmp_path / "a", 1)
+    c2, pooled = stored(tmp_path / "b", 2)
+    assert c1 == c2 == {"total": 3, "skipped": 0, "ran": 3, "failed": 0}
+    assert len(serial) == 3 * 3 * 4 * 2 and pooled == serial
+    with pytest.raises(ValueError, match="workers must be an integer >= 1, got 0"):
+        get_experiment("fig3.6").validate({**over, "workers": 0})
+
+
 def test_onset_updates_and_vni_course():
     from depthscope.experiments.training_dynamics import onset_updates, vni_course
 

@@ -199,19 +199,25 @@ class Experiment:
         raise NotImplementedError
 
     def run(self, ctx: RunContext) -> dict:
-        """Run every unit not yet in the store; returns counts."""
+        """Run every unit not yet in the store; returns counts.
+
+        With a ``workers`` parameter above 1 the units run on that many spawned processes of one thread each
+        (:func:`_unit_job`: ``run_unit`` there gets a context without a store, so only experiments whose
+        ``run_unit`` reads nothing but the unit and the parameters declare it). Each result is recorded by
+        this process as it arrives, so a killed run loses only the units in flight, as in the serial loop."""
         units = self.units(ctx.params)
         done = ctx.store.done_keys(self.name)
         todo = [u for u in units if u.key not in done]
         counts = {"total": len(units), "skipped": len(units) - len(todo), "ran": 0, "failed": 0}
+        workers = int(ctx.params.get("workers", 1) or 1)
         with Progress(len(todo), self.name, quiet=ctx.quiet) as bar:
-            for u in todo:
-                t0 = time.time()
-                try:
-                    values, status, reason = self.run_unit(u, ctx), "done", None
-                except UnitFailed as e:
-                    values, status, reason = e.values, "failed", e.reason
-                    counts["failed"] += 1
+            if workers > 1 and len(todo) > 1:
+                results = _pool_results(self.name, todo, ctx, min(workers, len(todo)))
+            else:
+                results = (_unit_result(self, i, u, ctx) for i, u in enumerate(todo))
+            for i, values, status, reason, t0 in results:
+                u = todo[i]
+                counts["failed"] += status == "failed"
                 ctx.store.record(self.name, u.key, spec=u.spec, seed=u.seed, values=values,
                                  status=status, reason=reason, started=t0)
                 counts["ran"] += 1
@@ -220,6 +226,47 @@ class Experiment:
 
     def figures(self, store: Store, outdir: Path, params: dict) -> list[FigureResult]:
         return []
+
+
+def _unit_result(exp: Experiment, i: int, u: WorkUnit, ctx: RunContext) -> tuple:
+    """(i, values, status, reason, started) of one unit: a UnitFailed is a recorded failure, not a crash."""
+    t0 = time.time()
+    try:
+        return i, exp.run_unit(u, ctx), "done", None, t0
+    except UnitFailed as e:
+        return i, e.values, "failed", e.reason, t0
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _unit_job(job: tuple) -> tuple:
+    name, i, spec, seed, preset, params, device, data_dir = job
+    # the parent records every result; a worker never opens the store (SQLite across processes would
+    # serialise the writes anyway, and a killed worker could leave a half-written unit)
+    ctx = RunContext(store=None, preset=preset, params=params, quiet=True, device=device,  # type: ignore[arg-type]
+                     data_dir=data_dir)
+    return _unit_result(get_experiment(name), i, WorkUnit(spec, seed), ctx)
+
+
+def _pool_results(name: str, todo: list[WorkUnit], ctx: RunContext, workers: int):
+    """Yield each unit's result as a worker finishes it (any order); on any exit (done, killed, a crash)
+    the workers are stopped at once, not after the units in flight."""
+    import multiprocessing as mp
+
+    jobs = [(name, i, u.spec, u.seed, ctx.preset, ctx.params, ctx.device, ctx.data_dir)
+            for i, u in enumerate(todo)]
+    # spawn, not fork: the parent may hold torch's thread pool and an open SQLite connection
+    pool = mp.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=(1,))
+    try:
+        yield from pool.imap_unordered(_unit_job, jobs, chunksize=1)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
 
 
 def registry() -> dict[str, Experiment]:
