@@ -72,6 +72,13 @@ def test_fig36_workers_store_the_serial_values(tmp_path):
     c2, pooled = stored(tmp_path / "b", 2)
     assert c1 == c2 == {"total": 3, "skipped": 0, "ran": 3, "failed": 0}
     assert len(serial) == 3 * 3 * 4 * 2 and pooled == serial
+    # and each seed's values are that seed's (a unit recorded under another unit's key would pass the above)
+    from depthscope.experiments.training_dynamics import gaussian_gradient_run
+
+    for seed in range(3):
+        ref = gaussian_gradient_run(3, 6, seed, steps=3, lr=1e-2, batch=32, variance=0.1, every=1, reduction="sum")
+        assert sorted((seed, v.quantity, v.layer, v.step, v.value) for v in ref) == \
+            [r for r in pooled if r[0] == seed]
     with pytest.raises(ValueError, match="workers must be an integer >= 1, got 0"):
         get_experiment("fig3.6").validate({**over, "workers": 0})
 

@@ -22,6 +22,8 @@ import json
 import math
 import pkgutil
 import time
+from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -201,31 +203,45 @@ class Experiment:
     def run(self, ctx: RunContext) -> dict:
         """Run every unit not yet in the store; returns counts.
 
-        With a ``workers`` parameter above 1 the units run on that many spawned processes of one thread each
-        (:func:`_unit_job`: ``run_unit`` there gets a context without a store, so only experiments whose
-        ``run_unit`` reads nothing but the unit and the parameters declare it). Each result is recorded by
-        this process as it arrives, so a killed run loses only the units in flight, as in the serial loop."""
+        With a ``workers`` parameter above 1 the units run on that many spawned processes
+        (:func:`unit_results`). Each result is recorded by this process as it arrives, so a killed run loses
+        only the units in flight, as in the serial loop."""
         units = self.units(ctx.params)
         done = ctx.store.done_keys(self.name)
         todo = [u for u in units if u.key not in done]
         counts = {"total": len(units), "skipped": len(units) - len(todo), "ran": 0, "failed": 0}
-        workers = int(ctx.params.get("workers", 1) or 1)
         with Progress(len(todo), self.name, quiet=ctx.quiet) as bar:
-            if workers > 1 and len(todo) > 1:
-                results = _pool_results(self.name, todo, ctx, min(workers, len(todo)))
-            else:
-                results = (_unit_result(self, i, u, ctx) for i, u in enumerate(todo))
-            for i, values, status, reason, t0 in results:
-                u = todo[i]
-                counts["failed"] += status == "failed"
-                ctx.store.record(self.name, u.key, spec=u.spec, seed=u.seed, values=values,
-                                 status=status, reason=reason, started=t0)
-                counts["ran"] += 1
-                bar.update()
+            run_and_record(self, ctx, todo, int(ctx.params.get("workers", 1) or 1), counts, bar)
         return counts
 
     def figures(self, store: Store, outdir: Path, params: dict) -> list[FigureResult]:
         return []
+
+
+def run_and_record(exp: Experiment, ctx: RunContext, todo: list[WorkUnit], workers: int, counts: dict,
+                   bar: Progress) -> None:
+    """Run ``todo`` (:func:`unit_results`) and record each unit as it finishes; counts "ran" and "failed"."""
+    with closing(unit_results(exp, ctx, todo, workers)) as results:
+        for i, values, status, reason, t0 in results:
+            u = todo[i]
+            counts["failed"] += status == "failed"
+            ctx.store.record(exp.name, u.key, spec=u.spec, seed=u.seed, values=values, status=status,
+                             reason=reason, started=t0)
+            counts["ran"] += 1
+            bar.update()
+
+
+def unit_results(exp: Experiment, ctx: RunContext, todo: list[WorkUnit], workers: int = 1) -> Iterator[tuple]:
+    """(i, values, status, reason, started) for each unit ``todo[i]``: here, in order, or with ``workers`` > 1
+    on that many spawned processes of one thread each, in the order they finish (:func:`_unit_job`:
+    ``run_unit`` there gets a context without a store, so only experiments whose ``run_unit`` reads nothing
+    but the unit, the parameters and the device have a ``workers`` parameter). The caller records each
+    result; closing the iterator (a killed run, a crash) stops the workers at once."""
+    if workers > 1 and len(todo) > 1:
+        yield from _pool_results(exp.name, todo, ctx, min(workers, len(todo)))
+    else:
+        for i, u in enumerate(todo):
+            yield _unit_result(exp, i, u, ctx)
 
 
 def _unit_result(exp: Experiment, i: int, u: WorkUnit, ctx: RunContext) -> tuple:

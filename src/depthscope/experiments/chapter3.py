@@ -20,7 +20,8 @@ from ..nets import NetSpec, apply_layer, branch_weight, layer_params, layer_seed
 from ..store import Store, Value
 from ..theory import predict
 from ._needs import require
-from .base import VERDICTS, Claim, DataMissing, Experiment, FigureResult, RunContext, WorkUnit, judge, within
+from .base import (VERDICTS, Claim, DataMissing, Experiment, FigureResult, RunContext, WorkUnit, judge,
+                   run_and_record, within)
 
 _HOMOGENEOUS = {"linear", "relu"}  # phi(c x) = c phi(x) for c > 0: rescaling x leaves every VNI unchanged
 
@@ -803,18 +804,6 @@ def table31_cost_rank(spec: dict) -> int:
     return 4
 
 
-def _table31_worker_init(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
-def _table31_job(job: tuple) -> tuple[int, list[Value], float]:
-    import time
-
-    i, s, seed, params, device = job
-    t0 = time.time()
-    return i, table31_unit(s, seed, params, device), t0
-
-
 def _row(spec: dict) -> tuple:
     return spec["arch"], spec["init"], spec["activation"], spec.get("branch")
 
@@ -852,31 +841,18 @@ def _run_table31(exp: Experiment, ctx: RunContext) -> dict:
     later = [u for u in todo if defer and _deferrable(u, p["seeds"])]
     workers = int(p.get("workers", 1))
     with Progress(len(todo), exp.name, quiet=ctx.quiet) as bar:
-        pool = None
-        if workers > 1 and len(todo) > 1:
-            import multiprocessing as mp
-
-            pool = mp.get_context("spawn").Pool(workers, initializer=_table31_worker_init, initargs=(1,))
-        try:
-            for phase in (first, later):
-                if phase is later:
-                    open_rows = []
-                    for u in phase:
-                        depths = [r["value"] for r in ctx.store.rows(exp.name, th, **_where(u.spec))]
-                        if median_decided(depths, p["seeds"]):
-                            counts["decided"] += 1
-                            bar.update()
-                        else:
-                            open_rows.append(u)
-                    phase = open_rows
-                _run_units(exp, ctx, phase, pool, counts, bar)
-        except BaseException:
-            if pool is not None:  # killed or failed: stop the workers now, not after the units in flight
-                pool.terminate()
-            raise
-        if pool is not None:
-            pool.close()
-            pool.join()
+        for phase in (first, later):
+            if phase is later:
+                open_rows = []
+                for u in phase:
+                    depths = [r["value"] for r in ctx.store.rows(exp.name, th, **_where(u.spec))]
+                    if median_decided(depths, p["seeds"]):
+                        counts["decided"] += 1
+                        bar.update()
+                    else:
+                        open_rows.append(u)
+                phase = open_rows
+            run_and_record(exp, ctx, phase, workers, counts, bar)
     if counts["decided"]:
         ctx.store.set_meta(f"decided:{exp.name}", counts["decided"])
     return counts
@@ -899,24 +875,6 @@ def table31_filter(params: dict, init: str | None = None) -> dict:
             "residual_scale": params["residual_scale"], "input_variance": params["input_variance"],
             "stop_above": None if stop == TABLE31_STOP else stop,
             **({"orthogonal_sampler": None if sampler == "qr" else sampler} if init == "orthogonal" else {})}
-
-
-def _run_units(exp, ctx, units, pool, counts, bar) -> None:
-    import time
-
-    if pool is None:
-        for u in units:
-            t0 = time.time()
-            ctx.store.record(exp.name, u.key, spec=u.spec, seed=u.seed, values=exp.run_unit(u, ctx), started=t0)
-            counts["ran"] += 1
-            bar.update()
-        return
-    jobs = [(i, u.spec, u.seed, ctx.params, ctx.device) for i, u in enumerate(units)]
-    for i, values, t0 in pool.imap_unordered(_table31_job, jobs, chunksize=1):
-        u = units[i]
-        ctx.store.record(exp.name, u.key, spec=u.spec, seed=u.seed, values=values, started=t0)
-        counts["ran"] += 1
-        bar.update()
 
 
 class Table31(_Ch3):
